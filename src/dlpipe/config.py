@@ -1,0 +1,358 @@
+"""The params.yaml schema: every key the pipeline reads, with its default, type and range.
+
+`load_params` validates a file and raises `ConfigError` whose message has one line per problem, each naming the
+dotted key and what is allowed. Cross-section rules (dataset kind vs architecture, search-space keys) are checked
+after the field types, by `check_semantics`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from dlpipe.data import DATASETS, get_dataset_info
+from dlpipe.errors import ConfigError
+from dlpipe.models import ARCHITECTURES, get_architecture
+
+SELECTION_METRICS = (
+    "accuracy",
+    "precision_macro", "recall_macro", "f1_macro",
+    "precision_weighted", "recall_weighted", "f1_weighted",
+    "precision_positive", "recall_positive", "f1_positive",
+)  # fmt: skip
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CsvParams(Section):
+    path: str | None = Field(None, description="CSV file, relative to the project root")
+    target: str = Field("target", min_length=1, description="name of the label column")
+
+
+class DataParams(Section):
+    name: str = Field("digits", description="dataset from the registry (`dlpipe list`)")
+    csv: CsvParams = CsvParams()
+    test_size: float = Field(0.2, gt=0.0, lt=1.0, description="fraction held out as the test set")
+    folds: int = Field(5, ge=2, le=20, description="stratified folds over the training part")
+    val_size: float = Field(0.1, gt=0.0, lt=0.5, description="validation slice of the training part (train/tune)")
+    normalize: bool = Field(True, description="standardise with statistics of the training data only")
+    limit: int | None = Field(None, ge=20, description="stratified subsample of this many samples (quick runs)")
+
+
+class AugmentationParams(Section):
+    enabled: bool = False
+    rotation: float = Field(0.0, ge=0.0, le=180.0, description="max rotation in degrees")
+    translate: float = Field(0.0, ge=0.0, le=0.5, description="max shift as a fraction of the image side")
+    scale_min: float = Field(1.0, gt=0.0, le=1.0)
+    scale_max: float = Field(1.0, ge=1.0, le=3.0)
+    hflip: bool = Field(False, description="random horizontal flips (p=0.5)")
+    vflip: bool = Field(False, description="random vertical flips (p=0.5)")
+    crop_padding: int = Field(0, ge=0, description="pad by this many pixels, then random-crop back to size")
+
+
+MONITORS = ("val_loss", "val_accuracy", "val_f1_macro", "val_precision_macro", "val_recall_macro")
+
+
+class EarlyStoppingParams(Section):
+    enabled: bool = True
+    monitor: Literal[MONITORS] = "val_loss"  # type: ignore[valid-type]
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+    @property
+    def mode(self) -> str:
+        return "min" if self.monitor == "val_loss" else "max"
+
+
+class TrainParams(Section):
+    max_epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="for momentum and rmsprop")
+    nesterov: bool = Field(False, description="Nesterov momentum (optimizer: momentum)")
+    weight_decay: float = Field(0.0, ge=0.0, description="optimizer weight decay (decoupled with adamw)")
+    l1: float = Field(0.0, ge=0.0, description="L1 penalty on weights, added to the loss")
+    l2: float = Field(0.0, ge=0.0, description="L2 penalty (sum of squared weights), added to the loss")
+    scheduler: Literal["none", "step", "cosine", "plateau", "onecycle"] = "none"
+    step_size: int = Field(10, ge=1, description="epochs between LR drops (scheduler: step)")
+    gamma: float = Field(0.5, gt=0.0, le=1.0, description="LR factor (step and plateau)")
+    gradient_clip_val: float = Field(0.0, ge=0.0, description="0 = no clipping")
+    gradient_clip_algorithm: Literal["norm", "value"] = "norm"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+    augmentation: AugmentationParams = AugmentationParams()
+
+
+class TrainerParams(Section):
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: int | Literal["auto"] = Field(1, description="number of devices, or auto")
+    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"] = "auto"
+    num_nodes: int = Field(1, ge=1)
+    precision: Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true"] = "32-true"
+    deterministic: bool = True
+    progress_bar: bool | None = Field(None, description="null = on when the output is a terminal")
+    data_on_device: bool = Field(True, description="keep in-memory data on the GPU (one copy per process)")
+
+
+class SearchDim(Section):
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _range_is_usable(self) -> SearchDim:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty 'choices' list")
+        elif self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs 'low' and 'high'")
+        elif not self.low < self.high:
+            raise ValueError(f"empty range: low ({self.low}) must be below high ({self.high})")
+        elif self.log and self.low <= 0:
+            raise ValueError("log scale needs low > 0")
+        return self
+
+
+class TuneParams(Section):
+    enabled: bool = Field(True, description="false: the tune stage records the params as they are")
+    n_trials: int = Field(10, ge=1)
+    timeout: float | None = Field(None, gt=0, description="seconds; stop starting trials after this")
+    sampler: Literal["tpe", "random", "cmaes"] = "tpe"
+    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "median"
+    cv_folds: int = Field(0, ge=0, description="0 = one validation split; k = mean over the first k folds")
+    max_epochs: int | None = Field(None, ge=1, description="epochs per trial (null = train.max_epochs)")
+    workers: int = Field(1, ge=1, description="worker processes sharing the study storage")
+    storage: str | None = Field(None, description="null = journal file under optuna/; or postgresql://...")
+    space: dict[str, SearchDim] = Field(default_factory=dict, description="shared by every architecture")
+    spaces: dict[str, dict[str, SearchDim]] = Field(default_factory=dict, description="per architecture")
+
+
+class SelectionParams(Section):
+    metric: Literal[SELECTION_METRICS] = "f1_macro"  # type: ignore[valid-type]
+    positive_class: str | None = Field(None, description="class name for *_positive metrics (binary tasks)")
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="significance level of the fold-aware t-test")
+
+
+class MlflowParams(Section):
+    tracking_uri: str | None = Field(None, description="null = sqlite store in the project's mlruns/")
+    experiment: str | None = Field(None, description="null = dlpipe/<dataset>")
+    log_models: bool = True
+
+
+class RegistryParams(Section):
+    model_name: str | None = Field(None, description="registered model; null = dlpipe-<dataset>")
+    auto_promote: bool = Field(True, description="promote the challenger after select when it beats the champion")
+
+
+ModelsParams = create_model(  # one field per registered architecture, each with its own schema
+    "ModelsParams",
+    __base__=Section,
+    **{name: (arch.params, arch.params()) for name, arch in ARCHITECTURES.items()},
+)
+
+
+class Params(Section):
+    seed: int = Field(42, ge=0, description="drives Python, NumPy, torch, the splits and the sampler")
+    data: DataParams = DataParams()
+    architectures: list[str] = Field(["perceptron", "mlp", "cnn"], min_length=1)
+    models: ModelsParams = ModelsParams()  # type: ignore[valid-type]
+    train: TrainParams = TrainParams()
+    trainer: TrainerParams = TrainerParams()
+    tune: TuneParams = TuneParams()
+    selection: SelectionParams = SelectionParams()
+    mlflow: MlflowParams = MlflowParams()
+    registry: RegistryParams = RegistryParams()
+
+    def model_params(self, arch: str) -> BaseModel:
+        return getattr(self.models, arch)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.mlflow.experiment or f"dlpipe/{self.data.name}"
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.registry.model_name or f"dlpipe-{self.data.name}"
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """The field names allowed where an unknown key `loc` was found."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return None
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel] = Params) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = _dotted(loc)
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, loc)
+            hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+            lines.append(f"{key}: unknown key{hint}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = err.get("input")
+            shown = "" if isinstance(got, (dict, list)) or err["type"] == "missing" else f" (got {got!r})"
+            lines.append(f"{key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def check_semantics(params: Params) -> None:
+    """Rules that span sections: dataset and architecture names, input kinds, search-space keys."""
+    problems: list[str] = []
+    try:
+        kind = get_dataset_info(params.data.name).kind
+    except ConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    if params.data.name == "csv" and not params.data.csv.path:
+        problems.append("data.csv.path: required when data.name is 'csv'")
+    if len(set(params.architectures)) != len(params.architectures):
+        problems.append("architectures: each architecture may appear once")
+    for i, name in enumerate(params.architectures):
+        if name not in ARCHITECTURES:
+            problems.append(f"architectures.{i}: unknown architecture {name!r}; allowed: {', '.join(ARCHITECTURES)}")
+            continue
+        arch = get_architecture(name)
+        if kind not in arch.kinds:
+            fits = [a.name for a in ARCHITECTURES.values() if kind in a.kinds]
+            problems.append(
+                f"architectures.{i}: {name!r} takes {'/'.join(sorted(arch.kinds))} input but dataset "
+                f"{params.data.name!r} is {kind}; allowed for {kind}: {', '.join(fits)}"
+            )
+    problems += _check_space(params, "tune.space", params.tune.space, params.architectures)
+    for arch_name, space in params.tune.spaces.items():
+        if arch_name not in ARCHITECTURES:
+            problems.append(f"tune.spaces.{arch_name}: unknown architecture; allowed: {', '.join(ARCHITECTURES)}")
+        else:
+            problems += _check_space(params, f"tune.spaces.{arch_name}", space, [arch_name])
+    if params.selection.metric.endswith("_positive") and params.selection.positive_class is None:
+        problems.append(f"selection.positive_class: required for selection.metric {params.selection.metric!r}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def tunable_keys(params: Params, arch: str) -> list[str]:
+    """Every key a search space may name for `arch`: train.<field> and model.<field>."""
+    train = [f"train.{f}" for f, info in TrainParams.model_fields.items() if not _is_section(info.annotation)]
+    model = [f"model.{f}" for f in get_architecture(arch).params.model_fields]
+    return train + model
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _check_space(params: Params, where: str, space: dict[str, SearchDim], archs: list[str]) -> list[str]:
+    problems = []
+    known = {arch: set(tunable_keys(params, arch)) for arch in archs if arch in ARCHITECTURES}
+    for key in space:
+        if known and not any(key in keys for keys in known.values()):
+            allowed = sorted(set().union(*known.values()))
+            problems.append(f"{where}.{key}: unknown hyperparameter; allowed: {', '.join(allowed)}")
+    return problems
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise ConfigError with one line per problem, each prefixed by `source`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    try:
+        params = Params.model_validate(raw)
+        check_semantics(params)
+    except ValidationError as exc:
+        raise ConfigError(_prefix(source, format_validation_error(exc))) from None
+    except ConfigError as exc:
+        raise ConfigError(_prefix(source, str(exc))) from None
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    return parse_params(raw, str(path))
+
+
+def _prefix(source: str, text: str) -> str:
+    return "\n".join(f"{source}: {line}" for line in text.splitlines())
+
+
+def apply_overrides(params: Params, arch: str, overrides: dict[str, Any]) -> tuple[BaseModel, TrainParams]:
+    """The (model params, train params) of `arch` after `train.x` / `model.x` overrides, validated."""
+    model = params.model_params(arch).model_dump()
+    train = params.train.model_dump()
+    for key, value in overrides.items():
+        section, _, field = key.partition(".")
+        target = {"model": model, "train": train}.get(section)
+        if target is None or not field:
+            raise ConfigError(f"{key}: overrides must be train.<key> or model.<key>")
+        target[field] = value
+    arch_cls = get_architecture(arch).params
+    try:
+        return arch_cls.model_validate(model), TrainParams.model_validate(train)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, arch_cls)) from None
+
+
+def params_hash(*parts: Any) -> str:
+    """A short, stable hash of pydantic models and plain data (JSON with sorted keys)."""
+    payload = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; lists stay values (for MLflow params)."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+__all__ = [
+    "DATASETS",
+    "ConfigError",
+    "DataParams",
+    "Params",
+    "TrainParams",
+    "TrainerParams",
+    "TuneParams",
+    "apply_overrides",
+    "flatten",
+    "load_params",
+    "params_hash",
+    "parse_params",
+]

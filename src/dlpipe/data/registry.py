@@ -1,0 +1,50 @@
+"""The dataset registry: name -> input kind, description and loader.
+
+Kinds are known without loading anything, so params validation can reject an architecture that cannot take a
+dataset's input before any data is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dlpipe.data.base import Dataset, InputKind
+from dlpipe.errors import ConfigError
+
+# load(root, data_params) -> Dataset; `root` is where downloads go (data/raw), data_params is config.DataParams.
+Loader = Callable[[Path, Any], Dataset]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    kind: InputKind
+    description: str
+    load: Loader
+    needs_network: bool = False
+
+
+DATASETS: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(name: str, kind: InputKind, description: str, *, needs_network: bool = False):
+    def decorator(load: Loader) -> Loader:
+        DATASETS[name] = DatasetInfo(name, kind, description, load, needs_network)
+        return load
+
+    return decorator
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ConfigError(f"data.name: unknown dataset {name!r}; allowed: {', '.join(DATASETS)}") from None
+
+
+def load_dataset(name: str, root: Path, data_params: Any) -> Dataset:
+    """Load dataset `name` (downloading into `root` where it must)."""
+    return get_dataset_info(name).load(Path(root), data_params)

@@ -1,0 +1,74 @@
+"""On-disk form of fetched datasets and prepared splits (NumPy .npz plus JSON metadata; no pickles)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dlpipe.data.base import Dataset
+from dlpipe.data.splits import Normalizer, Splits
+from dlpipe.errors import DataError
+from dlpipe.io import atomic_path, read_json, sha256_file, write_json
+
+DATASET_FILE = "dataset.npz"
+DATASET_META = "dataset.json"
+SPLITS_FILE = "splits.npz"
+
+
+def save_dataset(ds: Dataset, folder: Path) -> dict:
+    """Write `ds` to folder/dataset.npz and its metadata (with the file's sha256) to dataset.json."""
+    data_path = folder / DATASET_FILE
+    with atomic_path(data_path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, X=ds.X.numpy(), y=ds.y.numpy())
+    meta = {
+        "name": ds.name,
+        "kind": ds.kind,
+        "input_shape": list(ds.input_shape),
+        "class_names": ds.class_names,
+        "n_samples": len(ds),
+        "sha256": sha256_file(data_path),
+    }
+    write_json(folder / DATASET_META, meta)
+    return meta
+
+
+def load_saved_dataset(folder: Path, verify: bool = False) -> Dataset:
+    data_path, meta_path = folder / DATASET_FILE, folder / DATASET_META
+    if not data_path.is_file() or not meta_path.is_file():
+        raise DataError(f"{folder}: no fetched dataset here; run the fetch stage first (dvc repro fetch)")
+    meta = read_json(meta_path)
+    if verify and sha256_file(data_path) != meta["sha256"]:
+        raise DataError(f"{data_path}: checksum does not match {meta_path}; run the fetch stage again")
+    with np.load(data_path) as npz:
+        X, y = torch.from_numpy(npz["X"]), torch.from_numpy(npz["y"])
+    return Dataset(meta["name"], X, y, meta["kind"], list(meta["class_names"]))
+
+
+def dataset_digest(folder: Path) -> str:
+    """The recorded sha256 of the fetched dataset (for MLflow tags)."""
+    return read_json(folder / DATASET_META)["sha256"]
+
+
+def save_splits(splits: Splits, norm: Normalizer, subset: np.ndarray, path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(
+            fh,
+            subset=subset,
+            train_idx=splits.train_idx,
+            test_idx=splits.test_idx,
+            fold=splits.fold,
+            mean=norm.mean.numpy(),
+            std=norm.std.numpy(),
+        )
+
+
+def load_splits(path: Path) -> tuple[Splits, Normalizer, np.ndarray]:
+    if not path.is_file():
+        raise DataError(f"{path}: no prepared splits; run the prepare stage first (dvc repro prepare)")
+    with np.load(path) as npz:
+        fold = npz["fold"]
+        splits = Splits(npz["train_idx"], npz["test_idx"], fold, int(fold.max()) + 1)
+        norm = Normalizer(torch.from_numpy(npz["mean"]), torch.from_numpy(npz["std"]))
+        return splits, norm, npz["subset"]

@@ -1,0 +1,81 @@
+"""Pieces shared by the architecture families: param fields, activations, weight init."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "gelu"]
+Init = Literal["default", "xavier", "kaiming"]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+}
+
+
+class ArchParams(BaseModel):
+    """Base of every architecture's params: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    init: Init = Field("default", description="weight init: default (PyTorch's), xavier or kaiming")
+
+
+class DropoutParams(ArchParams):
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability before each hidden/output layer")
+    activation: Activation = "relu"
+
+
+def make_activation(name: str) -> nn.Module:
+    return _ACTIVATIONS[name]()
+
+
+def apply_init(module: nn.Module, scheme: str, activation: str = "relu") -> nn.Module:
+    """Re-initialise the weights of linear, conv and recurrent layers; biases start at zero."""
+    if scheme == "default":
+        return module
+    nonlinearity = "leaky_relu" if activation == "leaky_relu" else "relu"
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            _init_weight(layer.weight, scheme, nonlinearity)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, (nn.RNN, nn.LSTM, nn.GRU)):
+            for pname, p in layer.named_parameters():
+                if pname.startswith("weight"):
+                    _init_weight(p, scheme, nonlinearity)
+                else:
+                    nn.init.zeros_(p)
+    return module
+
+
+def _init_weight(weight: nn.Parameter, scheme: str, nonlinearity: str) -> None:
+    if scheme == "xavier":
+        nn.init.xavier_uniform_(weight)
+    else:
+        nn.init.kaiming_uniform_(weight, nonlinearity=nonlinearity)
+
+
+def mlp_layers(in_features: int, hidden: list[int], dropout: float, activation: str) -> tuple[list[nn.Module], int]:
+    """Linear -> activation -> dropout blocks; returns the layers and the last width."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden:
+        layers += [nn.Linear(width, h), make_activation(activation)]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    return layers, width
+
+
+def flat_size(input_shape: tuple[int, ...]) -> int:
+    size = 1
+    for d in input_shape:
+        size *= d
+    return size

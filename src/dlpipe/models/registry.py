@@ -1,0 +1,52 @@
+"""The architecture registry: name -> params schema, accepted input kinds, builder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+from torch import nn
+
+from dlpipe.errors import ConfigError
+
+Builder = Callable[[BaseModel, tuple[int, ...], int], nn.Module]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    params: type[BaseModel]
+    kinds: frozenset[str]
+    build: Builder
+    description: str
+
+
+ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def register(name: str, *, params: type[BaseModel], kinds: set[str], description: str) -> Callable[[Builder], Builder]:
+    """Register `build(params, input_shape, num_classes) -> nn.Module` under `name`."""
+
+    def decorator(build: Builder) -> Builder:
+        if name in ARCHITECTURES:
+            raise RuntimeError(f"architecture {name!r} registered twice")
+        ARCHITECTURES[name] = Architecture(name, params, frozenset(kinds), build, description)
+        return build
+
+    return decorator
+
+
+def get_architecture(name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ConfigError(f"unknown architecture {name!r}; allowed: {', '.join(ARCHITECTURES)}") from None
+
+
+def build_model(name: str, params: BaseModel, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Build architecture `name` for inputs of `input_shape` (no batch dim) and `num_classes` outputs."""
+    arch = get_architecture(name)
+    if not isinstance(params, arch.params):
+        params = arch.params.model_validate(params)
+    return arch.build(params, tuple(input_shape), num_classes)

@@ -1,0 +1,27 @@
+"""fetch: materialise the chosen dataset under data/raw (dataset.npz + dataset.json with its sha256)."""
+
+from __future__ import annotations
+
+import logging
+
+from dlpipe.config import Params
+from dlpipe.data import load_dataset
+from dlpipe.data.store import save_dataset
+from dlpipe.paths import ProjectPaths
+
+log = logging.getLogger(__name__)
+
+
+def run(params: Params, paths: ProjectPaths) -> dict:
+    paths.raw.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(params.data.name, paths.raw, params.data)
+    meta = save_dataset(ds, paths.raw)
+    log.info(
+        "fetched %s: %d samples, shape %s, %d classes, sha256 %s",
+        ds.name,
+        len(ds),
+        ds.input_shape,
+        ds.num_classes,
+        meta["sha256"][:12],
+    )
+    return meta

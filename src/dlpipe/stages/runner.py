@@ -1,0 +1,63 @@
+"""Shared entry point of every stage: parse args, validate params, turn dlpipe errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from dlpipe.config import Params, load_params
+from dlpipe.errors import DlpipeError
+from dlpipe.paths import ProjectPaths
+
+log = logging.getLogger("dlpipe")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def fail(prog: str, exc: BaseException) -> int:
+    """Print a dlpipe error as one line per problem on stderr and return its exit code."""
+    code = exc.exit_code if isinstance(exc, DlpipeError) else 1
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        print(f"{prog}: error: {line}", file=sys.stderr)
+    return code
+
+
+def stage_main(
+    name: str,
+    run: Callable[..., object],
+    argv: list[str] | None = None,
+    with_arch: bool = False,
+) -> int:
+    """Run stage `name`: `run(params, paths)` or, with `with_arch`, `run(params, paths, arch)`."""
+    parser = argparse.ArgumentParser(prog=f"dlpipe-{name}", description=f"dlpipe {name} stage")
+    parser.add_argument("--params", default=None, help="params file (default: params.yaml in the project root)")
+    if with_arch:
+        parser.add_argument("--arch", required=True, help="architecture name")
+    args = parser.parse_args(argv)
+    setup_logging()
+    prog = f"dlpipe {name}"
+    try:
+        paths = ProjectPaths.from_env()
+        params = load_params(args.params or paths.params)
+        if with_arch:
+            if args.arch not in params.architectures:
+                raise_unknown_arch(args.arch, params)
+            run(params, paths, args.arch)
+        else:
+            run(params, paths)
+    except DlpipeError as exc:
+        return fail(prog, exc)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def raise_unknown_arch(arch: str, params: Params) -> None:
+    from dlpipe.errors import ConfigError
+
+    raise ConfigError(f"--arch: {arch!r} is not in params architectures ({', '.join(params.architectures)})")
