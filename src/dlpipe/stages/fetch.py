@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-from dlpipe.config import Params
+from dlpipe.config import DataParams, Params
 from dlpipe.data import load_dataset
 from dlpipe.data.store import save_dataset
 from dlpipe.paths import ProjectPaths
@@ -14,7 +15,7 @@ log = logging.getLogger(__name__)
 
 def run(params: Params, paths: ProjectPaths) -> dict:
     paths.raw.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset(params.data.name, paths.raw, params.data)
+    ds = load_dataset(params.data.name, paths.raw, _rooted(params, paths))
     meta = save_dataset(ds, paths.raw)
     log.info(
         "fetched %s: %d samples, shape %s, %d classes, sha256 %s",
@@ -25,3 +26,11 @@ def run(params: Params, paths: ProjectPaths) -> dict:
         meta["sha256"][:12],
     )
     return meta
+
+
+def _rooted(params: Params, paths: ProjectPaths) -> DataParams:
+    """data params with a relative data.csv.path resolved against the project root (not the working directory)."""
+    csv = params.data.csv
+    if not csv.path or Path(csv.path).is_absolute():
+        return params.data
+    return params.data.model_copy(update={"csv": csv.model_copy(update={"path": str(paths.root / csv.path)})})

@@ -1,0 +1,1 @@
+"""Training core: the classification LightningModule, in-memory batching, the Trainer factory, `fit`."""

@@ -1,0 +1,81 @@
+"""Batches from tensors already in memory: slicing, one shuffled permutation per epoch, no per-sample collate.
+
+Under DDP every rank draws the same permutation (same seed and epoch) and takes its own strided share; training
+shares are padded to equal length (every rank must step the same number of times), evaluation shares are not
+(torchmetrics sums the per-rank states, so every sample counts exactly once).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class TensorLoader:
+    """An iterable of `(X[idx], y[idx])` batches over in-memory tensors."""
+
+    def __init__(
+        self,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+    ):
+        if len(X) != len(y):
+            raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
+        self.X, self.y = X, y
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def to(self, device: torch.device | str) -> TensorLoader:
+        """Move the data once (e.g. onto the GPU) so that batches need no host-to-device copy."""
+        self.X, self.y = self.X.to(device), self.y.to(device)
+        return self
+
+    def _indices(self) -> torch.Tensor | None:
+        rank, world = _rank_and_world()
+        n = len(self.y)
+        if not self.shuffle and world == 1:
+            return None  # contiguous slices, no gather
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=gen)
+        else:
+            order = torch.arange(n)
+        if world > 1:
+            if self.shuffle:  # pad so every rank steps equally often
+                per_rank = math.ceil(n / world)
+                order = torch.cat([order, order[: per_rank * world - n]])
+            order = order[rank::world]
+        return order.to(self.X.device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._indices()
+        self.epoch += 1
+        n = len(self.y) if order is None else len(order)
+        stop = n - n % self.batch_size if self.drop_last else n
+        for start in range(0, stop, self.batch_size):
+            if order is None:
+                yield self.X[start : start + self.batch_size], self.y[start : start + self.batch_size]
+            else:
+                idx = order[start : start + self.batch_size]
+                yield self.X[idx], self.y[idx]
+
+    def __len__(self) -> int:
+        _, world = _rank_and_world()
+        n = math.ceil(len(self.y) / world) if world > 1 else len(self.y)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)

@@ -1,0 +1,64 @@
+"""Classification metrics from torchmetrics (synced across DDP ranks at compute time)."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import ConfusionMatrix, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
+
+# The scalar metrics logged every epoch, as `<stage>_<name>` (val_f1_macro ...).
+SCALAR_METRICS = (
+    "accuracy",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "precision_weighted",
+    "recall_weighted",
+    "f1_weighted",
+)
+PER_CLASS = ("precision", "recall", "f1")
+
+
+def scalar_metrics(num_classes: int) -> MetricCollection:
+    kw = {"num_classes": num_classes}
+    return MetricCollection(
+        {
+            "accuracy": MulticlassAccuracy(average="micro", **kw),
+            "precision_macro": MulticlassPrecision(average="macro", **kw),
+            "recall_macro": MulticlassRecall(average="macro", **kw),
+            "f1_macro": MulticlassF1Score(average="macro", **kw),
+            "precision_weighted": MulticlassPrecision(average="weighted", **kw),
+            "recall_weighted": MulticlassRecall(average="weighted", **kw),
+            "f1_weighted": MulticlassF1Score(average="weighted", **kw),
+        }
+    )
+
+
+def detailed_metrics(num_classes: int) -> MetricCollection:
+    """Per-class precision/recall/F1 and the confusion matrix (final evaluation)."""
+    kw = {"num_classes": num_classes}
+    return MetricCollection(
+        {
+            "precision_per_class": MulticlassPrecision(average=None, **kw),
+            "recall_per_class": MulticlassRecall(average=None, **kw),
+            "f1_per_class": MulticlassF1Score(average=None, **kw),
+            "confusion_matrix": ConfusionMatrix(task="multiclass", **kw),
+        }
+    )
+
+
+def report(scalars: dict[str, torch.Tensor], detailed: dict[str, torch.Tensor], class_names: list[str]) -> dict:
+    """A JSON-ready evaluation report: scalar metrics, per-class metrics, confusion matrix."""
+    out: dict = {name: float(value) for name, value in scalars.items()}
+    out["per_class"] = {
+        name: {m: float(detailed[f"{m}_per_class"][i]) for m in PER_CLASS} for i, name in enumerate(class_names)
+    }
+    out["confusion_matrix"] = detailed["confusion_matrix"].long().tolist()
+    out["class_names"] = list(class_names)
+    return out
+
+
+def positive_class_metrics(result: dict, positive_class: str) -> dict[str, float]:
+    """precision/recall/f1 of one class as `<metric>_positive` (binary selection metrics)."""
+    per = result["per_class"][positive_class]
+    return {f"{m}_positive": per[m] for m in PER_CLASS}

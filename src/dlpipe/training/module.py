@@ -1,0 +1,131 @@
+"""One LightningModule for classification, shared by every architecture."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlpipe.config import TrainParams
+from dlpipe.training.augmentation import build_augmentation
+from dlpipe.training.metrics import detailed_metrics, report, scalar_metrics
+
+
+def penalised_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters L1/L2 penalise: weight matrices and kernels (not biases or norm scales)."""
+    return [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+
+
+class Classifier(L.LightningModule):
+    """Cross-entropy classification with L1/L2 penalties, torchmetrics metrics and configurable optimisation."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train: TrainParams,
+        num_classes: int,
+        class_names: list[str] | None = None,
+        input_shape: tuple[int, ...] | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.train_params = train
+        self.num_classes = num_classes
+        self.class_names = class_names or [str(i) for i in range(num_classes)]
+        self.augment = build_augmentation(train.augmentation, input_shape) if input_shape else None
+        self.train_metrics = scalar_metrics(num_classes).clone(prefix="train_")
+        self.val_metrics = scalar_metrics(num_classes).clone(prefix="val_")
+        self.test_metrics = scalar_metrics(num_classes).clone(prefix="test_")
+        self.test_detailed = detailed_metrics(num_classes)
+        self.test_report: dict[str, Any] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def penalty(self) -> torch.Tensor:
+        p = self.train_params
+        total = torch.zeros((), device=self.device)
+        if p.l1 or p.l2:
+            for w in penalised_weights(self.model):
+                if p.l1:
+                    total = total + p.l1 * w.abs().sum()
+                if p.l2:
+                    total = total + p.l2 * w.pow(2).sum()
+        return total
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.augment is not None:
+            x = self.augment(x)
+        logits = self(x)
+        data_loss = F.cross_entropy(logits, y, label_smoothing=self.train_params.label_smoothing)
+        loss = data_loss + self.penalty()
+        self.train_metrics.update(logits.detach(), y)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)  # computed (and DDP-synced) per epoch
+        self.log("train_loss", data_loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_metrics.update(logits, y)
+        self.log_dict(self.val_metrics, on_step=False, on_epoch=True)
+        loss = F.cross_entropy(logits, y)
+        self.log("val_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(y))
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.test_metrics.update(logits, y)
+        self.test_detailed.update(logits, y)
+        self.log("test_loss", F.cross_entropy(logits, y), on_step=False, on_epoch=True, sync_dist=True,
+                 batch_size=len(y))  # fmt: skip
+
+    def on_test_epoch_end(self) -> None:
+        scalars = self.test_metrics.compute()
+        self.log_dict(scalars)
+        plain = {k.removeprefix("test_"): v for k, v in scalars.items()}
+        self.test_report = report(plain, self.test_detailed.compute(), self.class_names)
+        self.test_metrics.reset()
+        self.test_detailed.reset()
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return torch.softmax(self(x), dim=1)
+
+    def configure_optimizers(self) -> Any:
+        p = self.train_params
+        params = [q for q in self.parameters() if q.requires_grad]
+        optimizer = make_optimizer(p, params)
+        if p.scheduler == "none":
+            return optimizer
+        if p.scheduler == "step":
+            sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=p.step_size, gamma=p.gamma)
+        elif p.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.trainer.max_epochs or 1))
+        elif p.scheduler == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=p.gamma, patience=2)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
+        else:  # onecycle: stepped every batch
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=p.lr, total_steps=total)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+def make_optimizer(p: TrainParams, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    wd = p.weight_decay
+    if p.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=p.lr, weight_decay=wd)
+    if p.optimizer == "momentum":
+        return torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov, weight_decay=wd)
+    if p.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=p.lr, weight_decay=wd)
+    if p.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=p.lr, momentum=p.momentum, weight_decay=wd)
+    if p.optimizer == "adam":
+        return torch.optim.Adam(params, lr=p.lr, weight_decay=wd)
+    return torch.optim.AdamW(params, lr=p.lr, weight_decay=wd)
