@@ -50,6 +50,6 @@ def read_csv_dataset(path: Path, target: str) -> Dataset:
     if len(classes) < 2:
         raise DataError(f"{path}: target column {target!r} has {len(classes)} class; at least 2 are needed")
     index = {c: i for i, c in enumerate(classes)}
-    y = torch.from_numpy(labels.map(index).to_numpy(np.int64))
-    X = torch.from_numpy(features.to_numpy(np.float32))
+    y = torch.from_numpy(labels.map(index).to_numpy(np.int64, copy=True))  # writable (pandas copy-on-write)
+    X = torch.from_numpy(features.to_numpy(np.float32, copy=True))
     return Dataset("csv", X, y, "tabular", [str(c) for c in classes])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import warnings
 from collections.abc import Callable
 
 from dlpipe.config import Params, load_params
@@ -16,6 +18,13 @@ log = logging.getLogger("dlpipe")
 
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):  # device banners and tips
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning on torch 2.15, harmless
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # `dvc queue kill` and schedulers send SIGTERM: end runs as KILLED
 
 
 def fail(prog: str, exc: BaseException) -> int:
@@ -39,6 +48,7 @@ def stage_main(
         parser.add_argument("--arch", required=True, help="architecture name")
     args = parser.parse_args(argv)
     setup_logging()
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     prog = f"dlpipe {name}"
     try:
         paths = ProjectPaths.from_env()

@@ -1,0 +1,1 @@
+"""Cross-validation, evaluation reports, plots and model-selection statistics."""

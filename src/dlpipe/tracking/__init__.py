@@ -1,0 +1,1 @@
+"""MLflow conventions: where the store is, how runs are named and tagged, what they log."""

@@ -1,0 +1,65 @@
+"""Where MLflow records: the project's own mlruns/ (SQLite + artifacts) unless a tracking server is named.
+
+A stage may run in a copy of the project (`dvc exp run --temp` and `--queue` run under
+`<project>/.dvc/tmp/exps/<tmp>`); the store still resolves to the original project's `mlruns/`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+DB_NAME = "mlflow.db"
+ARTIFACTS = "artifacts"
+
+
+def project_root(path: Path) -> Path:
+    """The project that owns `path`: the first ancestor above a DVC experiment temp dir, else `path`."""
+    path = path.resolve()
+    parts = path.parts
+    for i in range(len(parts) - 3):
+        if parts[i] == ".dvc" and parts[i + 1] == "tmp" and parts[i + 2] == "exps":
+            return Path(*parts[:i])
+    return path
+
+
+def local_store_uri(root: Path) -> str:
+    return f"sqlite:///{project_root(root) / 'mlruns' / DB_NAME}"
+
+
+def artifact_location(root: Path, experiment: str) -> str:
+    safe = experiment.replace("/", "_")
+    return (project_root(root) / "mlruns" / ARTIFACTS / safe).as_uri()
+
+
+def resolve_tracking_uri(configured: str | None, root: Path) -> str:
+    """$MLFLOW_TRACKING_URI, else params' mlflow.tracking_uri, else the project's SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured or local_store_uri(root)
+
+
+def is_local(uri: str) -> bool:
+    return uri.startswith("sqlite:")
+
+
+def configure(configured: str | None, root: Path, experiment: str) -> str:
+    """Point MLflow at the store and make sure `experiment` exists; returns the experiment id."""
+    uri = resolve_tracking_uri(configured, root)
+    if is_local(uri):
+        (project_root(root) / "mlruns").mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        exp_id = found.experiment_id
+    else:
+        location = artifact_location(root, experiment) if is_local(uri) else None
+        try:
+            exp_id = client.create_experiment(experiment, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel worker
+            exp_id = client.get_experiment_by_name(experiment).experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
