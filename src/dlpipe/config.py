@@ -297,7 +297,25 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-    return parse_params(raw, str(path))
+    params = parse_params(raw, str(path))
+    _check_dvc_tracked_keys(raw, params, str(path))
+    return params
+
+
+def _check_dvc_tracked_keys(raw: dict, params: Params, source: str) -> None:
+    """dvc.yaml tracks `models.<arch>` and `tune.spaces.<arch>` per architecture: they must be in the file."""
+    models = raw.get("models") or {}
+    spaces = (raw.get("tune") or {}).get("spaces") or {}
+    problems = []
+    for arch in params.architectures:
+        if arch not in models:
+            problems.append(f"models.{arch}: missing; every architecture listed needs its section (dvc.yaml tracks it)")
+        if arch not in spaces:
+            problems.append(
+                f"tune.spaces.{arch}: missing; every architecture listed needs an entry, {{}} for the shared space only"
+            )
+    if problems:
+        raise ConfigError(_prefix(source, "\n".join(problems)))
 
 
 def _prefix(source: str, text: str) -> str:
