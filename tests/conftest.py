@@ -55,12 +55,6 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-@pytest.fixture
-def project_env(project: Path) -> dict[str, str]:
-    """`subprocess_env` for the `project` fixture."""
-    return subprocess_env(project)
-
-
 # --- params and prepared data -------------------------------------------------------------------------------------
 
 SMALL_STUDY = {  # a quick study for integration tests: small data, tiny models, few epochs

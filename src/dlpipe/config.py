@@ -200,11 +200,36 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | N
     return list(model.model_fields)
 
 
+def _field_loc(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`loc` without pydantic's union-member tags (`trainer.devices.int` -> `trainer.devices`)."""
+    out: list[Any] = []
+    current: Any = model
+    for part in loc:
+        if _is_section(current):
+            out.append(part)
+            field = current.model_fields.get(str(part))
+            current = field.annotation if field else None
+        elif not _is_union_tag(part):
+            out.append(part)
+    return tuple(out)
+
+
+def _is_union_tag(part: Any) -> bool:
+    text = str(part)
+    return text in {"int", "float", "str", "bool", "none"} or text.startswith(("literal[", "list[", "dict["))
+
+
 def format_validation_error(exc: ValidationError, model: type[BaseModel] = Params) -> str:
-    lines = []
+    lines: list[str] = []
+    union_keys: dict[str, int] = {}  # a union (int | "auto") fails once per member: report the key once
     for err in exc.errors():
-        loc = tuple(err["loc"])
+        loc = _field_loc(model, tuple(err["loc"]))
         key = _dotted(loc)
+        if len(loc) < len(err["loc"]):
+            if key in union_keys:
+                lines[union_keys[key]] += f"; or {err['msg']}"
+                continue
+            union_keys[key] = len(lines)
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, loc)
             hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
@@ -298,7 +323,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     params = parse_params(raw, str(path))
-    _check_dvc_tracked_keys(raw, params, str(path))
+    _check_dvc_tracked_keys(raw or {}, params, str(path))  # an empty file is None
     return params
 
 
@@ -347,13 +372,13 @@ def params_hash(*parts: Any) -> str:
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; lists stay values (for MLflow params)."""
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}` through nested dicts and pydantic models; lists stay values (MLflow)."""
     if isinstance(data, BaseModel):
         data = data.model_dump(mode="json")
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, BaseModel) or (isinstance(value, dict) and value):
             out.update(flatten(value, f"{name}."))
         else:
             out[name] = value

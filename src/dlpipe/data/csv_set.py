@@ -32,7 +32,8 @@ def read_csv_dataset(path: Path, target: str) -> Dataset:
         raise DataError(f"{path}: not a readable CSV file ({exc})") from None
     if target not in frame.columns:
         raise DataError(
-            f"{path}: target column {target!r} (data.csv.target) not found; columns: {', '.join(map(str, frame.columns))}"
+            f"{path}: target column {target!r} (data.csv.target) not found; "
+            f"columns: {', '.join(map(str, frame.columns))}"
         )
     missing = frame.isna().sum()
     missing = missing[missing > 0]

@@ -42,7 +42,9 @@ def make_splits(y: np.ndarray, test_size: float, folds: int, seed: int) -> Split
     train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
     smallest_train = int(np.bincount(y[train_idx]).min())
     if smallest_train < folds:
-        raise DataError(f"data.folds: {folds} folds need at least {folds} training samples per class, smallest has {smallest_train}")
+        raise DataError(
+            f"data.folds: {folds} folds need at least {folds} training samples per class, smallest has {smallest_train}"
+        )
     fold = np.empty(len(train_idx), dtype=np.int64)
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for k, (_, val) in enumerate(skf.split(train_idx, y[train_idx])):

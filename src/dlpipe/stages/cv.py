@@ -1,7 +1,8 @@
 """cv@<arch>: k-fold cross-validation with the tuned params; MLflow parent run with one child run per fold.
 
 Re-running with the same params hash resumes the newest parent run and reuses its finished folds; folds that
-failed or were interrupted run again (their failed runs stay in MLflow).
+failed or were interrupted run again (their failed runs stay in MLflow). A finished parent run whose folds are
+all done is left untouched: nothing is trained or logged, only reports/cv/<arch>.json is written again.
 """
 
 from __future__ import annotations
@@ -44,8 +45,13 @@ def run(params: Params, paths: ProjectPaths, arch: str) -> dict:
     tags = ctx.tags("cv", arch, phash)
     zero = is_global_zero()
     parent = latest_run(ctx.experiment_id, stage="cv", architecture=arch, params_hash=phash)
-    start = {"run_id": parent.info.run_id} if parent else {"run_name": f"cv-{arch}"}
     folds = ctx.data.splits.folds
+    if parent is not None and parent.info.status == "FINISHED":
+        done = _finished_folds(ctx.experiment_id, parent.info.run_id, phash)
+        if all(k in done for k in range(folds)):  # nothing to train or log: only the report is rewritten
+            log.info("cv %s: every fold done in finished run %s, reusing it", arch, parent.info.run_id)
+            return _write_report(params, paths, arch, phash, parent.info.run_id, [done[k][1] for k in range(folds)])
+    start = {"run_id": parent.info.run_id} if parent else {"run_name": f"cv-{arch}"}
     results: list[FoldResult] = []
     with tracked_run(**start) if zero else contextlib.nullcontext() as run_:
         run_id = run_.info.run_id if run_ else None
@@ -72,15 +78,21 @@ def run(params: Params, paths: ProjectPaths, arch: str) -> dict:
                 results.append(done[k][1])
                 continue
             results.append(_run_fold(ctx, spec, k, tags, zero))
-        summary = aggregate(results)
         if zero:
-            _log_summary(run_id, summary, arch)
-    out = {"architecture": arch, "params_hash": phash, "mlflow_run_id": run_id, **summary}
+            _log_summary(run_id, aggregate(results), arch)
     if zero:
-        write_json(report_path(paths, arch), out)
         mlflow.flush_async_logging()
+    return _write_report(params, paths, arch, phash, run_id, results)
+
+
+def _write_report(params: Params, paths: ProjectPaths, arch: str, phash: str, run_id: str | None,
+                  results: list[FoldResult]) -> dict:  # fmt: skip
+    summary = aggregate(results)
+    out = {"architecture": arch, "params_hash": phash, "mlflow_run_id": run_id, **summary}
+    if is_global_zero():
+        write_json(report_path(paths, arch), out)
     m = params.selection.metric if params.selection.metric in SCALAR_METRICS else "f1_macro"
-    log.info("cv %s: %s %.4f +/- %.4f over %d folds", arch, m, summary["mean"][m], summary["std"][m], folds)
+    log.info("cv %s: %s %.4f +/- %.4f over %d folds", arch, m, summary["mean"][m], summary["std"][m], len(results))
     return out
 
 

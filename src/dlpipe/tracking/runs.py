@@ -16,7 +16,10 @@ from lightning.pytorch.callbacks import Callback
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from dlpipe.config import flatten
+
 MAX_BATCH = 100  # MLflow's limit of params/tags per log_batch call
+SEARCH_PAGE = 200
 
 
 def is_global_zero() -> bool:
@@ -49,15 +52,34 @@ def standard_tags(
     return tags
 
 
+def interrupted_exit(exc: BaseException) -> bool:
+    """True for the `SystemExit` Lightning raises after it caught Ctrl-C (or SIGTERM turned into KeyboardInterrupt).
+
+    Lightning's `Trainer` handles a KeyboardInterrupt inside `fit`/`validate`/`test` by calling `sys.exit(1)` from its
+    `except KeyboardInterrupt` block, so the interrupt survives only as the `SystemExit`'s context.
+    """
+    return isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt)
+
+
 @contextlib.contextmanager
 def tracked_run(**start_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
-    """`mlflow.start_run` that ends FINISHED, FAILED on an exception, KILLED on Ctrl-C/SIGTERM."""
+    """`mlflow.start_run` that ends FINISHED, FAILED on an exception, KILLED on Ctrl-C/SIGTERM.
+
+    An interrupt that Lightning turned into `SystemExit(1)` ends the run KILLED too and is re-raised as the
+    KeyboardInterrupt it was, so enclosing runs end KILLED and stages exit 130.
+    """
     run = mlflow.start_run(**start_kwargs)
     try:
         yield run
     except KeyboardInterrupt:
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         raise
+    except SystemExit as exc:
+        if not interrupted_exit(exc):
+            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            raise
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise KeyboardInterrupt from exc
     except BaseException:
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
@@ -66,9 +88,13 @@ def tracked_run(**start_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
 
 
 def log_params(run_id: str, flat: dict[str, Any]) -> None:
-    """Log a flat dict of params in batches (MLflow accepts 100 per call); None becomes 'null'."""
+    """Log params in batches (MLflow accepts 100 per call); None becomes 'null'.
+
+    Values that are still nested (dicts, pydantic models, e.g. from `config.flatten` of a dict holding models)
+    are expanded to dotted keys, so MLflow shows `train.lr`, never a model's repr under `train`.
+    """
     client = MlflowClient()
-    items = [Param(k, "null" if v is None else str(v)) for k, v in sorted(flat.items())]
+    items = [Param(k, "null" if v is None else str(v)) for k, v in sorted(flatten(flat).items())]
     for i in range(0, len(items), MAX_BATCH):
         client.log_batch(run_id, params=items[i : i + MAX_BATCH], synchronous=True)
 
@@ -108,8 +134,20 @@ def finished_child_runs(experiment_id: str, parent_run_id: str, **tags: str) -> 
 
 
 def latest_run(experiment_id: str, **tags: str) -> mlflow.entities.Run | None:
-    """The newest top-level run with these tags, if any."""
+    """The newest top-level run with these tags, if any.
+
+    Child runs carry the same tags and start later than their parent, so this pages on until it meets a run
+    without a parent (a parent with more than one page of newer children must still be found).
+    """
     clause = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
-    runs = MlflowClient().search_runs([experiment_id], clause, order_by=["attributes.start_time DESC"], max_results=50)
-    top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    return top[0] if top else None
+    client = MlflowClient()
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], clause, order_by=["attributes.start_time DESC"],
+                                  max_results=SEARCH_PAGE, page_token=token)  # fmt: skip
+        for r in page:
+            if "mlflow.parentRunId" not in r.data.tags:
+                return r
+        token = page.token
+        if not token:
+            return None

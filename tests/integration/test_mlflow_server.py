@@ -1,0 +1,132 @@
+"""cv@<arch> logging to a real MLflow tracking server (SQLite backend, proxied artifacts) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import prepare_project
+from mlflow.tracking import MlflowClient
+
+from dlpipe.io import read_json
+from dlpipe.stages import cv
+
+HOST = "127.0.0.1"  # loopback only
+MLFLOW = Path(sys.executable).parent / "mlflow"
+START_TIMEOUT_S = 60
+ARCH = "perceptron"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End the server and the workers it started (its own process group, made by start_new_session)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path, mlflow_template_db: Path, monkeypatch: pytest.MonkeyPatch):
+    """`mlflow server` on a free loopback port (backend: a copy of the migrated template DB); yields (url, art)."""
+    db = tmp_path / "server" / "srv.db"
+    art = tmp_path / "server" / "art"
+    db.parent.mkdir()
+    shutil.copy2(mlflow_template_db, db)
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    monkeypatch.setenv("NO_PROXY", HOST)
+    monkeypatch.setenv("no_proxy", HOST)
+    log_path = tmp_path / "server" / "server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    cmd = [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(art),
+           "--host", HOST, "--port", str(port), "--workers", "1"]  # fmt: skip
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path / "server",
+                                start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not healthy(url):
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server not healthy after {START_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url, art
+    finally:
+        stop(proc)
+
+
+@pytest.mark.slow
+def test_cv_logs_runs_metrics_and_artifacts_to_a_tracking_server(
+    project: Path, mlflow_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, art = mlflow_server
+    params, paths = prepare_project(project, {"data": {"folds": 2}, "train": {"max_epochs": 2}})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    out = cv.run(params, paths, ARCH)
+
+    client = MlflowClient(tracking_uri=url)
+    exp = client.get_experiment_by_name("dlpipe/digits")
+    assert exp is not None
+    assert exp.artifact_location.startswith("mlflow-artifacts:")  # the server's proxied store, not a local path
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.run_id == out["mlflow_run_id"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["stage"] == "cv" and parent.data.tags["architecture"] == ARCH
+    assert parent.data.params["data.folds"] == "2"
+    assert parent.data.metrics["mean_accuracy"] == pytest.approx(out["mean"]["accuracy"], abs=1e-12)
+    assert parent.inputs.dataset_inputs and parent.inputs.dataset_inputs[0].dataset.name == "digits"
+    assert "cv_summary.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted((r.data.tags["fold"], r.info.status) for r in kids) == [("0", "FINISHED"), ("1", "FINISHED")]
+    for kid in kids:
+        history = client.get_metric_history(kid.info.run_id, "val_loss")
+        assert sorted(m.step for m in history) == [0, 1]
+        assert len(client.get_metric_history(kid.info.run_id, "train_loss")) == 2
+        plots = {a.path for a in client.list_artifacts(kid.info.run_id, "plots")}
+        assert plots == {"plots/confusion_matrix.png", "plots/learning_curves.png"}
+        report = mlflow.artifacts.load_dict(f"{kid.info.artifact_uri}/per_class_report.json")
+        assert report["accuracy"] == pytest.approx(kid.data.metrics["accuracy"], abs=1e-12)
+
+    # the artifacts went through the server into its destination; nothing local in the project
+    assert len(list(art.rglob("*.png"))) == 1 + 2 * 2
+    assert not (project / "mlruns").exists()
+    assert read_json(cv.report_path(paths, ARCH))["mlflow_run_id"] == parent.info.run_id
+
+    # resuming through the server (fold reports read back over HTTP): nothing trained, no new runs
+    trained: list[int] = []
+    monkeypatch.setattr(cv, "run_fold", lambda *a, **k: trained.append(a[2]))
+    again = cv.run(params, paths, ARCH)
+    assert trained == []
+    assert again["mlflow_run_id"] == parent.info.run_id and again["mean"] == out["mean"]
+    assert len(client.search_runs([exp.experiment_id])) == 3

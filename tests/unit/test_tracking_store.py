@@ -1,0 +1,301 @@
+"""tracking.store (where MLflow records, also from a `dvc exp run --temp` copy) and tracking.runs (runs that end
+honestly, flattened params, finding parents and finished children), checked through MlflowClient."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import install_mlflow_store
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
+
+from dlpipe.tracking import runs, store
+from dlpipe.tracking.runs import finished_child_runs, is_global_zero, latest_run, log_params, standard_tags, tracked_run
+
+TEMP = Path(".dvc") / "tmp" / "exps" / "tmpabc123"
+
+
+# --------------------------------------------------------------------------------------------------- store
+
+
+def test_project_root_of_a_plain_project_is_itself(tmp_path: Path) -> None:
+    assert store.project_root(tmp_path / "proj") == (tmp_path / "proj").resolve()
+    assert store.project_root(tmp_path / "proj" / ".dvc") == (tmp_path / "proj" / ".dvc").resolve()
+
+
+def test_project_root_of_a_dvc_temp_copy_is_the_original_project(tmp_path: Path) -> None:
+    proj = tmp_path / "proj"
+    assert store.project_root(proj / TEMP) == proj.resolve()
+    assert store.project_root(proj / TEMP / "pipelines") == proj.resolve()  # anywhere inside the copy
+
+
+@pytest.mark.parametrize("inner", [".dvc/tmp/other/tmpabc", "dvc/tmp/exps/tmpabc", ".dvc/exps/tmpabc", "tmp/exps/x"])
+def test_project_root_ignores_lookalike_paths(tmp_path: Path, inner: str) -> None:
+    path = tmp_path / "proj" / inner
+    assert store.project_root(path) == path.resolve()
+
+
+def test_project_root_resolves_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "proj" / TEMP
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    assert store.project_root(Path(".")) == (tmp_path / "proj").resolve()
+
+
+def test_store_and_artifacts_of_a_temp_copy_live_in_the_original_project(tmp_path: Path) -> None:
+    proj = (tmp_path / "proj").resolve()
+    assert store.local_store_uri(proj / TEMP) == f"sqlite:///{proj}/mlruns/mlflow.db"
+    assert store.local_store_uri(proj) == store.local_store_uri(proj / TEMP)
+    location = store.artifact_location(proj / TEMP, "dlpipe/digits")
+    assert location == (proj / "mlruns" / "artifacts" / "dlpipe_digits").as_uri()
+
+
+def test_resolve_tracking_uri_precedence_env_then_params_then_local(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proj = tmp_path / "proj"
+    local = f"sqlite:///{proj.resolve()}/mlruns/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert store.resolve_tracking_uri("http://127.0.0.1:5000", proj) == "http://127.0.0.1:5999"
+    assert store.resolve_tracking_uri(None, proj) == "http://127.0.0.1:5999"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # empty counts as unset
+    assert store.resolve_tracking_uri("http://127.0.0.1:5000", proj) == "http://127.0.0.1:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert store.resolve_tracking_uri("http://127.0.0.1:5000", proj) == "http://127.0.0.1:5000"
+    assert store.resolve_tracking_uri(None, proj) == local
+    assert store.resolve_tracking_uri(None, proj / TEMP) == local
+
+
+@pytest.fixture
+def local_store(tmp_path: Path, mlflow_template_db: Path, monkeypatch: pytest.MonkeyPatch):
+    """A project with its own (template) store; MLflow configured on it. Returns (root, client, experiment_id)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tmp_path / "proj"
+    uri = install_mlflow_store(root, mlflow_template_db)
+    exp_id = store.configure(None, root, "unit/tracking")
+    yield root, MlflowClient(tracking_uri=uri), exp_id
+    while mlflow.active_run():  # never leak an active run into the next test
+        mlflow.end_run("FAILED")
+
+
+def test_configure_from_a_temp_copy_uses_the_original_store(
+    tmp_path: Path, mlflow_template_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    proj = (tmp_path / "proj").resolve()
+    uri = install_mlflow_store(proj, mlflow_template_db)
+    copy = proj / TEMP
+    copy.mkdir(parents=True)
+    exp_id = store.configure(None, copy, "dlpipe/digits")
+    assert mlflow.get_tracking_uri() == uri
+    exp = MlflowClient(tracking_uri=uri).get_experiment(exp_id)
+    assert exp.name == "dlpipe/digits"
+    assert exp.artifact_location == (proj / "mlruns" / "artifacts" / "dlpipe_digits").as_uri()
+    assert not (copy / "mlruns").exists()
+    assert store.configure(None, proj, "dlpipe/digits") == exp_id  # the same experiment from the project itself
+
+
+def test_configure_follows_the_environment(tmp_path: Path, mlflow_template_db: Path, monkeypatch) -> None:
+    other = install_mlflow_store(tmp_path / "elsewhere", mlflow_template_db)
+    install_mlflow_store(tmp_path / "proj", mlflow_template_db)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    ignored = tmp_path / "ignored.db"
+    exp_id = store.configure(f"sqlite:///{ignored}", tmp_path / "proj", "env/exp")
+    assert mlflow.get_tracking_uri() == other
+    assert MlflowClient(tracking_uri=other).get_experiment(exp_id).name == "env/exp"
+    own = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'proj' / 'mlruns' / 'mlflow.db'}")
+    assert own.get_experiment_by_name("env/exp") is None
+    assert not ignored.exists()
+
+
+# --------------------------------------------------------------------------------------------------- runs ending
+
+
+@pytest.fixture
+def keep_signal_handlers():
+    """Lightning ignores SIGINT after it caught an interrupt: restore pytest's handlers afterwards."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+def status(client: MlflowClient, run_id: str) -> str:
+    return client.get_run(run_id).info.status
+
+
+def test_tracked_run_ends_finished(local_store) -> None:
+    _, client, exp_id = local_store
+    with tracked_run(run_name="ok") as run:
+        rid = run.info.run_id
+        assert status(client, rid) == "RUNNING"
+    assert status(client, rid) == "FINISHED"
+    assert client.get_run(rid).info.experiment_id == exp_id
+    assert mlflow.active_run() is None
+
+
+def test_tracked_run_ends_failed_on_an_exception(local_store) -> None:
+    _, client, _ = local_store
+    with pytest.raises(RuntimeError, match="boom"), tracked_run(run_name="bad") as run:
+        rid = run.info.run_id
+        raise RuntimeError("boom")
+    assert status(client, rid) == "FAILED"
+    assert mlflow.active_run() is None
+
+
+def test_tracked_run_ends_killed_on_keyboard_interrupt_nested(local_store) -> None:
+    _, client, _ = local_store
+    with (
+        pytest.raises(KeyboardInterrupt),
+        tracked_run(run_name="parent") as parent,
+        tracked_run(run_name="child", nested=True) as child,
+    ):
+        raise KeyboardInterrupt
+    assert status(client, parent.info.run_id) == "KILLED"
+    assert status(client, child.info.run_id) == "KILLED"
+    assert client.get_run(child.info.run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert mlflow.active_run() is None
+
+
+def lightning_style_interrupt() -> None:
+    """What lightning.pytorch.trainer.call._call_and_handle_interrupt does with a Ctrl-C inside fit."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        sys.exit(1)
+
+
+def test_interrupt_that_lightning_turned_into_system_exit_still_ends_killed(local_store) -> None:
+    _, client, _ = local_store
+    with (
+        pytest.raises(KeyboardInterrupt),
+        tracked_run(run_name="parent") as parent,
+        tracked_run(run_name="child", nested=True) as child,
+    ):
+        lightning_style_interrupt()
+    assert status(client, child.info.run_id) == "KILLED"
+    assert status(client, parent.info.run_id) == "KILLED"
+
+
+def test_plain_system_exit_is_a_failure_and_stays_a_system_exit(local_store) -> None:
+    _, client, _ = local_store
+    with pytest.raises(SystemExit), tracked_run(run_name="exit") as run:
+        sys.exit(3)
+    assert status(client, run.info.run_id) == "FAILED"
+
+
+def test_real_lightning_interrupt_in_fit_ends_the_run_killed(local_store, keep_signal_handlers) -> None:
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import Callback
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, _):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class CtrlC(Callback):
+        def on_train_batch_end(self, *args) -> None:
+            raise KeyboardInterrupt
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 2)), batch_size=2)
+    trainer = L.Trainer(max_epochs=1, callbacks=[CtrlC()], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    _, client, _ = local_store
+    with pytest.raises(KeyboardInterrupt), tracked_run(run_name="fit") as run:
+        trainer.fit(Tiny(), data)
+    assert status(client, run.info.run_id) == "KILLED"
+
+
+# --------------------------------------------------------------------------------------------------- params, tags
+
+
+class Inner(BaseModel):
+    lr: float = 0.01
+    hidden: list[int] = [32, 16]
+    extra: dict = {"x": None}
+
+
+def test_log_params_flattens_nested_models_and_dicts(local_store) -> None:
+    _, client, _ = local_store
+    with tracked_run(run_name="params") as run:
+        log_params(run.info.run_id, {"arch": "mlp", "train": Inner(), "data": {"folds": 3, "csv": {"path": None}}})
+    params = client.get_run(run.info.run_id).data.params
+    assert params == {
+        "arch": "mlp",
+        "train.lr": "0.01",
+        "train.hidden": "[32, 16]",
+        "train.extra.x": "null",
+        "data.folds": "3",
+        "data.csv.path": "null",
+    }
+
+
+def test_log_params_in_batches_over_mlflows_limit(local_store) -> None:
+    _, client, _ = local_store
+    flat = {f"p{i:03d}": i for i in range(250)}
+    with tracked_run(run_name="many") as run:
+        log_params(run.info.run_id, flat)
+    assert client.get_run(run.info.run_id).data.params == {k: str(v) for k, v in flat.items()}
+
+
+def test_standard_tags_and_rank_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    tags = standard_tags("cv", "mlp", "abc", "digits", "d1g", "c0ffee")
+    assert tags["stage"] == "cv" and tags["architecture"] == "mlp" and tags["params_hash"] == "abc"
+    assert tags["dataset"] == "digits" and tags["dataset_hash"] == "d1g" and tags["git_commit"] == "c0ffee"
+    assert "architecture" not in standard_tags("select", None, "abc", "digits", "d1g", "c0ffee")
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert is_global_zero()
+    monkeypatch.setenv("RANK", "1")
+    assert not is_global_zero()
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("NODE_RANK", "1")
+    assert not is_global_zero()
+
+
+# --------------------------------------------------------------------------------------------------- finding runs
+
+
+def make_run(client: MlflowClient, exp_id: str, start: int, status: str = "FINISHED", **tags: str) -> str:
+    run = client.create_run(exp_id, start_time=start, tags=tags)
+    client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
+
+
+def test_latest_run_is_the_newest_top_level_run_even_behind_many_children(local_store, monkeypatch) -> None:
+    _, client, exp_id = local_store
+    tags = {"stage": "cv", "architecture": "mlp", "params_hash": "h1"}
+    make_run(client, exp_id, 1000, **tags)  # an older parent
+    parent = make_run(client, exp_id, 2000, "FAILED", **tags)
+    for i in range(5):  # children carry the parent's tags and started later
+        make_run(client, exp_id, 2001 + i, **tags, fold=str(i), **{"mlflow.parentRunId": parent})
+    make_run(client, exp_id, 9000, stage="cv", architecture="mlp", params_hash="other")
+    monkeypatch.setattr(runs, "SEARCH_PAGE", 2)  # the parent is on the third page
+    found = latest_run(exp_id, **tags)
+    assert found is not None and found.info.run_id == parent
+    assert latest_run(exp_id, stage="cv", architecture="cnn") is None
+
+
+def test_finished_child_runs_only_finished_children_with_the_tags(local_store) -> None:
+    _, client, exp_id = local_store
+    parent = make_run(client, exp_id, 1000, stage="cv")
+    child = {"mlflow.parentRunId": parent, "stage": "cv", "params_hash": "h1"}
+    good = {make_run(client, exp_id, 1001, **child, fold="0"), make_run(client, exp_id, 1002, **child, fold="1")}
+    make_run(client, exp_id, 1003, "FAILED", **child, fold="2")
+    make_run(client, exp_id, 1004, "KILLED", **child, fold="2")
+    make_run(client, exp_id, 1005, **{**child, "params_hash": "h2"}, fold="2")
+    other_parent = make_run(client, exp_id, 1006, stage="cv")
+    make_run(client, exp_id, 1007, **{**child, "mlflow.parentRunId": other_parent}, fold="2")
+    found = finished_child_runs(exp_id, parent, stage="cv", params_hash="h1")
+    assert {r.info.run_id for r in found} == good
