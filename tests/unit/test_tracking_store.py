@@ -299,3 +299,24 @@ def test_finished_child_runs_only_finished_children_with_the_tags(local_store) -
     make_run(client, exp_id, 1007, **{**child, "mlflow.parentRunId": other_parent}, fold="2")
     found = finished_child_runs(exp_id, parent, stage="cv", params_hash="h1")
     assert {r.info.run_id for r in found} == good
+
+
+def test_configure_twice_in_one_process_follows_each_project(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; that must not pin the second project to the first."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first, second = tmp_path / "first", tmp_path / "second"
+    for root in (first, second):
+        root.mkdir()
+        store.configure(None, root, "exp")
+        assert mlflow.get_tracking_uri() == store.local_store_uri(root)
+    assert (second / "mlruns" / "mlflow.db").is_file()
+
+
+def test_user_set_tracking_uri_wins_on_every_call(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'user.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for root in (tmp_path / "a", tmp_path / "b"):
+        root.mkdir()
+        store.configure(None, root, "exp")
+        assert mlflow.get_tracking_uri() == uri
+    assert not (tmp_path / "a" / "mlruns" / "mlflow.db").exists()

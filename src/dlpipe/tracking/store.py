@@ -35,9 +35,19 @@ def artifact_location(root: Path, experiment: str) -> str:
     return (project_root(root) / "mlruns" / ARTIFACTS / safe).as_uri()
 
 
+# `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI; a value equal to what `configure` set last is ours,
+# not the user's, and must not pin a later project in the same process to the first project's store.
+_last_configured: str | None = None
+
+
+def _user_env_uri() -> str | None:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return env if env and env != _last_configured else None
+
+
 def resolve_tracking_uri(configured: str | None, root: Path) -> str:
-    """$MLFLOW_TRACKING_URI, else params' mlflow.tracking_uri, else the project's SQLite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or configured or local_store_uri(root)
+    """$MLFLOW_TRACKING_URI (set by the user), else params' mlflow.tracking_uri, else the project's SQLite store."""
+    return _user_env_uri() or configured or local_store_uri(root)
 
 
 def is_local(uri: str) -> bool:
@@ -46,7 +56,9 @@ def is_local(uri: str) -> bool:
 
 def configure(configured: str | None, root: Path, experiment: str) -> str:
     """Point MLflow at the store and make sure `experiment` exists; returns the experiment id."""
+    global _last_configured
     uri = resolve_tracking_uri(configured, root)
+    _last_configured = None if _user_env_uri() else uri
     if is_local(uri):
         (project_root(root) / "mlruns").mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)

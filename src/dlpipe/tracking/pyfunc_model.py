@@ -1,0 +1,64 @@
+"""The MLflow pyfunc of a dlpipe classifier, logged as code: MLflow copies this file into the model.
+
+Self-contained on purpose (torch, numpy, pandas and mlflow only; no dlpipe import), so a logged model loads and
+serves wherever those are installed. Its artifacts:
+- `program`: a `torch.export` program (`model.pt2`) that maps raw inputs (float32, the dataset's X shape, e.g.
+  N x C x H x W images in [0, 1] or N x F features) to class probabilities; the training normaliser is inside it.
+- `meta`: JSON with `class_names` and `input_shape`.
+
+`predict` returns a DataFrame with one probability column per class name. Inputs may be any array-like of
+shape (N, *input_shape), or flattened to (N, prod(input_shape)) (a CSV row of pixels, a DataFrame).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.pyfunc import PythonModel
+
+BATCH = 4096
+
+
+class DlpipeClassifier(PythonModel):
+    # The signature is given explicitly (tensor in, one column per class out): no type-hint validation wanted,
+    # and no warning that `predict` lacks type hints.
+    _skip_type_hint_validation = True
+
+    def load_context(self, context) -> None:
+        with open(context.artifacts["meta"]) as fh:
+            meta = json.load(fh)
+        self.class_names = [str(c) for c in meta["class_names"]]
+        self.input_shape = tuple(int(d) for d in meta["input_shape"])
+        self.program = torch.export.load(context.artifacts["program"]).module()
+
+    def _as_array(self, model_input) -> np.ndarray:
+        if isinstance(model_input, dict):  # a named-tensor request: take its only tensor
+            if len(model_input) != 1:
+                raise ValueError(f"expected one input tensor, got {sorted(model_input)}")
+            model_input = next(iter(model_input.values()))
+        if isinstance(model_input, pd.DataFrame):
+            model_input = model_input.to_numpy()
+        x = np.asarray(model_input, dtype=np.float32)
+        size = math.prod(self.input_shape)
+        if x.shape[1:] != self.input_shape:
+            if x.ndim >= 1 and x.size % size == 0 and math.prod(x.shape[1:]) == size:
+                x = x.reshape((len(x), *self.input_shape))
+            else:
+                dims = ", ".join(map(str, self.input_shape))
+                raise ValueError(f"input shape {tuple(x.shape)} does not match the model's (N, {dims}) or (N, {size})")
+        return np.ascontiguousarray(x)
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        x = torch.from_numpy(self._as_array(model_input))
+        with torch.no_grad():
+            parts = [self.program(x[i : i + BATCH]) for i in range(0, len(x), BATCH)]
+        probs = torch.cat(parts).numpy() if parts else np.empty((0, len(self.class_names)), dtype=np.float32)
+        return pd.DataFrame(probs, columns=self.class_names)
+
+
+mlflow.models.set_model(DlpipeClassifier())

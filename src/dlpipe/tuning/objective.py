@@ -1,0 +1,163 @@
+"""The objective of a trial: train the sampled model on validation data and return the selection metric.
+
+Validation is one stratified slice of the training part (`tune.cv_folds: 0`, `data.val_size`) or the first k
+folds (`tune.cv_folds: k`, the mean over them). The test set is never touched. Every epoch the monitored
+validation metric (`val_<selection metric>`, or `val_accuracy` for the *_positive metrics) is reported to Optuna
+(step = fold x epochs + epoch) and the pruner may stop the trial there. A non-finite loss (the optimised one, with its
+L1/L2 penalties, in any batch; or the epoch's validation loss) ends the trial with `NonFiniteLoss` (a FAIL).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import optuna
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from dlpipe.config import Params, TrainerParams, apply_overrides
+from dlpipe.data.prepared import PreparedData, TrainValSplit
+from dlpipe.evaluation.cv import run_fold
+from dlpipe.training.fit import ModelSpec, evaluate, fit
+from dlpipe.training.metrics import SCALAR_METRICS, positive_class_metrics
+from dlpipe.tuning.space import SearchSpace
+from dlpipe.tuning.study import epochs_per_fit, monitor_for
+
+EpochHook = Callable[[int, dict[str, float]], None]  # (step, train_*/val_* metrics of the epoch)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite: the trial fails (the study goes on)."""
+
+
+def selection_value(report: dict, metric: str, positive_class: str | None) -> float:
+    """The selection metric from an evaluation report (`dlpipe.training.fit.evaluate`)."""
+    if metric in SCALAR_METRICS:
+        return float(report[metric])
+    assert positive_class is not None
+    return float(positive_class_metrics(report, positive_class)[metric])
+
+
+def tuning_trainer(trainer: TrainerParams) -> TrainerParams:
+    """Trainer params for trials: one device per trial (parallel trials are worker processes, not DDP) and no
+    progress bar unless asked for."""
+    return trainer.model_copy(update={
+        "devices": 1,
+        "strategy": "auto",
+        "num_nodes": 1,
+        "progress_bar": bool(trainer.progress_bar),
+    })  # fmt: skip
+
+
+class EpochReporter(Callback):
+    """Reports the monitored validation metric to the trial every epoch and prunes; fails on a non-finite loss."""
+
+    def __init__(self, trial: optuna.Trial, monitor: str, offset: int = 0, on_epoch: EpochHook | None = None):
+        self.trial = trial
+        self.monitor = monitor
+        self.offset = offset
+        self.on_epoch = on_epoch
+        self.epochs = 0
+        self.interrupted = False
+        self._nonfinite: torch.Tensor | None = None  # any batch's optimised loss (with L1/L2) not finite
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):  # flagged on the device; read once per epoch (no sync per batch)
+            bad = ~torch.isfinite(loss.detach())
+            self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
+        step = self.offset + trainer.current_epoch
+        self.epochs += 1
+        if self.on_epoch is not None:
+            self.on_epoch(step, metrics)
+        if self._nonfinite is not None and bool(self._nonfinite):
+            raise NonFiniteLoss(f"the training loss (with L1/L2 penalties) was not finite in epoch "
+                                f"{trainer.current_epoch}")  # fmt: skip
+        for name in ("train_loss", "val_loss"):
+            if name in metrics and not math.isfinite(metrics[name]):
+                raise NonFiniteLoss(f"{name} is {metrics[name]} at epoch {trainer.current_epoch}")
+        value = metrics.get(self.monitor)
+        if value is None or not math.isfinite(value):
+            return
+        self.trial.report(value, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"{self.monitor} {value:.4f} at step {step}")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # Lightning turns Ctrl-C/SIGTERM during fit into sys.exit(1); remember it to re-raise KeyboardInterrupt
+        if isinstance(exception, KeyboardInterrupt):
+            self.interrupted = True
+
+
+class Objective:
+    """`objective(trial, on_epoch=None) -> value` for one architecture; counts the epochs it trained."""
+
+    def __init__(self, params: Params, arch: str, space: SearchSpace, data: PreparedData):
+        self.params = params
+        self.arch = arch
+        self.space = space
+        self.data = data
+        self.metric = params.selection.metric
+        self.positive_class = params.selection.positive_class
+        self.monitor = monitor_for(self.metric)
+        self.trainer = tuning_trainer(params.trainer)
+        self.max_epochs = params.tune.max_epochs
+        self.folds = params.tune.cv_folds
+        self.stride = epochs_per_fit(params, space)
+        self.epochs = 0  # epochs trained by the last call (also when it was pruned or failed)
+        self._holdout: TrainValSplit | None = None
+
+    @property
+    def holdout(self) -> TrainValSplit:
+        if self._holdout is None:
+            self._holdout = self.data.holdout(self.params.data.val_size, self.params.seed)
+        return self._holdout
+
+    def spec(self, overrides: dict[str, Any]) -> ModelSpec:
+        model, train = apply_overrides(self.params, self.arch, overrides)
+        return ModelSpec(self.arch, model, train)
+
+    def __call__(self, trial: optuna.Trial, on_epoch: EpochHook | None = None) -> float:
+        self.epochs = 0
+        spec = self.spec(self.space.suggest(trial))
+        reporters: list[EpochReporter] = []
+        try:
+            if self.folds == 0:
+                return self._holdout_value(trial, spec, reporters, on_epoch)
+            return self._folds_value(trial, spec, reporters, on_epoch)
+        except SystemExit:
+            if any(r.interrupted for r in reporters):
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            self.epochs = sum(r.epochs for r in reporters)
+
+    def _holdout_value(self, trial: optuna.Trial, spec: ModelSpec, reporters: list[EpochReporter],
+                       on_epoch: EpochHook | None) -> float:  # fmt: skip
+        reporter = EpochReporter(trial, self.monitor, 0, on_epoch)
+        reporters.append(reporter)
+        split = self.holdout
+        p = self.params
+        result = fit(spec, split, self.data.dataset.class_names, self.trainer, p.seed, max_epochs=self.max_epochs,
+                     callbacks=[reporter])  # fmt: skip
+        report = evaluate(result.module, split.val, self.trainer)
+        return selection_value(report, self.metric, self.positive_class)
+
+    def _folds_value(self, trial: optuna.Trial, spec: ModelSpec, reporters: list[EpochReporter],
+                     on_epoch: EpochHook | None) -> float:  # fmt: skip
+        values = []
+        for k in range(self.folds):
+            reporter = EpochReporter(trial, self.monitor, k * self.stride, on_epoch)
+            reporters.append(reporter)
+            result = run_fold(spec, self.data, k, self.trainer, self.params.seed, max_epochs=self.max_epochs,
+                              callbacks=[reporter])  # fmt: skip
+            values.append(selection_value(result.report, self.metric, self.positive_class))
+            trial.set_user_attr(f"fold_{k}", values[-1])
+        return sum(values) / len(values)

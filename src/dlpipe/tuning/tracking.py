@@ -1,0 +1,138 @@
+"""MLflow for a study: every trial a child run of the study's parent run; the parent gets the study's plots.
+
+A trial run carries the standard tags (stage=tune), `trial`, `worker`, `study_name` and `state` (COMPLETE, PRUNED,
+FAIL), its params (the real values), every epoch's train_*/val_* metrics with step = fold x epochs + epoch (the
+monitored one is the intermediate value Optuna saw), and the final value as the selection metric. Runs end
+FINISHED (COMPLETE, PRUNED), FAILED (FAIL) or KILLED (interrupted). Each process logs the trials it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from dlpipe.evaluation import plots
+from dlpipe.tracking.runs import log_metrics, log_params, set_tags, tracked_run
+from dlpipe.tuning.objective import EpochHook
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """How one trial ended."""
+
+    state: TrialState
+    value: float | None = None
+    error: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 0
+
+
+class _TrialFailed(Exception):
+    """Ends a FAIL trial's run as FAILED through `tracked_run`."""
+
+
+class TrialTracker:
+    """Logs trials as child runs of `parent_run_id` (a top-level run when None)."""
+
+    def __init__(self, arch: str, parent_run_id: str | None, tags: dict[str, str], metric: str):
+        self.arch = arch
+        self.parent_run_id = parent_run_id
+        self.tags = tags
+        self.metric = metric
+
+    def track(self, trial: optuna.Trial, worker_id: str, body: Callable[[EpochHook], Outcome]) -> Outcome:
+        """Run `body(on_epoch)` inside the trial's run and record its outcome there."""
+        outcome: Outcome | None = None
+        try:
+            nested = mlflow.active_run() is not None  # the stage's own process runs trials inside its parent run
+            name = f"tune-{self.arch}-trial{trial.number}"
+            with tracked_run(run_name=name, parent_run_id=self.parent_run_id, nested=nested) as run:
+                run_id = run.info.run_id
+                set_tags(run_id, {**self.tags, "trial": str(trial.number), "worker": worker_id,
+                                  "study_name": trial.study.study_name, "state": "RUNNING"})  # fmt: skip
+
+                def on_epoch(step: int, metrics: dict[str, float]) -> None:
+                    finite = {k: v for k, v in metrics.items() if np.isfinite(v)}
+                    if finite:
+                        log_metrics(run_id, finite, step=step)
+
+                try:
+                    outcome = body(on_epoch)
+                except BaseException:  # interrupted: the run ends KILLED (Ctrl-C) or FAILED
+                    set_tags(run_id, {"state": TrialState.FAIL.name, "interrupted": "true"})
+                    raise
+                self._record(run_id, outcome)
+                if outcome.state == TrialState.FAIL:
+                    raise _TrialFailed
+        except _TrialFailed:
+            pass
+        assert outcome is not None
+        return outcome
+
+    def _record(self, run_id: str, outcome: Outcome) -> None:
+        if outcome.params:
+            log_params(run_id, outcome.params)
+        metrics: dict[str, float] = {"epochs": float(outcome.epochs)}
+        if outcome.value is not None and np.isfinite(outcome.value):
+            metrics[self.metric] = outcome.value
+        log_metrics(run_id, metrics, step=0)
+        tags = {"state": outcome.state.name}
+        if outcome.error:
+            tags["error"] = outcome.error[:4000]
+        set_tags(run_id, tags)
+
+
+# --- the study's plots --------------------------------------------------------------------------------------------
+
+
+def _figure(axes: Any):
+    return np.ravel(axes)[0].figure if isinstance(axes, np.ndarray) else axes.figure
+
+
+def importances_possible(study: optuna.Study) -> bool:
+    """Parameter importances need two completed trials and a parameter that took two values among them."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return False
+    names = {name for t in complete for name in t.params}
+    return any(len({repr(t.params.get(n)) for t in complete}) > 1 for n in names)
+
+
+def log_study_plots(study: optuna.Study) -> list[str]:
+    """Optimisation history, intermediate values, parallel coordinates and (when possible) parameter importances
+    as PNG artifacts of the active run; returns the artifact paths logged."""
+    from optuna.visualization import matplotlib as ovm
+
+    wanted: list[tuple[str, Callable[[], Any]]] = [
+        ("plots/optimization_history.png", lambda: ovm.plot_optimization_history(study)),
+        ("plots/intermediate_values.png", lambda: ovm.plot_intermediate_values(study)),
+    ]
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        wanted.append(("plots/parallel_coordinate.png", lambda: ovm.plot_parallel_coordinate(study)))
+    if importances_possible(study):
+        wanted.append(("plots/param_importances.png", lambda: ovm.plot_param_importances(study)))
+    logged = []
+    for path, make in wanted:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fig = _figure(make())
+        except Exception as exc:  # a plot Optuna cannot draw for this study must not fail the stage
+            log.warning("tune: could not draw %s: %s", path, exc)
+            continue
+        fig.set_size_inches(9, 6)
+        fig.tight_layout()
+        mlflow.log_figure(fig, path)
+        plots.close(fig)
+        logged.append(path)
+    return logged

@@ -1,0 +1,327 @@
+"""The trial loop every worker runs, and the worker processes of `tune.workers`.
+
+Any number of workers (processes here, `dlpipe tune-worker` on other machines) share one study through its
+storage. Each runs trials until the study has `tune.n_trials` finished (COMPLETE + PRUNED) trials, and never
+more: a worker starts a trial only while finished + running trials are below the budget, and a trial created in
+a race for the last slot (a running trial with a lower number took it) is closed at once as FAIL with the
+`dlpipe:surplus` attribute, before any parameter is sampled. A worker that finds the budget taken by running
+trials waits for them; if one of them fails, the freed slot is run again.
+
+Every running trial writes a heartbeat (`dlpipe:heartbeat`); a RUNNING trial whose heartbeat is older than
+`STALE_SECONDS` (its process was killed) is failed by a waiting worker (`dlpipe:stale`), so it cannot block the
+study forever. FAIL trials are retried until `max_failures(budget)` of them (interrupted, surplus and stale
+trials do not count); then the worker stops.
+
+Parallel workers are processes, not Optuna's `n_jobs` threads. On a machine with G GPUs worker i sees only GPU
+i % G (`CUDA_VISIBLE_DEVICES`), one trial per device.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from dlpipe.errors import DlpipeError
+from dlpipe.tuning.objective import NonFiniteLoss, Objective
+from dlpipe.tuning.study import (
+    ATTR_ERROR,
+    ATTR_HEARTBEAT,
+    ATTR_INTERRUPTED,
+    ATTR_STALE,
+    ATTR_SURPLUS,
+    counted_failures,
+    finished_count,
+)
+from dlpipe.tuning.tracking import Outcome, TrialTracker
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 15.0  # how often a running trial records that it is alive
+STALE_SECONDS = 300.0  # a RUNNING trial silent this long belongs to a dead process
+POLL_SECONDS = 1.0  # how often a worker waiting for running trials looks again
+TERMINATE_GRACE_SECONDS = 30.0  # workers get this long to end their runs after SIGTERM
+RENDEZVOUS_SECONDS = 300.0  # how long workers started together wait for each other before the first trial
+RENDEZVOUS_ATTR = "dlpipe:rendezvous"
+
+
+def max_failures(budget: int) -> int:
+    """FAIL trials tolerated in a study before its workers give up."""
+    return max(3, budget)
+
+
+def worker_id(index: int) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:w{index}"
+
+
+class Heartbeat:
+    """While the block runs, a thread stamps the trial's `dlpipe:heartbeat` system attribute."""
+
+    def __init__(self, study: optuna.Study, trial_id: int, interval: float | None = None):
+        self.storage = study._storage
+        self.trial_id = trial_id
+        self.interval = HEARTBEAT_SECONDS if interval is None else interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial_id}", daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self.storage.set_trial_system_attr(self.trial_id, ATTR_HEARTBEAT, time.time())
+            except Exception as exc:  # storage hiccup or the trial already ended: never kill the trial for it
+                log.debug("heartbeat of trial %s: %s", self.trial_id, exc)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def last_alive(trial: FrozenTrial) -> float:
+    beat = trial.system_attrs.get(ATTR_HEARTBEAT)
+    if beat is not None:
+        return float(beat)
+    return trial.datetime_start.timestamp() if trial.datetime_start else time.time()
+
+
+def fail_stale_trials(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> list[int]:
+    """FAIL every RUNNING trial without a heartbeat for `STALE_SECONDS`; returns their numbers."""
+    now = time.time()
+    failed = []
+    for t in trials if trials is not None else study.get_trials(deepcopy=False):
+        if t.state == TrialState.RUNNING and now - last_alive(t) > STALE_SECONDS:
+            try:
+                study._storage.set_trial_system_attr(t._trial_id, ATTR_STALE, True)
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except Exception as exc:  # finished meanwhile
+                log.debug("stale trial %d: %s", t.number, exc)
+                continue
+            log.warning("tune: trial %d has been silent for %.0fs (its process died?): marked FAIL", t.number,
+                        now - last_alive(t))  # fmt: skip
+            failed.append(t.number)
+    return failed
+
+
+def rendezvous(study: optuna.Study, spec: str, index: int, timeout: float | None = None) -> bool:
+    """Workers started together (`spec` = "TOKEN:N") wait until all N have joined the study, so the first trials
+    spread over them however long each took to start. Returns False when it gave up after `timeout` seconds."""
+    token, _, count = spec.rpartition(":")
+    if not token or not count.isdigit():
+        raise ValueError(f"rendezvous must be TOKEN:N (got {spec!r})")
+    prefix = f"{RENDEZVOUS_ATTR}:{token}:"
+    study.set_user_attr(f"{prefix}{index}", time.time())
+    deadline = time.monotonic() + (RENDEZVOUS_SECONDS if timeout is None else timeout)
+    while sum(k.startswith(prefix) for k in study.user_attrs) < int(count):
+        if time.monotonic() > deadline:
+            log.warning("tune: not all %s workers joined within the rendezvous time; starting anyway", count)
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def claims_slot(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
+    """Whether `trial` is within the budget: finished trials plus running ones with lower numbers leave room."""
+    trials = study.get_trials(deepcopy=False)
+    ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in trials)
+    return finished_count(trials) + ahead < budget
+
+
+class TrialRunner:
+    """Runs one trial at a time of `study` with `objective`, logged by `tracker` (None: no MLflow)."""
+
+    def __init__(self, study: optuna.Study, objective: Objective, budget: int, worker: str,
+                 tracker: TrialTracker | None = None):  # fmt: skip
+        self.study = study
+        self.objective = objective
+        self.budget = budget
+        self.worker = worker
+        self.tracker = tracker
+
+    def run_next(self) -> Outcome | None:
+        """Ask for a trial, run it and tell the outcome; None when the trial lost the race for the last slot (or
+        was failed as stale by another worker while it ran)."""
+        trial = self.study.ask()
+        storage = self.study._storage
+        trial.set_user_attr("worker", self.worker)
+        if not claims_slot(self.study, trial, self.budget):
+            storage.set_trial_system_attr(trial._trial_id, ATTR_SURPLUS, True)
+            self.study.tell(trial, state=TrialState.FAIL)
+            log.info("tune: trial %d closed: the budget of %d trials is taken", trial.number, self.budget)
+            return None
+        try:
+            with Heartbeat(self.study, trial._trial_id):
+                if self.tracker is not None:
+                    outcome = self.tracker.track(trial, self.worker, lambda hook: self._evaluate(trial, hook))
+                else:
+                    outcome = self._evaluate(trial, None)
+        except BaseException:  # Ctrl-C, SIGTERM, sys.exit: the trial is FAIL (and does not count as a failure)
+            self._close_interrupted(trial)
+            raise
+        try:
+            trial.set_user_attr("epochs", outcome.epochs)
+            if outcome.error:
+                storage.set_trial_system_attr(trial._trial_id, ATTR_ERROR, outcome.error[:4000])
+            if outcome.state == TrialState.COMPLETE:
+                self.study.tell(trial, outcome.value)
+            else:
+                self.study.tell(trial, state=outcome.state)
+        except UpdateFinishedTrialError:  # another worker found it stale and failed it meanwhile
+            log.warning("tune: trial %d was marked FAIL (stale) while it ran; its result is dropped", trial.number)
+            return None
+        self._log(trial, outcome)
+        return outcome
+
+    def _evaluate(self, trial: optuna.Trial, on_epoch: Callable | None) -> Outcome:
+        state, value, error = TrialState.COMPLETE, None, None
+        try:
+            value = self.objective(trial, on_epoch=on_epoch)
+        except optuna.TrialPruned as exc:
+            state, error = TrialState.PRUNED, None
+            log.debug("trial %d pruned: %s", trial.number, exc)
+        except (DlpipeError, NonFiniteLoss) as exc:
+            state, error = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug or a model that cannot train with these params: the study goes on
+            log.warning("tune: trial %d raised", trial.number, exc_info=True)
+            state, error = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
+        if state == TrialState.COMPLETE and (value is None or not math.isfinite(value)):
+            state, error = TrialState.FAIL, f"objective value is {value}"
+        params = self.objective.space.decode(trial.params)
+        return Outcome(state, value if state == TrialState.COMPLETE else None, error, params, self.objective.epochs)
+
+    def _close_interrupted(self, trial: optuna.Trial) -> None:
+        try:
+            self.study._storage.set_trial_system_attr(trial._trial_id, ATTR_INTERRUPTED, True)
+            trial.set_user_attr("epochs", self.objective.epochs)
+            self.study.tell(trial, state=TrialState.FAIL)
+        except Exception as exc:  # storage gone: the trial stays RUNNING until a worker finds it stale
+            log.warning("tune: could not close interrupted trial %d: %s", trial.number, exc)
+
+    def _log(self, trial: optuna.Trial, outcome: Outcome) -> None:
+        done = finished_count(self.study.get_trials(deepcopy=False))
+        value = f" {self.objective.metric} {outcome.value:.4f}" if outcome.value is not None else ""
+        why = f" ({outcome.error})" if outcome.error else ""
+        log.info("tune %s: trial %d %s%s after %d epochs%s; %d/%d finished; params %s", self.objective.arch,
+                 trial.number, outcome.state.name, value, outcome.epochs, why, done, self.budget,
+                 outcome.params)  # fmt: skip
+
+
+def run_trials(runner: TrialRunner, *, timeout: float | None = None, poll: float | None = None) -> str:
+    """Run trials until the study has `runner.budget` finished trials; returns why it stopped: budget, failures
+    or timeout (no new trial starts after `timeout` seconds)."""
+    study, budget = runner.study, runner.budget
+    poll = POLL_SECONDS if poll is None else poll
+    start = time.monotonic()
+    waiting = False
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        finished = finished_count(trials)
+        if finished >= budget:
+            return "budget"
+        if counted_failures(trials) >= max_failures(budget):
+            log.warning("tune: %d trials failed; stopping (see the trials' error attribute and MLflow runs)",
+                        counted_failures(trials))  # fmt: skip
+            return "failures"
+        if timeout is not None and time.monotonic() - start >= timeout:
+            return "timeout"
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        if finished + running >= budget:
+            if not waiting:
+                log.info("tune: %d trials running elsewhere take the rest of the budget; waiting", running)
+                waiting = True
+            if not fail_stale_trials(study, trials):
+                time.sleep(poll)
+            continue
+        waiting = False
+        runner.run_next()
+
+
+# --- worker processes ---------------------------------------------------------------------------------------------
+
+
+def visible_devices() -> list[str]:
+    """The GPUs this process may hand out: $CUDA_VISIBLE_DEVICES, else every CUDA device torch sees."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:
+        return []
+
+
+def worker_env(index: int, devices: list[str], base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of worker `index`: GPU `index % len(devices)` only (no change without GPUs)."""
+    env = dict(os.environ if base is None else base)
+    if devices:
+        env["CUDA_VISIBLE_DEVICES"] = devices[index % len(devices)]
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def worker_command(arch: str, params_file: Path, index: int, parent_run_id: str | None,
+                   rendezvous_spec: str | None = None) -> list[str]:  # fmt: skip
+    cmd = [sys.executable, "-m", "dlpipe.cli", "tune-worker", "--arch", arch, "--params", str(params_file),
+           "--worker-index", str(index)]  # fmt: skip
+    if parent_run_id:
+        cmd += ["--parent-run-id", parent_run_id]
+    if rendezvous_spec:
+        cmd += ["--rendezvous", rendezvous_spec]
+    return cmd
+
+
+def start_workers(
+    n: int, arch: str, params_file: Path, root: Path, parent_run_id: str | None
+) -> list[subprocess.Popen]:
+    """Start `n` `dlpipe tune-worker` processes for `arch` in project `root`."""
+    devices = visible_devices()
+    spec = f"{uuid.uuid4().hex}:{n}"
+    procs = []
+    for i in range(n):
+        env = worker_env(i, devices)
+        env["DLPIPE_ROOT"] = str(root)
+        procs.append(subprocess.Popen(worker_command(arch, params_file, i, parent_run_id, spec), env=env, cwd=root))
+        log.info("tune %s: started worker %d (pid %d%s)", arch, i, procs[-1].pid,
+                 f", GPU {env['CUDA_VISIBLE_DEVICES']}" if devices else "")  # fmt: skip
+    return procs
+
+
+def wait_workers(procs: list[subprocess.Popen]) -> list[int]:
+    """Wait for every worker; on Ctrl-C/SIGTERM stop them (SIGTERM, then SIGKILL after a grace period)."""
+    try:
+        return [p.wait() for p in procs]
+    except BaseException:
+        stop_workers(procs)
+        raise
+
+
+def stop_workers(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

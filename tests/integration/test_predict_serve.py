@@ -1,0 +1,246 @@
+"""Using the champion: a fresh process loads `models:/<name>@champion` and reproduces the test accuracy without
+importing dlpipe; `mlflow models serve` answers /invocations; `dlpipe predict` reads npz, CSV and image folders,
+writes class names and probabilities, and rejects inputs of the wrong shape with exit code 2."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import VENV_BIN, copy_project, install_mlflow_store, prepare_project, subprocess_env
+from PIL import Image
+
+from dlpipe import cli
+from dlpipe.data.prepared import PreparedData
+from dlpipe.io import write_json
+from dlpipe.stages import cv, select, train
+from dlpipe.training.metrics import SCALAR_METRICS
+
+pytestmark = pytest.mark.slow
+
+NAME = "dlpipe-digits"
+CHAMPION = f"models:/{NAME}@champion"
+STUDY = {"architectures": ["perceptron"], "train": {"max_epochs": 3, "lr": 0.01}}
+
+
+@dataclass
+class Served:
+    root: Path
+    uri: str
+    X: np.ndarray  # raw test inputs, N x 1 x 8 x 8
+    y: np.ndarray
+    report: dict  # reports/test/perceptron.json
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**subprocess_env(self.root), "MLFLOW_TRACKING_URI": self.uri}
+
+
+def fake_cv_report(arch: str, folds: int) -> dict:
+    """select needs a cv report; this module is about the trained model, so a hand-written one will do."""
+    per_fold = {f"fold_{k}": {m: 0.8 for m in SCALAR_METRICS} for k in range(folds)}
+    return {"architecture": arch, "params_hash": "hand", "mlflow_run_id": None, "folds": folds,
+            "mean": {m: 0.8 for m in SCALAR_METRICS}, "std": {m: 0.0 for m in SCALAR_METRICS}, "per_fold": per_fold,
+            "confusion_matrix": [], "class_names": [str(i) for i in range(10)]}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: Path):
+    """A perceptron trained on digits, selected and promoted to champion (once per module)."""
+    root = copy_project(tmp_path_factory.mktemp("serve-study") / "project")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DLPIPE_ROOT", str(root))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.chdir(root)
+        uri = install_mlflow_store(root, mlflow_template_db)
+        params, paths = prepare_project(root, STUDY)
+        write_json(cv.report_path(paths, "perceptron"), fake_cv_report("perceptron", params.data.folds))
+        report = train.run(params, paths, "perceptron")
+        assert select.run(params, paths)["registry"]["champion"] == 1
+        data = PreparedData.load(paths.raw, paths.prepared)
+        idx = torch.from_numpy(data.splits.test_idx)
+        X, y = data.dataset.X[idx].numpy(), data.dataset.y[idx].numpy()
+        yield Served(root, uri, X, y, report)
+
+
+@pytest.fixture
+def in_project(served: Served, monkeypatch: pytest.MonkeyPatch) -> Served:
+    monkeypatch.chdir(served.root)
+    monkeypatch.setenv("DLPIPE_ROOT", str(served.root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return served
+
+
+LOAD_SCRIPT = """
+import json, sys
+import mlflow, numpy as np
+data = np.load(sys.argv[1])
+model = mlflow.pyfunc.load_model(sys.argv[2])
+probs = model.predict(data["X"])
+print(json.dumps({
+    "columns": [str(c) for c in probs.columns],
+    "accuracy": float((probs.to_numpy().argmax(axis=1) == data["y"]).mean()),
+    "row_sums": probs.to_numpy().sum(axis=1).tolist(),
+    "dlpipe_imported": any(m == "dlpipe" or m.startswith("dlpipe.") for m in sys.modules),
+}))
+"""
+
+
+def test_a_fresh_process_loads_the_champion_and_reproduces_the_test_accuracy(served: Served, tmp_path: Path) -> None:
+    np.savez(tmp_path / "test.npz", X=served.X, y=served.y)
+    proc = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, str(tmp_path / "test.npz"), CHAMPION],
+                          env=served.env, cwd=tmp_path, capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["columns"] == [str(i) for i in range(10)]
+    assert out["accuracy"] == pytest.approx(served.report["accuracy"], abs=1e-6)
+    assert out["accuracy"] > 0.5
+    assert np.allclose(out["row_sums"], 1.0, atol=1e-5)
+    assert out["dlpipe_imported"] is False  # the logged model is self-contained
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, payload: dict, timeout: float = 30) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def test_mlflow_models_serve_answers_invocations(served: Served, tmp_path: Path) -> None:
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    cmd = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", CHAMPION, "--env-manager", "local",
+           "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env=served.env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"no answer on /ping in 120 s:\n{log_path.read_text()[-3000:]}"
+            time.sleep(0.5)
+        status, body = post(f"{base}/invocations", {"inputs": served.X.tolist()})
+        assert status == 200, body
+        probs = pd.DataFrame(body["predictions"])
+        assert list(probs.columns) == [str(i) for i in range(10)] and len(probs) == len(served.y)
+        accuracy = float((probs.to_numpy().argmax(axis=1) == served.y).mean())
+        assert accuracy == pytest.approx(served.report["accuracy"], abs=1e-6)
+        status, body = post(f"{base}/invocations", {"inputs": [[0.0] * 60]})
+        assert status == 400 and "(-1, 1, 8, 8)" in body.get("message", "")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn workers: the group this test started
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+
+
+def predict_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    code = cli.main(["predict", "--model", CHAMPION, *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def check_frame(frame: pd.DataFrame, n: int) -> np.ndarray:
+    prob_cols = [f"prob_{i}" for i in range(10)]
+    assert [c for c in frame.columns if c != "file"] == ["prediction", *prob_cols]
+    assert len(frame) == n
+    assert np.allclose(frame[prob_cols].to_numpy().sum(axis=1), 1.0, atol=1e-5)
+    best = frame[prob_cols].to_numpy().argmax(axis=1)
+    assert (frame["prediction"].astype(str).to_numpy() == np.array([str(i) for i in best])).all()
+    return frame["prediction"].astype(int).to_numpy()
+
+
+def test_dlpipe_predict_writes_class_names_and_probabilities(in_project: Served, tmp_path: Path, capsys) -> None:
+    s = in_project
+    np.savez(tmp_path / "x.npz", X=s.X)
+    code, out, err = predict_cli(capsys, "--input", str(tmp_path / "x.npz"), "--output", str(tmp_path / "p.csv"))
+    assert code == 0, err
+    from_npz = check_frame(pd.read_csv(tmp_path / "p.csv"), len(s.y))
+    assert (from_npz == s.y).mean() == pytest.approx(s.report["accuracy"], abs=1e-6)
+
+    flat = s.X.reshape(len(s.X), -1)
+    np.savetxt(tmp_path / "flat.csv", flat, delimiter=",")  # flattened pixels, no header
+    code, out, err = predict_cli(capsys, "--input", str(tmp_path / "flat.csv"))
+    assert code == 0, err
+    assert (check_frame(pd.read_csv(io.StringIO(out)), len(s.y)) == from_npz).all()
+
+    header = pd.DataFrame(flat, columns=[f"px{i}" for i in range(64)]).assign(target=s.y)
+    header.to_csv(tmp_path / "named.csv", index=False)  # a header row and a label column to drop
+    code, out, err = predict_cli(capsys, "--input", str(tmp_path / "named.csv"), "--drop", "target")
+    assert code == 0, err
+    assert (check_frame(pd.read_csv(io.StringIO(out)), len(s.y)) == from_npz).all()
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(np.round(s.X[i, 0] * 255).astype(np.uint8), mode="L").save(folder / f"digit{i}.png")
+    code, out, err = predict_cli(capsys, "--input", str(folder))
+    assert code == 0, err
+    frame = pd.read_csv(io.StringIO(out))
+    assert list(frame["file"]) == [f"digit{i}.png" for i in range(5)]
+    check_frame(frame, 5)
+
+
+def test_dlpipe_predict_rejects_wrong_shapes_with_exit_code_2(in_project: Served, tmp_path: Path, capsys) -> None:
+    s = in_project
+    np.savetxt(tmp_path / "short.csv", s.X.reshape(len(s.X), -1)[:, :60], delimiter=",")
+    code, _, err = predict_cli(capsys, "--input", str(tmp_path / "short.csv"))
+    assert code == 2
+    assert "(60, 60)" in err and "expected (N, 1, 8, 8) or 64 values per row" in err
+
+    np.savez(tmp_path / "wrong.npz", X=np.zeros((3, 1, 9, 9), dtype=np.float32))
+    code, _, err = predict_cli(capsys, "--input", str(tmp_path / "wrong.npz"))
+    assert code == 2 and "(3, 1, 9, 9)" in err and "(N, 1, 8, 8)" in err
+
+    folder = tmp_path / "big_images"
+    folder.mkdir()
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8), mode="L").save(folder / "a.png")
+    code, _, err = predict_cli(capsys, "--input", str(folder))
+    assert code == 2 and "28x28" in err and "8x8" in err and "(N, 1, 8, 8)" in err
+
+    code, _, err = predict_cli(capsys, "--input", str(tmp_path / "missing.csv"))
+    assert code == 2 and "no such file" in err
+
+
+def test_dlpipe_predict_console_script(served: Served, tmp_path: Path) -> None:
+    np.savez(tmp_path / "x.npz", X=served.X[:7])
+    env = subprocess_env(served.root)
+    env.pop("MLFLOW_TRACKING_URI", None)  # resolved from the project in DLPIPE_ROOT
+    proc = subprocess.run([str(VENV_BIN / "dlpipe"), "predict", "--model", CHAMPION, "--input", "x.npz", "--output",
+                           "out.csv"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    check_frame(pd.read_csv(tmp_path / "out.csv"), 7)
+    assert "7 predictions written to out.csv" in proc.stderr

@@ -1,0 +1,120 @@
+"""Tuning across machines: a real PostgreSQL server on 127.0.0.1 as the Optuna storage, two worker processes of the
+tune stage on one study, then a `dlpipe tune-worker` from a second project copy (another machine) joining it.
+
+Needs Debian's `postgresql` package (initdb/pg_ctl under /usr/lib/postgresql/<version>/bin); .ci/run installs it.
+The server refuses to run as root, so as root it runs as the `postgres` user."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import copy_project, install_mlflow_store
+from mlflow.tracking import MlflowClient
+from test_tuning import PLAIN, children, prepared, tune_parents
+
+from dlpipe import cli
+from dlpipe.stages import tune
+from dlpipe.tuning import study as S
+
+pytestmark = pytest.mark.slow
+
+DB = "dlpipe"
+PASSWORD = "s3cret-pw"  # trust auth ignores it; the report and MLflow must not show it
+
+
+def postgres_bin() -> Path:
+    found = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "initdb").is_file()]
+    found = [p for p in found if (p / "pg_ctl").is_file()]
+    if not found:
+        pytest.fail(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin: "
+            "install Debian's postgresql package (apt-get update && apt-get install -y postgresql)"
+        )
+    return max(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a free loopback port with database `dlpipe`; stopped and removed after."""
+    bindir = postgres_bin()
+    as_user: list[str] = []
+    base = Path(tempfile.mkdtemp(prefix="dlpipe-pg-"))
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")  # created by the Debian package
+        os.chown(base, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, sock, logfile = base / "data", base / "sock", base / "server.log"
+
+    def run(*cmd: str | Path, check: bool = True) -> subprocess.CompletedProcess:
+        out = subprocess.run([*as_user, *map(str, cmd)], capture_output=True, text=True, timeout=120)
+        if check and out.returncode != 0:
+            log = logfile.read_text() if logfile.exists() else ""
+            pytest.fail(f"{cmd[0]} failed ({out.returncode}): {out.stdout}{out.stderr}{log}")
+        return out
+
+    run("mkdir", "-p", sock)
+    run(bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+    port = free_port()
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {sock} -c fsync=off"
+    run(bindir / "pg_ctl", "-D", data, "-l", logfile, "-o", options, "-w", "-t", "60", "start")
+    try:
+        run(bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", DB)
+        yield f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/{DB}"
+    finally:
+        run(bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop", check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_workers_on_two_machines_share_one_study_in_postgresql(project, mlflow_store, postgres_url, tmp_path,
+                                                               mlflow_template_db, monkeypatch):  # fmt: skip
+    settings = {**PLAIN, "n_trials": 4, "workers": 2, "storage": postgres_url,
+                "space": {"train.lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}}}  # fmt: skip
+    params, paths = prepared(project, settings)
+    report = tune.run(params, paths, "perceptron")
+    assert report["finished"] == 4 and report["stopped"] == "budget"
+    assert report["storage"] == postgres_url.replace(PASSWORD, "***")
+    assert PASSWORD not in json.dumps(report)
+    study = optuna.load_study(study_name=report["study_name"], storage=S.with_driver(postgres_url))
+    done = [t for t in study.trials if t.state in S.FINISHED]
+    assert len(done) == 4
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    workers = {t.user_attrs["worker"] for t in done}
+    assert {w.rsplit(":", 1)[1] for w in workers} == {"w0", "w1"}, workers
+    client = MlflowClient(mlflow_store)
+    (parent,) = tune_parents(client, "perceptron")
+    assert PASSWORD not in json.dumps(parent.data.params)
+    assert sorted(int(r.data.tags["trial"]) for r in children(client, parent.info.run_id)) == [t.number for t in done]
+
+    # another machine: its own project copy (same params, its own data preparation and MLflow store) joins the
+    # study by name with `dlpipe tune-worker` and runs only what a raised budget adds
+    other = copy_project(tmp_path / "other-machine")
+    other_uri = install_mlflow_store(other, mlflow_template_db)
+    monkeypatch.setenv("DLPIPE_ROOT", str(other))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other_uri)  # mlflow.set_tracking_uri exported this process's first store
+    monkeypatch.chdir(other)
+    prepared(other, {**settings, "n_trials": 5})
+    assert cli.main(["tune-worker", "--arch", "perceptron", "--worker-index", "7"]) == 0
+    study = optuna.load_study(study_name=report["study_name"], storage=S.with_driver(postgres_url))
+    done = [t for t in study.trials if t.state in S.FINISHED]
+    assert len(done) == 5 and done[-1].user_attrs["worker"].endswith(":w7")
+    (own_parent,) = tune_parents(MlflowClient(other_uri), "perceptron")  # its own store: a parent of its own
+    assert own_parent.data.tags["study_name"] == report["study_name"] and own_parent.info.status == "FINISHED"
+    (run,) = children(MlflowClient(other_uri), own_parent.info.run_id)
+    assert run.data.tags["trial"] == str(done[-1].number) and run.data.tags["state"] == "COMPLETE"
