@@ -100,6 +100,9 @@ class TrainerParams(Section):
     deterministic: bool = True
     progress_bar: bool | None = Field(None, description="null = on when the output is a terminal")
     data_on_device: bool = Field(True, description="keep in-memory data on the GPU (one copy per process)")
+    cpu_threads: int | None = Field(
+        1, ge=1, description="PyTorch CPU threads per process; small models run fastest on 1; null = all cores"
+    )
 
 
 class SearchDim(Section):
@@ -358,10 +361,17 @@ def apply_overrides(params: Params, arch: str, overrides: dict[str, Any]) -> tup
             raise ConfigError(f"{key}: overrides must be train.<key> or model.<key>")
         target[field] = value
     arch_cls = get_architecture(arch).params
+    return _validate_section(arch_cls, model, f"models.{arch}"), _validate_section(TrainParams, train, "train")
+
+
+def _validate_section(cls: type[BaseModel], data: dict[str, Any], where: str) -> Any:
     try:
-        return arch_cls.model_validate(model), TrainParams.model_validate(train)
+        return cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, arch_cls)) from None
+        lines = format_validation_error(exc, cls).splitlines()
+        top = "(top level)"
+        raise ConfigError("\n".join(where + line[len(top):] if line.startswith(top) else f"{where}.{line}"
+                                    for line in lines)) from None  # fmt: skip
 
 
 def params_hash(*parts: Any) -> str:

@@ -38,10 +38,12 @@ def test_repo_params_yaml_is_valid():
     assert params.data.name == "digits"
     assert params.data.folds == 5
     assert params.data.test_size == pytest.approx(0.2)
-    assert params.architectures == ["perceptron", "mlp", "cnn"]
+    # the default study: every registered architecture that takes images, except the plain rnn
+    assert params.architectures == ["perceptron", "mlp", "wide_deep", "cnn", "lstm", "gru", "transformer", "resnet"]
+    assert params.tune.n_trials >= 10 and params.tune.pruner != "none"
     assert params.experiment_name == "dlpipe/digits"
     assert params.registered_model_name == "dlpipe-digits"
-    # the YAML anchors of rnn/lstm/gru give three equal, independent sections
+    # rnn, lstm and gru start from the same settings, written out (no YAML anchors: `dvc exp run -S` edits one)
     assert params.models.rnn.model_dump() == params.models.lstm.model_dump() == params.models.gru.model_dump()
 
 
@@ -334,3 +336,12 @@ def test_flatten_expands_models_nested_in_dicts():
     assert flat["train.early_stopping.monitor"] == "val_loss"
     assert flat["model.hidden"] == [8]
     assert "train" not in flat
+
+
+def test_override_errors_name_the_section_and_key():
+    with pytest.raises(ConfigError, match=r"^models\.transformer: d_model \(64\) must be divisible by nhead \(3\)$"):
+        apply_overrides(Params(), "transformer", {"model.nhead": 3})
+    with pytest.raises(ConfigError, match=r"^train\.lr: "):
+        apply_overrides(Params(), "mlp", {"train.lr": -1})
+    with pytest.raises(ConfigError, match=r"^models\.mlp\.dropout: "):
+        apply_overrides(Params(), "mlp", {"model.dropout": 2})

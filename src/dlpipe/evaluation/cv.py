@@ -46,13 +46,8 @@ def run_fold(
 ) -> FoldResult:
     """Train on every fold but `k` (normalised with their statistics) and evaluate on fold `k`."""
     split = data.fold(k)
-    try:
-        result = fit(spec, split, data.dataset.class_names, trainer_params, seed, max_epochs=max_epochs,
-                     callbacks=callbacks)  # fmt: skip
-    except SystemExit as exc:  # Lightning turns Ctrl-C/SIGTERM inside fit into sys.exit(1): keep it an interrupt
-        if isinstance(exc.__context__, KeyboardInterrupt):
-            raise KeyboardInterrupt from exc
-        raise
+    result = fit(spec, split, data.dataset.class_names, trainer_params, seed, max_epochs=max_epochs,
+                 callbacks=callbacks)  # fmt: skip
     report = evaluate(result.module, split.val, trainer_params)
     metrics = {m: report[m] for m in SCALAR_METRICS}
     return FoldResult(k, metrics, report, result.epochs, result.best_epoch, result.seconds, result.history)

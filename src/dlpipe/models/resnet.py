@@ -22,6 +22,9 @@ class ResNetParams(ArchParams):
     weights_path: str | None = Field(None, description="local ImageNet ResNet-18 state_dict file (.pth)")
     freeze_backbone: bool = Field(False, description="train only the new classification head")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classification head")
+    maxpool: bool | None = Field(
+        None, description="keep the stem's max-pool; null = only for images of 64 px or more (halves cost if true)"
+    )
 
 
 def _imagenet_state_dict(p: ResNetParams) -> dict[str, torch.Tensor]:
@@ -67,7 +70,7 @@ def build_resnet(p: ResNetParams, input_shape: tuple[int, ...], num_classes: int
     small = min(h, w) < SMALL_IMAGE
     if small or in_channels != 3:
         model.conv1 = _adapt_stem(model.conv1, in_channels, small)
-    if small:
+    if not (p.maxpool if p.maxpool is not None else not small):
         model.maxpool = nn.Identity()
     if p.freeze_backbone:
         for param in model.parameters():

@@ -76,6 +76,8 @@ class TensorLoader:
                 yield self.X[idx], self.y[idx]
 
     def __len__(self) -> int:
-        _, world = _rank_and_world()
-        n = math.ceil(len(self.y) / world) if world > 1 else len(self.y)
+        rank, world = _rank_and_world()
+        n = len(self.y)
+        if world > 1:  # this rank's share: padded to equal length when training, strided and unpadded otherwise
+            n = math.ceil(n / world) if self.shuffle else len(range(rank, n, world))
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)

@@ -103,7 +103,12 @@ def fit(
     with tempfile.TemporaryDirectory(prefix="dlpipe-ckpt-") as ckpt_dir:
         trainer = make_trainer(trainer_params, spec.train, max_epochs=max_epochs, callbacks=cbs,
                                checkpoint_dir=Path(ckpt_dir))  # fmt: skip
-        trainer.fit(module, train_loader, val_loader)
+        try:
+            trainer.fit(module, train_loader, val_loader)
+        except SystemExit as exc:  # Lightning turns Ctrl-C (and our SIGTERM) inside fit into sys.exit(1)
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                raise KeyboardInterrupt from exc
+            raise
         best_epoch = _restore_best(trainer, module)
         seconds = time.perf_counter() - start
         val = trainer.validate(module, val_loader, verbose=False)[0]

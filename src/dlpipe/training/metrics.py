@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torchmetrics import ConfusionMatrix, MetricCollection
+from torchmetrics import ConfusionMatrix, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
 # The scalar metrics logged every epoch, as `<stage>_<name>` (val_f1_macro ...).
@@ -17,6 +17,26 @@ SCALAR_METRICS = (
     "f1_weighted",
 )
 PER_CLASS = ("precision", "recall", "f1")
+
+
+class BatchMean(Metric):
+    """The sample-weighted mean of per-batch values (a loss), with summed states: exact under DDP however unequal the
+    ranks' shares. (Lightning's `log(sync_dist=True)` mean truncates the averaged integer count on gloo, and
+    torchmetrics' MeanMetric ignores weights when its NaN checks are disabled; a NaN loss must stay NaN here.)"""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, n: int) -> None:
+        self.total += value.detach().to(self.total.dtype) * n
+        self.count += n
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count
 
 
 def scalar_metrics(num_classes: int) -> MetricCollection:

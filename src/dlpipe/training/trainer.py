@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from dlpipe.config import TrainerParams, TrainParams
@@ -25,6 +26,9 @@ def make_trainer(
     with_validation: bool = True,
 ) -> L.Trainer:
     """A Trainer from params. With `checkpoint_dir`, the best epoch (on the early-stopping monitor) is kept."""
+    if trainer.cpu_threads:
+        # Oversubscribed OpenMP threads spin-wait: two threads beside another busy process ran 10x slower.
+        torch.set_num_threads(trainer.cpu_threads)
     cbs: list[Callback] = list(callbacks or [])
     es = train.early_stopping
     if with_validation and es.enabled:

@@ -124,6 +124,10 @@ class Objective:
         model, train = apply_overrides(self.params, self.arch, overrides)
         return ModelSpec(self.arch, model, train)
 
+    def epochs_for(self, spec: ModelSpec) -> int:
+        """A trial trains its own (possibly tuned) train.max_epochs, capped by tune.max_epochs."""
+        return min(spec.train.max_epochs, self.max_epochs or spec.train.max_epochs)
+
     def __call__(self, trial: optuna.Trial, on_epoch: EpochHook | None = None) -> float:
         self.epochs = 0
         spec = self.spec(self.space.suggest(trial))
@@ -145,7 +149,7 @@ class Objective:
         reporters.append(reporter)
         split = self.holdout
         p = self.params
-        result = fit(spec, split, self.data.dataset.class_names, self.trainer, p.seed, max_epochs=self.max_epochs,
+        result = fit(spec, split, self.data.dataset.class_names, self.trainer, p.seed, max_epochs=self.epochs_for(spec),
                      callbacks=[reporter])  # fmt: skip
         report = evaluate(result.module, split.val, self.trainer)
         return selection_value(report, self.metric, self.positive_class)
@@ -156,7 +160,7 @@ class Objective:
         for k in range(self.folds):
             reporter = EpochReporter(trial, self.monitor, k * self.stride, on_epoch)
             reporters.append(reporter)
-            result = run_fold(spec, self.data, k, self.trainer, self.params.seed, max_epochs=self.max_epochs,
+            result = run_fold(spec, self.data, k, self.trainer, self.params.seed, max_epochs=self.epochs_for(spec),
                               callbacks=[reporter])  # fmt: skip
             values.append(selection_value(result.report, self.metric, self.positive_class))
             trial.set_user_attr(f"fold_{k}", values[-1])

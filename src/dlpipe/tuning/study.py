@@ -229,14 +229,11 @@ def make_pruner(kind: str, max_steps: int) -> optuna.pruners.BasePruner:
 
 
 def epochs_per_fit(params: Params, space: SearchSpace) -> int:
-    """The most epochs one fit of a trial may run (tune.max_epochs, else train.max_epochs or its tuned maximum)."""
-    if params.tune.max_epochs:
-        return params.tune.max_epochs
+    """The most epochs one fit of a trial may run: train.max_epochs (or its tuned maximum), capped by
+    tune.max_epochs."""
     dim = space.dims.get("train.max_epochs")
-    if dim is not None:
-        probes = dim.probes()
-        return int(max(probes))
-    return params.train.max_epochs
+    most = int(max(dim.probes())) if dim is not None else params.train.max_epochs
+    return min(most, params.tune.max_epochs or most)
 
 
 def max_steps(params: Params, space: SearchSpace) -> int:

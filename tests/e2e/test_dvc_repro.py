@@ -1,0 +1,161 @@
+"""The whole study from `dvc repro`, as a new user runs it, on a fresh git + DVC copy of the repository.
+
+A small override (two architectures, two trials, two folds, two epochs) keeps it to a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO_ROOT, deep_merge, subprocess_env
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+ARCHS = ["perceptron", "mlp"]
+OVERRIDE = {
+    "data": {"limit": 400, "folds": 2},
+    "architectures": ARCHS,
+    "models": {"mlp": {"hidden": [32]}},
+    "train": {"max_epochs": 2},
+    "trainer": {"accelerator": "cpu", "progress_bar": False},
+    "tune": {"n_trials": 2, "max_epochs": 2},
+}
+TIMEOUT = 900
+
+
+def run(cmd: list[str], cwd: Path, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    tail = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}\n{tail}"
+    return proc
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh project (git + DVC) with the small override, after one full `dvc repro`."""
+    root = tmp_path_factory.mktemp("e2e") / "study"
+    root.mkdir()
+    for name in ("dvc.yaml", ".gitignore", "pyproject.toml"):
+        shutil.copy2(REPO_ROOT / name, root / name)
+    for folder in ("pipelines", "src"):
+        shutil.copytree(REPO_ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    base = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(deep_merge(base, OVERRIDE), sort_keys=False))
+    run(["git", "init", "-q"], root)
+    run(["git", "config", "user.email", "e2e@example.com"], root)
+    run(["git", "config", "user.name", "e2e"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["dvc", "config", "core.analytics", "false"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "study"], root)
+    first = run(["dvc", "repro"], root)
+    (root / "first_repro.log").write_text(first.stdout)
+    return root
+
+
+def test_first_repro_runs_every_stage(study: Path):
+    ran = stages_run((study / "first_repro.log").read_text())
+    expected = {"fetch", "prepare", "select"} | {f"{s}@{a}" for s in ("tune", "cv", "train") for a in ARCHS}
+    assert ran == expected
+    for arch in ARCHS:
+        for report in ("tuning", "cv", "test"):
+            assert (study / "reports" / report / f"{arch}.json").is_file()
+        assert (study / "models" / arch / "params.json").is_file()
+    assert "| architecture" in (study / "reports" / "leaderboard.md").read_text()
+
+
+def test_metrics_show_has_the_winners_test_metrics(study: Path):
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], study).stdout)
+    workspace = next(iter(shown.values()))["data"]  # the workspace's entry (DVC keys it "" or "workspace")
+    winner = workspace["reports/metrics.json"]["data"]
+    assert 0.5 < winner["accuracy"] <= 1.0, winner
+    assert {"f1_macro", "precision_macro", "recall_macro"} <= winner.keys()
+    for arch in ARCHS:
+        assert "mean" in workspace[f"reports/cv/{arch}.json"]["data"]
+
+
+def test_mlflow_holds_the_run_tree_and_a_champion(study: Path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{study / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("dlpipe/digits")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.info.run_id: [] for r in top}
+    for r in runs:
+        parent = r.data.tags.get("mlflow.parentRunId")
+        if parent in children:
+            children[parent].append(r)
+    for stage, n_children in (("tune", 2), ("cv", 2), ("train", 0)):
+        for arch in ARCHS:
+            parents = [r for r in top if r.data.tags.get("stage") == stage and r.data.tags.get("architecture") == arch]
+            assert len(parents) == 1, (stage, arch, len(parents))
+            assert parents[0].info.status == "FINISHED"
+            kids = children[parents[0].info.run_id]
+            assert len(kids) == n_children, (stage, arch, len(kids))
+            assert all(k.info.status == "FINISHED" for k in kids)
+    assert all(r.info.status != "RUNNING" for r in runs)
+    champion = client.get_model_version_by_alias("dlpipe-digits", "champion")
+    challenger = client.get_model_version_by_alias("dlpipe-digits", "challenger")
+    assert champion.version == challenger.version
+    selection = json.loads((study / "reports" / "selection.json").read_text())
+    assert champion.tags["architecture"] == selection["winner"]
+
+
+def test_second_repro_is_a_no_op(study: Path):
+    out = run(["dvc", "repro"], study).stdout
+    assert stages_run(out) == set()
+    assert "Data and pipelines are up to date" in out
+
+
+def test_changing_one_architecture_reruns_only_its_stages(study: Path):
+    params = yaml.safe_load((study / "params.yaml").read_text())
+    params["models"]["mlp"]["hidden"] = [16]
+    (study / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["dvc", "repro"], study).stdout
+    assert stages_run(out) == {"tune@mlp", "cv@mlp", "train@mlp", "select"}
+    run(["git", "add", "-A"], study)
+    run(["git", "commit", "-qm", "mlp hidden 16"], study)
+
+
+def _train_runs(study: Path) -> int:
+    client = MlflowClient(tracking_uri=f"sqlite:///{study / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("dlpipe/digits")
+    return len(client.search_runs([exp.experiment_id], "tags.stage = 'train'", max_results=1000))
+
+
+def test_exp_run_variant_is_listed_and_tracked(study: Path):
+    before = _train_runs(study)
+    run(["dvc", "exp", "run", "-n", "five-epochs", "-S", "train.max_epochs=3"], study)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], study).stdout)
+    text = json.dumps(shown)
+    assert "five-epochs" in text and "f1_macro" in text
+    assert _train_runs(study) == before + len(ARCHS)
+
+
+def test_queued_experiment_runs_in_a_temp_copy_and_records_into_the_project(study: Path):
+    before = _train_runs(study)
+    run(["dvc", "exp", "run", "--queue", "-n", "queued-seed", "-S", "tune.n_trials=3"], study)
+    run(["dvc", "queue", "start"], study)
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], study).stdout
+        if "queued-seed" in status and re.search(r"queued-seed\s.*(Success|Failed)", status):
+            break
+        time.sleep(5)
+    assert re.search(r"queued-seed\s.*Success", status), status
+    shown = json.dumps(json.loads(run(["dvc", "exp", "show", "--json"], study).stdout))
+    assert "queued-seed" in shown
+    assert _train_runs(study) == before + len(ARCHS)
+    assert not list((study / ".dvc" / "tmp" / "exps").glob("**/mlruns/mlflow.db"))

@@ -1,0 +1,350 @@
+"""The architecture registry: output shapes on every input kind, shape checks, ResNet weights, recurrent heads."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+from helpers_training import torch_threads
+from torch import nn
+
+from dlpipe.errors import ConfigError, ModelError
+from dlpipe.models import ARCHITECTURES, build_model, get_architecture
+from dlpipe.models.registry import Architecture
+
+IMAGE_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
+TABULAR_SHAPE = (30,)
+TABULAR_ARCHS = ("perceptron", "mlp", "wide_deep")
+IMAGE_ONLY_ARCHS = ("cnn", "rnn", "lstm", "gru", "transformer", "resnet")
+RECURRENT = ("rnn", "lstm", "gru")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu")
+INITS = ("default", "xavier", "kaiming")
+NUM_CLASSES = 10
+RESNET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with torch_threads(1):
+        yield
+
+
+def build(arch: str, input_shape: tuple[int, ...], num_classes: int = NUM_CLASSES, **params) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(arch, get_architecture(arch).params.model_validate(params), input_shape, num_classes)
+
+
+def logits(model: nn.Module, input_shape: tuple[int, ...], n: int = 3) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(torch.randn(n, *input_shape))
+
+
+def test_registry_lists_every_family_with_its_input_kinds():
+    assert set(ARCHITECTURES) == set(TABULAR_ARCHS) | set(IMAGE_ONLY_ARCHS)
+    for name in TABULAR_ARCHS:
+        assert ARCHITECTURES[name].kinds == {"image", "tabular"}
+    for name in IMAGE_ONLY_ARCHS:
+        assert ARCHITECTURES[name].kinds == {"image"}
+    assert all(isinstance(a, Architecture) and a.description for a in ARCHITECTURES.values())
+
+
+def test_unknown_architecture_names_the_choices():
+    with pytest.raises(ConfigError, match=r"unknown architecture 'vgg'; allowed: perceptron, mlp"):
+        get_architecture("vgg")
+
+
+@pytest.mark.parametrize("input_shape", IMAGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_image_input_gives_one_logit_per_class(arch, input_shape):
+    model = build(arch, input_shape)
+    out = logits(model, input_shape)
+    assert out.shape == (3, NUM_CLASSES)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("arch", TABULAR_ARCHS)
+@pytest.mark.parametrize("num_classes", [2, 5])
+def test_tabular_input_gives_one_logit_per_class(arch, num_classes):
+    out = logits(build(arch, TABULAR_SHAPE, num_classes), TABULAR_SHAPE, n=4)
+    assert out.shape == (4, num_classes)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_parameter_gets_a_gradient(arch):
+    """No dead parameters: DDP (without find_unused_parameters) would hang or fail on them."""
+    model = build(arch, (1, 8, 8))
+    model.train()
+    loss = nn.functional.cross_entropy(model(torch.randn(4, 1, 8, 8)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_build_model_accepts_plain_dict_params():
+    model = build_model("mlp", {"hidden": [16, 8]}, (1, 8, 8), 3)
+    widths = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)]
+    assert widths == [16, 8, 3]
+
+
+def test_perceptron_is_one_linear_layer():
+    model = build("perceptron", (1, 8, 8))
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(64, NUM_CLASSES)]
+    assert sum(p.numel() for p in model.parameters()) == 64 * NUM_CLASSES + NUM_CLASSES
+
+
+def test_wide_deep_sums_a_linear_path_and_an_mlp():
+    model = build("wide_deep", TABULAR_SHAPE, 2, hidden=[16])
+    x = torch.randn(5, 30)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), model.wide(x) + model.deep(x))
+    assert model.wide.in_features == 30
+
+
+@pytest.mark.parametrize("arch", ["mlp", "wide_deep", "cnn"])
+def test_dropout_sits_after_every_hidden_layer(arch):
+    hidden = [32, 16]
+    model = build(arch, (1, 8, 8), hidden=hidden, dropout=0.25)
+    drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert len(drops) == len(hidden) and all(d.p == 0.25 for d in drops)
+    assert not any(isinstance(m, nn.Dropout) for m in build(arch, (1, 8, 8), hidden=hidden).modules())
+
+
+# --- activations and initialisation ---
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("arch", ["mlp", "wide_deep", "cnn"])
+def test_each_activation_builds_and_is_used(arch, activation):
+    model = build(arch, (1, 8, 8), activation=activation)
+    expected = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+    kinds = {type(m) for m in model.modules()} & set(expected.values())
+    assert kinds == {expected[activation]}
+    assert logits(model, (1, 8, 8)).shape == (3, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_transformer_activation_option(activation):
+    model = build("transformer", (1, 8, 8), activation=activation)
+    assert logits(model, (1, 8, 8)).shape == (3, NUM_CLASSES)
+
+
+def init_weights(model: nn.Module) -> list[torch.Tensor]:
+    return [m.weight.detach().clone() for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def init_biases(model: nn.Module) -> list[torch.Tensor]:
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None]
+    rnn = [p for m in model.modules() if isinstance(m, nn.RNNBase) for n, p in m.named_parameters() if "bias" in n]
+    return [m.bias.detach() for m in layers] + [p.detach() for p in rnn]
+
+
+@pytest.mark.parametrize("init", INITS)
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_each_init_builds_and_is_applied(arch, init):
+    model = build(arch, (1, 8, 8), init=init)
+    assert logits(model, (1, 8, 8)).shape == (3, NUM_CLASSES)
+    biases = init_biases(model)
+    assert biases, "every family has some bias"
+    all_zero = all(not b.any() for b in biases)
+    # PyTorch's default init draws biases at random; xavier/kaiming (apply_init) start them at zero
+    assert all_zero == (init != "default")
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "lstm"])
+def test_init_schemes_give_different_weights_for_the_same_seed(arch):
+    weights = {init: init_weights(build(arch, (1, 8, 8), init=init)) for init in INITS}
+    for a, b in [("default", "xavier"), ("default", "kaiming"), ("xavier", "kaiming")]:
+        assert not all(torch.equal(x, y) for x, y in zip(weights[a], weights[b], strict=True)), (a, b)
+
+
+def test_xavier_bounds_the_weights_by_fan_in_and_out():
+    model = build("mlp", (1, 8, 8), hidden=[50], init="xavier")
+    first = model[1]
+    bound = (6 / (first.in_features + first.out_features)) ** 0.5
+    assert first.weight.abs().max() <= bound
+    assert first.weight.abs().max() > 0.9 * bound  # uniform over the full range, not a narrower default
+
+
+# --- CNN ---
+
+
+def test_cnn_rejects_a_config_that_shrinks_the_map_to_nothing():
+    with pytest.raises(ConfigError, match=r"models\.cnn: the feature map shrinks to nothing on \(1, 8, 8\)"):
+        build("cnn", (1, 8, 8), channels=[8, 8, 8], kernel_size=5, padding=0)
+    # the same blocks fit on a larger image
+    assert logits(build("cnn", (1, 28, 28), channels=[8, 8], kernel_size=5, padding=0), (1, 28, 28)).shape == (3, 10)
+
+
+def test_cnn_skips_pooling_once_the_map_is_smaller_than_the_pool():
+    model = build("cnn", (1, 8, 8), channels=[4, 4, 4, 4])  # 8 -> 4 -> 2 -> 1 -> (no pool) 1
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 3
+    flatten_to_head = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    assert flatten_to_head.in_features == 4 * 1 * 1
+
+
+def test_cnn_batch_norm_option():
+    with_bn = build("cnn", (1, 8, 8), batch_norm=True)
+    without = build("cnn", (1, 8, 8), batch_norm=False)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in with_bn.modules()) == 2
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in without.modules())
+    convs = [m for m in without.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.bias is not None for c in convs)  # the bias is only dropped where batch norm follows
+
+
+# --- transformer ---
+
+
+@pytest.mark.parametrize(("input_shape", "patch"), [((1, 8, 8), 3), ((1, 28, 28), 5), ((3, 32, 32), 6)])
+def test_transformer_patch_size_must_divide_the_image(input_shape, patch):
+    with pytest.raises(ConfigError, match=r"models\.transformer\.patch_size: .* must divide the image size"):
+        build("transformer", input_shape, patch_size=patch)
+
+
+@pytest.mark.parametrize(("input_shape", "patch", "tokens"), [((1, 8, 8), 4, 4), ((1, 28, 28), 7, 16),
+                                                              ((3, 32, 32), 4, 64), ((1, 28, 28), 0, 28)])  # fmt: skip
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_transformer_tokens_and_positions(input_shape, patch, tokens, pooling):
+    model = build("transformer", input_shape, patch_size=patch, pooling=pooling)
+    assert model.pos.shape == (1, tokens + (pooling == "cls"), 64)
+    assert logits(model, input_shape).shape == (3, NUM_CLASSES)
+
+
+def test_transformer_patches_are_the_image_squares():
+    model = build("transformer", (3, 8, 8), patch_size=4)
+    x = torch.randn(2, 3, 8, 8)
+    tokens = model.tokens(x)
+    assert tokens.shape == (2, 4, 3 * 4 * 4)
+    for t, (i, j) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):  # row-major over the patch grid
+        assert torch.equal(tokens[:, t], x[:, :, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4].reshape(2, -1))
+
+
+def test_transformer_rows_are_tokens_without_patches():
+    model = build("transformer", (2, 5, 4))
+    x = torch.randn(3, 2, 5, 4)
+    tokens = model.tokens(x)
+    assert tokens.shape == (3, 5, 8)
+    assert torch.equal(tokens[:, 2], x[:, :, 2, :].reshape(3, -1))
+
+
+# --- recurrent ---
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("arch", RECURRENT)
+def test_bidirectional_doubles_the_head_input(arch, num_layers):
+    bi = build(arch, (1, 8, 8), hidden_size=24, num_layers=num_layers, bidirectional=True)
+    uni = build(arch, (1, 8, 8), hidden_size=24, num_layers=num_layers, bidirectional=False)
+    assert bi.head.in_features == 2 * 24
+    assert uni.head.in_features == 24
+    assert bi.rnn.input_size == uni.rnn.input_size == 8  # one image row (C*W) per step
+    for model in (bi, uni):
+        assert logits(model, (1, 8, 8)).shape == (3, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("arch", RECURRENT)
+def test_recurrent_head_reads_the_last_layers_final_states(arch):
+    model = build(arch, (2, 6, 5), hidden_size=7, num_layers=2, bidirectional=True)
+    model.eval()
+    x = torch.randn(4, 2, 6, 5)
+    with torch.no_grad():
+        out, _ = model.rnn(x.permute(0, 2, 1, 3).reshape(4, 6, 10))  # rows as steps, channels side by side
+        forward_last = out[:, -1, :7]  # forward direction after the last row
+        backward_first = out[:, 0, 7:]  # backward direction after reading back to the first row
+        expected = model.head(torch.cat([forward_last, backward_first], dim=1))
+        assert torch.allclose(model(x), expected, atol=1e-6)
+
+
+# --- ResNet ---
+
+
+@pytest.fixture(scope="module")
+def imagenet_like(tmp_path_factory) -> tuple[str, dict[str, torch.Tensor]]:
+    """A torchvision ResNet-18 state_dict (random, seeded) saved where `weights_path` can point."""
+    torch.manual_seed(123)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(state, path)
+    return str(path), state
+
+
+def test_resnet_loads_a_local_weights_file(imagenet_like):
+    path, state = imagenet_like
+    model = build("resnet", (3, 64, 64), pretrained=True, weights_path=path)
+    assert torch.equal(model.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
+    assert torch.equal(model.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
+    assert torch.equal(model.conv1.weight, state["conv1.weight"])  # 3-channel, large image: stem kept as is
+    assert model.fc.out_features == NUM_CLASSES
+    fresh = build("resnet", (3, 64, 64), pretrained=False, weights_path=path)  # the path alone loads nothing
+    assert not torch.equal(fresh.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
+
+
+def test_resnet_small_grey_images_get_a_stem_from_the_kernel_centre(imagenet_like):
+    path, state = imagenet_like
+    model = build("resnet", (1, 8, 8), pretrained=True, weights_path=path)
+    stem = model.conv1
+    assert (stem.in_channels, stem.kernel_size, stem.stride, stem.padding) == (1, (3, 3), (1, 1), (1, 1))
+    expected = state["conv1.weight"][:, :, 2:5, 2:5].mean(dim=1, keepdim=True) * 3
+    assert torch.allclose(stem.weight, expected)
+    assert isinstance(model.maxpool, nn.Identity)
+    colour = build("resnet", (3, 32, 32), pretrained=True, weights_path=path)
+    assert torch.equal(colour.conv1.weight, state["conv1.weight"][:, :, 2:5, 2:5])
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_resnet_freeze_backbone_trains_only_the_head(imagenet_like, dropout):
+    path, _ = imagenet_like
+    model = build("resnet", (1, 8, 8), pretrained=True, weights_path=path, freeze_backbone=True, dropout=dropout)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    head = {"fc.weight", "fc.bias"} if dropout == 0 else {"fc.1.weight", "fc.1.bias"}
+    assert trainable == head
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    nn.functional.cross_entropy(model(torch.randn(4, 1, 8, 8)), torch.tensor([0, 1, 2, 3])).backward()
+    opt.step()
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed == head
+    unfrozen = build("resnet", (1, 8, 8), pretrained=True, weights_path=path)
+    assert all(p.requires_grad for p in unfrozen.parameters())
+
+
+def test_resnet_pretrained_without_network_names_the_url(monkeypatch):
+    from torchvision.models import ResNet18_Weights
+
+    calls = []
+
+    def offline(*args, **kwargs):
+        calls.append(args)
+        raise urllib.error.URLError("no network in tests")
+
+    monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)  # belt and braces: never download
+    with pytest.raises(ModelError) as err:
+        build("resnet", (1, 8, 8), pretrained=True)
+    message = str(err.value)
+    assert RESNET_URL in message
+    assert "models.resnet.weights_path" in message and "no network in tests" in message
+    assert calls  # the download path was really taken
+
+
+def test_resnet_missing_weights_file_is_a_model_error(tmp_path):
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(ModelError, match=r"models\.resnet\.weights_path: no such file .*nope\.pth"):
+        build("resnet", (1, 8, 8), pretrained=True, weights_path=str(missing))
+
+
+def test_resnet_stem_maxpool_follows_the_param():
+    from dlpipe.models.resnet import ResNetParams
+
+    small = build_model("resnet", ResNetParams(), (1, 8, 8), 10)
+    assert isinstance(small.maxpool, nn.Identity)  # null: dropped below 64 px
+    kept = build_model("resnet", ResNetParams(maxpool=True), (1, 8, 8), 10)
+    assert isinstance(kept.maxpool, nn.MaxPool2d)
+    assert kept(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    big = build_model("resnet", ResNetParams(maxpool=False), (3, 64, 64), 10)
+    assert isinstance(big.maxpool, nn.Identity)
