@@ -97,7 +97,7 @@ def pruned(tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: Path):
         space = {"train.lr": LR_GOOD_BAD, "model.hidden": {"type": "categorical", "choices": [[16], [32, 16]]}}
         params, paths = prepared(root, {"n_trials": 6, "max_epochs": 4, "sampler": "random", "pruner": "median",
                                         "spaces": {"mlp": space}},
-                                 train={"early_stopping": {"enabled": False}})  # fmt: skip
+                                 train={"max_epochs": 4, "early_stopping": {"enabled": False}})  # fmt: skip
         report = tune.run(params, paths, "mlp")
         yield {"params": params, "paths": paths, "report": report, "client": MlflowClient(uri), "uri": uri,
                "study": load_study(paths, report["study_name"])}  # fmt: skip

@@ -386,3 +386,23 @@ def test_each_worker_sees_one_gpu_round_robin():
     cmd = W.worker_command("mlp", Path("/p.yaml"), 1, "run1", "tok:2")
     assert cmd[1:4] == ["-m", "dlpipe.cli", "tune-worker"]
     assert cmd[cmd.index("--worker-index") + 1] == "1" and cmd[cmd.index("--rendezvous") + 1] == "tok:2"
+
+
+def test_trial_epochs_are_the_trials_own_max_epochs_capped_by_tune_max_epochs():
+    from dlpipe.config import parse_params
+    from dlpipe.tuning.objective import Objective
+    from dlpipe.tuning.space import SearchSpace
+    from dlpipe.tuning.study import epochs_per_fit
+
+    tuned = {"train.max_epochs": {"type": "int", "low": 2, "high": 3}}
+    params = parse_params({"architectures": ["resnet"], "train": {"max_epochs": 15},
+                           "tune": {"max_epochs": 5, "spaces": {"resnet": tuned}}})  # fmt: skip
+    space = SearchSpace.for_arch(params, "resnet")
+    assert epochs_per_fit(params, space) == 3  # the space's most, under the cap of 5
+    objective = Objective(params, "resnet", space, data=None)
+    assert objective.epochs_for(objective.spec({"train.max_epochs": 2})) == 2
+    assert objective.epochs_for(objective.spec({"train.max_epochs": 9})) == 5  # capped
+    untuned = parse_params({"train": {"max_epochs": 15}, "tune": {"max_epochs": 5}})
+    assert epochs_per_fit(untuned, SearchSpace.for_arch(untuned, "mlp")) == 5
+    uncapped = parse_params({"train": {"max_epochs": 7}})
+    assert epochs_per_fit(uncapped, SearchSpace.for_arch(uncapped, "mlp")) == 7

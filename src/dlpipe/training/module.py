@@ -69,7 +69,7 @@ class Classifier(L.LightningModule):
         loss = data_loss + self.penalty()
         self.train_metrics.update(logits.detach(), y)
         self.train_loss.update(data_loss, len(y))
-        if self.trainer.is_last_batch:
+        if self._trainer is not None and self._trainer.is_last_batch:
             # Registering the metric objects once per epoch is enough: Lightning computes (DDP-synced) and resets
             # them at epoch end. Logging every step cost ~4 ms a step, 4x a plain loop's step on a small MLP.
             self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
