@@ -34,6 +34,15 @@ def subprocess_env(project: Path | None = None) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny test models on a small, shared CPU: extra intra-op threads only wait (steps ran 10-40x slower)."""
+    from helpers_training import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def make_project():
     """`copy_project(dest) -> dest`: for tests that need several projects, or one per module."""

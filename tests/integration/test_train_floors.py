@@ -8,7 +8,7 @@ library change does not flip them, while a broken loss, optimizer, metric or dat
 from __future__ import annotations
 
 import pytest
-from helpers_training import CPU, Problem, dataset, problem, spec, subsample, torch_threads, train
+from helpers_training import CPU, Problem, dataset, problem, spec, subsample, train
 
 from dlpipe.training.fit import evaluate
 
@@ -37,11 +37,6 @@ DIGITS_RECIPES = {
 }
 SLOW = {"resnet"}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import urllib.error
 import pytest
 import torch
 import torchvision
-from helpers_training import torch_threads
 from torch import nn
 
 from dlpipe.errors import ConfigError, ModelError
@@ -24,11 +23,6 @@ INITS = ("default", "xavier", "kaiming")
 NUM_CLASSES = 10
 RESNET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 def build(arch: str, input_shape: tuple[int, ...], num_classes: int = NUM_CLASSES, **params) -> nn.Module:

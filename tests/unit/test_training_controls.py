@@ -19,7 +19,6 @@ from helpers_training import (
     Problem,
     problem,
     spec,
-    torch_threads,
     train,
     weight_matrices,
     weights,
@@ -36,11 +35,6 @@ from dlpipe.training.module import Classifier, make_optimizer, penalised_weights
 SMALL_MLP = {"hidden": [64]}
 CHANCE = 0.1
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")
