@@ -43,6 +43,17 @@ def one_torch_thread():
         yield
 
 
+@pytest.fixture
+def keep_signal_handlers():
+    """Lightning ignores SIGINT after it caught an interrupt, stage_main installs a SIGTERM handler: restore both."""
+    import signal
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
 @pytest.fixture(scope="session")
 def make_project():
     """`copy_project(dest) -> dest`: for tests that need several projects, or one per module."""

@@ -294,14 +294,6 @@ def fast_project(project: Path, mlflow_store: str):
     return params, paths, MlflowClient(tracking_uri=mlflow_store)
 
 
-@pytest.fixture
-def keep_signal_handlers():
-    """Lightning ignores SIGINT after it caught an interrupt, stage_main installs a SIGTERM handler: restore both."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, handler in saved.items():
-        signal.signal(s, handler)
-
 
 def test_failed_fold_fails_the_runs_and_a_rerun_completes_only_the_missing_folds(fast_project, monkeypatch) -> None:
     params, paths, client = fast_project

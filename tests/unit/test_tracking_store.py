@@ -3,7 +3,6 @@ honestly, flattened params, finding parents and finished children), checked thro
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 
@@ -114,14 +113,6 @@ def test_configure_follows_the_environment(tmp_path: Path, mlflow_template_db: P
 
 # --------------------------------------------------------------------------------------------------- runs ending
 
-
-@pytest.fixture
-def keep_signal_handlers():
-    """Lightning ignores SIGINT after it caught an interrupt: restore pytest's handlers afterwards."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, handler in saved.items():
-        signal.signal(s, handler)
 
 
 def status(client: MlflowClient, run_id: str) -> str:

@@ -6,8 +6,10 @@ callbacks they add (MLflow logging, Optuna pruning).
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +64,17 @@ class DataToDevice(Callback):
                 loader.to(pl_module.device)
 
 
+@contextlib.contextmanager
+def interrupts_kept() -> Iterator[None]:
+    """Lightning turns Ctrl-C (and our SIGTERM) inside a Trainer call into sys.exit(1): make it an interrupt again."""
+    try:
+        yield
+    except SystemExit as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from exc
+        raise
+
+
 @dataclass
 class FitResult:
     module: Classifier
@@ -103,12 +116,8 @@ def fit(
     with tempfile.TemporaryDirectory(prefix="dlpipe-ckpt-") as ckpt_dir:
         trainer = make_trainer(trainer_params, spec.train, max_epochs=max_epochs, callbacks=cbs,
                                checkpoint_dir=Path(ckpt_dir))  # fmt: skip
-        try:
+        with interrupts_kept():
             trainer.fit(module, train_loader, val_loader)
-        except SystemExit as exc:  # Lightning turns Ctrl-C (and our SIGTERM) inside fit into sys.exit(1)
-            if isinstance(exc.__context__, KeyboardInterrupt):
-                raise KeyboardInterrupt from exc
-            raise
         best_epoch = _restore_best(trainer, module)
         seconds = time.perf_counter() - start
         val = trainer.validate(module, val_loader, verbose=False)[0]
@@ -141,7 +150,8 @@ def evaluate(module: Classifier, part: Part, trainer_params: TrainerParams) -> d
         enable_model_summary=False,
         use_distributed_sampler=False,
     )
-    trainer.test(module, loader, verbose=False)
+    with interrupts_kept():
+        trainer.test(module, loader, verbose=False)
     assert module.test_report is not None
     return module.test_report
 
