@@ -17,14 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from dlpipe.data import DATASETS, get_dataset_info
 from dlpipe.errors import ConfigError
+from dlpipe.metric_names import MONITORS, SELECTION_METRICS, is_positive_metric, monitor_mode
 from dlpipe.models import ARCHITECTURES, get_architecture
-
-SELECTION_METRICS = (
-    "accuracy",
-    "precision_macro", "recall_macro", "f1_macro",
-    "precision_weighted", "recall_weighted", "f1_weighted",
-    "precision_positive", "recall_positive", "f1_positive",
-)  # fmt: skip
 
 
 class Section(BaseModel):
@@ -57,22 +51,19 @@ class AugmentationParams(Section):
     crop_padding: int = Field(0, ge=0, description="pad by this many pixels, then random-crop back to size")
 
 
-MONITORS = ("val_loss", "val_accuracy", "val_f1_macro", "val_precision_macro", "val_recall_macro")
-
-
 class EarlyStoppingParams(Section):
     enabled: bool = True
     monitor: Literal[MONITORS] = "val_loss"  # type: ignore[valid-type]
-    patience: int = Field(5, ge=1)
+    patience: int = Field(3, ge=1)
     min_delta: float = Field(0.0, ge=0.0)
 
     @property
     def mode(self) -> str:
-        return "min" if self.monitor == "val_loss" else "max"
+        return monitor_mode(self.monitor)
 
 
 class TrainParams(Section):
-    max_epochs: int = Field(30, ge=1)
+    max_epochs: int = Field(15, ge=1)
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"] = "adam"
     lr: float = Field(1e-3, gt=0.0, le=10.0)
@@ -103,6 +94,16 @@ class TrainerParams(Section):
     cpu_threads: int | None = Field(
         1, ge=1, description="PyTorch CPU threads per process; small models run fastest on 1; null = all cores"
     )
+    workers: int | Literal["auto"] = Field(
+        "auto", description="parallel worker processes for folds, trials and final fits; auto = cores / cpu_threads, "
+        "or one per GPU"
+    )
+
+    @property
+    def distributed(self) -> bool:
+        """DDP or several nodes: every rank runs the study's units in one fixed order (no worker processes)."""
+        many = self.devices == "auto" or self.devices > 1
+        return self.num_nodes > 1 or many or self.strategy != "auto"
 
 
 class SearchDim(Section):
@@ -133,12 +134,27 @@ class TuneParams(Section):
     timeout: float | None = Field(None, gt=0, description="seconds; stop starting trials after this")
     sampler: Literal["tpe", "random", "cmaes"] = "tpe"
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "median"
-    cv_folds: int = Field(0, ge=0, description="0 = one validation split; k = mean over the first k folds")
-    max_epochs: int | None = Field(None, ge=1, description="epochs per trial (null = train.max_epochs)")
+    cv_folds: int | Literal["auto"] = Field(
+        "auto", description="0 = one validation slice; k = mean over the first k folds; auto = every fold when the "
+        "validation slice holds fewer than 10 samples of some class, else 0"
+    )
+    max_epochs: int | None = Field(5, ge=1, description="cap on epochs per trial (null = train.max_epochs)")
     workers: int = Field(1, ge=1, description="worker processes sharing the study storage")
     storage: str | None = Field(None, description="null = journal file under optuna/; or postgresql://...")
-    space: dict[str, SearchDim] = Field(default_factory=dict, description="shared by every architecture")
-    spaces: dict[str, dict[str, SearchDim]] = Field(default_factory=dict, description="per architecture")
+    space: dict[str, SearchDim] = Field(
+        default_factory=lambda: {
+            "train.lr": SearchDim(type="float", low=0.0003, high=0.01, log=True),
+            "train.batch_size": SearchDim(type="categorical", choices=[32, 64, 128]),
+        },
+        description="shared by every architecture",
+    )
+    spaces: dict[str, dict[str, SearchDim]] = Field(
+        default_factory=lambda: {
+            name: {key: SearchDim.model_validate(dim) for key, dim in arch.space.items()}
+            for name, arch in ARCHITECTURES.items()
+        },
+        description="per architecture (each family's default is registered with it)",
+    )
 
 
 class SelectionParams(Section):
@@ -168,7 +184,9 @@ ModelsParams = create_model(  # one field per registered architecture, each with
 class Params(Section):
     seed: int = Field(42, ge=0, description="drives Python, NumPy, torch, the splits and the sampler")
     data: DataParams = DataParams()
-    architectures: list[str] = Field(["perceptron", "mlp", "cnn"], min_length=1)
+    architectures: list[str] = Field(
+        ["perceptron", "mlp", "wide_deep", "cnn", "lstm", "gru", "transformer", "resnet"], min_length=1
+    )
     models: ModelsParams = ModelsParams()  # type: ignore[valid-type]
     train: TrainParams = TrainParams()
     trainer: TrainerParams = TrainerParams()
@@ -273,10 +291,28 @@ def check_semantics(params: Params) -> None:
             problems.append(f"tune.spaces.{arch_name}: unknown architecture; allowed: {', '.join(ARCHITECTURES)}")
         else:
             problems += _check_space(params, f"tune.spaces.{arch_name}", space, [arch_name])
-    if params.selection.metric.endswith("_positive") and params.selection.positive_class is None:
+    if is_positive_metric(params.selection.metric) and params.selection.positive_class is None:
         problems.append(f"selection.positive_class: required for selection.metric {params.selection.metric!r}")
+    if isinstance(params.tune.cv_folds, int) and not 0 <= params.tune.cv_folds <= params.data.folds:
+        problems.append(f"tune.cv_folds: {params.tune.cv_folds} folds asked but data.folds is {params.data.folds}; "
+                        f"allowed: 0 to {params.data.folds}, or auto")  # fmt: skip
+    if not problems:
+        problems += _check_space_values(params)
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _check_space_values(params: Params) -> list[str]:
+    """Every value a search space can produce must be valid where it lands (what the tune phase would refuse)."""
+    from dlpipe.tuning.space import SearchSpace  # the search space module builds on this one
+
+    problems: list[str] = []
+    for arch in params.architectures:
+        try:
+            SearchSpace.for_arch(params, arch).validate(params)
+        except ConfigError as exc:
+            problems += [line for line in str(exc).splitlines() if line not in problems]
+    return problems
 
 
 def tunable_keys(params: Params, arch: str) -> list[str]:
@@ -325,25 +361,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-    params = parse_params(raw, str(path))
-    _check_dvc_tracked_keys(raw or {}, params, str(path))  # an empty file is None
-    return params
-
-
-def _check_dvc_tracked_keys(raw: dict, params: Params, source: str) -> None:
-    """dvc.yaml tracks `models.<arch>` and `tune.spaces.<arch>` per architecture: they must be in the file."""
-    models = raw.get("models") or {}
-    spaces = (raw.get("tune") or {}).get("spaces") or {}
-    problems = []
-    for arch in params.architectures:
-        if arch not in models:
-            problems.append(f"models.{arch}: missing; every architecture listed needs its section (dvc.yaml tracks it)")
-        if arch not in spaces:
-            problems.append(
-                f"tune.spaces.{arch}: missing; every architecture listed needs an entry, {{}} for the shared space only"
-            )
-    if problems:
-        raise ConfigError(_prefix(source, "\n".join(problems)))
+    return parse_params(raw, str(path))
 
 
 def _prefix(source: str, text: str) -> str:

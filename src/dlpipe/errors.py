@@ -25,6 +25,10 @@ class DataError(BadInputError):
     """A dataset file is missing, malformed or inconsistent."""
 
 
+class OutputNotWritable(BadInputError):
+    """An output folder cannot be written (permissions, read-only file system, no space)."""
+
+
 class DatasetUnavailableError(DlpipeError):
     """A dataset could not be downloaded (no network, server down)."""
 

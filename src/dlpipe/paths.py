@@ -1,4 +1,7 @@
-"""Where the pipeline reads and writes, relative to the project root."""
+"""Where the pipeline reads and writes, relative to the project root: the one place output paths are named.
+
+dvc.yaml declares the same paths (tests/unit/test_dvc_yaml.py keeps the two in step).
+"""
 
 from __future__ import annotations
 
@@ -16,9 +19,15 @@ class ProjectPaths:
         """The project root: $DLPIPE_ROOT, else the working directory (DVC runs stages from the root)."""
         return cls(Path(os.environ.get("DLPIPE_ROOT", ".")).resolve())
 
+    # --- inputs and data ------------------------------------------------------------------------------------------
     @property
     def params(self) -> Path:
         return self.root / "params.yaml"
+
+    @property
+    def inputs(self) -> Path:
+        """Written by the check stage: fingerprints of input files that params only name (a CSV's contents)."""
+        return self.root / "data" / "inputs.json"
 
     @property
     def raw(self) -> Path:
@@ -28,6 +37,7 @@ class ProjectPaths:
     def prepared(self) -> Path:
         return self.root / "data" / "prepared"
 
+    # --- the study --------------------------------------------------------------------------------------------------
     @property
     def reports(self) -> Path:
         return self.root / "reports"
@@ -36,6 +46,51 @@ class ProjectPaths:
     def models(self) -> Path:
         return self.root / "models"
 
+    def tuning_report(self, arch: str) -> Path:
+        return self.reports / "tuning" / f"{arch}.json"
+
+    def cv_report(self, arch: str) -> Path:
+        return self.reports / "cv" / f"{arch}.json"
+
+    def oof_predictions(self, arch: str) -> Path:
+        """Out-of-fold class probabilities of every cross-validation fold."""
+        return self.reports / "cv" / f"{arch}.oof.csv"
+
+    def test_report(self, arch: str) -> Path:
+        return self.reports / "test" / f"{arch}.json"
+
+    def test_predictions(self, arch: str) -> Path:
+        return self.reports / "test" / f"{arch}.predictions.csv"
+
+    def model_dir(self, arch: str) -> Path:
+        return self.models / arch
+
+    @property
+    def baselines_report(self) -> Path:
+        return self.reports / "baselines.json"
+
+    # --- select -----------------------------------------------------------------------------------------------------
+    @property
+    def leaderboard_csv(self) -> Path:
+        return self.reports / "leaderboard.csv"
+
+    @property
+    def leaderboard_md(self) -> Path:
+        return self.reports / "leaderboard.md"
+
+    @property
+    def selection(self) -> Path:
+        return self.reports / "selection.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.reports / "metrics.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.reports / "plots"
+
+    # --- stores -------------------------------------------------------------------------------------------------------
     @property
     def mlruns(self) -> Path:
         return self.root / "mlruns"

@@ -1,4 +1,4 @@
-"""A stage run from a copy of the project, as `dvc exp run --temp` (and `dvc queue`) run it under
+"""The study stage run from a copy of the project, as `dvc exp run --temp` (and `dvc queue`) run it under
 `<project>/.dvc/tmp/exps/<tmp>/`, still records to the original project's mlruns/ store."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dlpipe.paths import ProjectPaths
 from dlpipe.stages import cv
 
 ARCH = "perceptron"
-QUICK = {"data": {"folds": 2}, "train": {"max_epochs": 1}}
+QUICK = {"data": {"folds": 2}, "train": {"max_epochs": 1}, "architectures": [ARCH], "tune": {"enabled": False}}
 
 
 def make_temp_copy(project: Path) -> Path:
@@ -32,7 +32,7 @@ def make_temp_copy(project: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_cv_in_a_dvc_temp_copy_logs_to_the_original_projects_store(
+def test_a_study_in_a_dvc_temp_copy_logs_to_the_original_projects_store(
     project: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     params, _ = prepare_project(project, QUICK)
@@ -40,7 +40,7 @@ def test_cv_in_a_dvc_temp_copy_logs_to_the_original_projects_store(
     env = subprocess_env(None)  # DLPIPE_ROOT unset: the stage finds its project from the working directory
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(
-        [sys.executable, "pipelines/cv.py", "--arch", ARCH],
+        [sys.executable, "pipelines/study.py"],
         cwd=copy,
         env=env,
         capture_output=True,
@@ -55,8 +55,8 @@ def test_cv_in_a_dvc_temp_copy_logs_to_the_original_projects_store(
     assert exp.artifact_location == (project.resolve() / "mlruns" / "artifacts" / "dlpipe_digits").as_uri()
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1
-    parent = parents[0]
+    assert sorted(r.data.tags["stage"] for r in parents) == ["cv", "train"]
+    parent = next(r for r in parents if r.data.tags["stage"] == "cv")
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["stage"] == "cv" and parent.data.tags["architecture"] == ARCH
     kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -69,7 +69,7 @@ def test_cv_in_a_dvc_temp_copy_logs_to_the_original_projects_store(
     assert len(list((project / "mlruns" / "artifacts").rglob("cv_summary.json"))) == 1
     report = read_json(copy / "reports" / "cv" / f"{ARCH}.json")
     assert report["mlflow_run_id"] == parent.info.run_id
-    assert not (project / "reports").exists()
+    assert not (project / "reports").exists() and not (project / "models").exists()
 
     # the original project sees the same store: cv there reuses the finished run, training nothing
     trained: list[int] = []
@@ -78,4 +78,4 @@ def test_cv_in_a_dvc_temp_copy_logs_to_the_original_projects_store(
     assert trained == []
     assert out["mlflow_run_id"] == parent.info.run_id
     assert out["mean"] == report["mean"]
-    assert len(client.search_runs([exp.experiment_id])) == 3
+    assert len(client.search_runs([exp.experiment_id])) == 4

@@ -228,15 +228,17 @@ def test_artifacts_on_children_and_parent(study: Study) -> None:
         for child in children(study.client, pid):
             cid = child.info.run_id
             top = artifact_paths(study.client, cid)
-            assert {"per_class_report.json", cv.FOLD_REPORT} <= set(top)
+            assert cv.FOLD_REPORT in top
             plots = artifact_paths(study.client, cid, "plots")
-            assert plots.get("plots/confusion_matrix.png", 0) > 1000
             assert plots.get("plots/learning_curves.png", 0) > 1000
-            report = mlflow.artifacts.load_dict(f"{child.info.artifact_uri}/per_class_report.json")
+            fold = mlflow.artifacts.load_dict(f"{child.info.artifact_uri}/{cv.FOLD_REPORT}")
+            report = fold["report"]
             assert set(report["per_class"]) == {str(i) for i in range(10)}
             assert report["accuracy"] == pytest.approx(child.data.metrics["accuracy"], abs=1e-12)
+            # out-of-fold class probabilities of exactly the scored fold's samples
+            assert len(fold["probs"]) == len(fold["idx"]) == sum(map(sum, report["confusion_matrix"]))
     on_disk = list((study.paths.mlruns / "artifacts").rglob("confusion_matrix.png"))
-    assert len(on_disk) == len(ARCHS) * (1 + FOLDS)  # under the project's mlruns/, nowhere else
+    assert len(on_disk) == len(ARCHS)  # the parents' summed matrices, under the project's mlruns/
     assert (study.paths.mlruns / "mlflow.db").is_file()
 
 
@@ -244,7 +246,7 @@ def test_aggregates_are_the_mean_and_sample_std_of_the_folds(study: Study) -> No
     for arch in ARCHS:
         parent = the_parent(study.client, arch)
         kids = sorted(children(study.client, parent.info.run_id), key=lambda r: r.data.tags["fold"])
-        report = read_json(cv.report_path(study.paths, arch))
+        report = read_json(study.paths.cv_report(arch))
         assert report == study.outs[arch]
         assert report["architecture"] == arch and report["folds"] == FOLDS
         assert report["mlflow_run_id"] == parent.info.run_id
@@ -257,7 +259,8 @@ def test_aggregates_are_the_mean_and_sample_std_of_the_folds(study: Study) -> No
             assert report["std"][m] == pytest.approx(parent.data.metrics[f"std_{m}"], abs=1e-12)
             assert [report["per_fold"][f"fold_{k}"][m] for k in range(FOLDS)] == pytest.approx(values, abs=1e-12)
         confusions = [
-            mlflow.artifacts.load_dict(f"{r.info.artifact_uri}/per_class_report.json")["confusion_matrix"] for r in kids
+            mlflow.artifacts.load_dict(f"{r.info.artifact_uri}/{cv.FOLD_REPORT}")["report"]["confusion_matrix"]
+            for r in kids
         ]
         summed = [[sum(c[i][j] for c in confusions) for j in range(10)] for i in range(10)]
         assert report["confusion_matrix"] == summed
@@ -272,7 +275,7 @@ def test_unchanged_rerun_creates_no_runs_trains_nothing_and_rewrites_the_report(
     before = {r.info.run_id: (r.info.status, r.info.end_time) for r in experiment_runs(study.client)}
     pid = study.outs[arch]["mlflow_run_id"]
     mean_history = len(study.client.get_metric_history(pid, "mean_accuracy"))
-    cv.report_path(study.paths, arch).unlink()
+    study.paths.cv_report(arch).unlink()
     counter = CountingRunFold()
     monkeypatch.setattr(cv, "run_fold", counter)
     again = cv.run(study.params, study.paths, arch)
@@ -281,7 +284,7 @@ def test_unchanged_rerun_creates_no_runs_trains_nothing_and_rewrites_the_report(
     assert after == before  # no new run, none reopened or re-ended
     assert len(study.client.get_metric_history(pid, "mean_accuracy")) == mean_history  # nothing logged again
     assert again == study.outs[arch]
-    assert read_json(cv.report_path(study.paths, arch)) == study.outs[arch]
+    assert read_json(study.paths.cv_report(arch)) == study.outs[arch]
 
 
 # ------------------------------------------------------------------------------------- failures and resumption
@@ -309,7 +312,7 @@ def test_failed_fold_fails_the_runs_and_a_rerun_completes_only_the_missing_folds
     assert sorted(kids) == ["0", "1"]
     assert kids["0"].info.status == "FINISHED"
     assert kids["1"].info.status == "FAILED"
-    assert not cv.report_path(paths, arch).exists()
+    assert not paths.cv_report(arch).exists()
     assert mlflow.active_run() is None
 
     resumed = CountingRunFold()
@@ -323,7 +326,7 @@ def test_failed_fold_fails_the_runs_and_a_rerun_completes_only_the_missing_folds
     assert folds_of(finished) == ["0", "1", "2"]
     assert kids["0"].info.run_id in {r.info.run_id for r in finished}
     assert client.get_run(kids["1"].info.run_id).info.status == "FAILED"  # the failed attempt stays recorded
-    report = read_json(cv.report_path(paths, arch))
+    report = read_json(paths.cv_report(arch))
     assert report == out and report["folds"] == FOLDS and report["mlflow_run_id"] == parent.info.run_id
     kid_acc = [r.data.metrics["accuracy"] for r in sorted(finished, key=lambda r: r.data.tags["fold"])]
     assert report["mean"]["accuracy"] == pytest.approx(statistics.fmean(kid_acc), abs=1e-12)
@@ -347,7 +350,7 @@ def test_failed_fold_fails_the_runs_and_a_rerun_completes_only_the_missing_folds
     assert [(r.data.tags["fold"], r.info.status) for r in children(client, new.info.run_id)] == [("0", "FAILED")]
     old = client.get_run(parent.info.run_id)
     assert (old.info.status, old.info.end_time) == ("FINISHED", again.info.end_time)
-    assert read_json(cv.report_path(paths, arch)) == report  # the failed run wrote no report
+    assert read_json(paths.cv_report(arch)) == report  # the failed run wrote no report
 
 
 def _yaml(path: Path) -> dict:
@@ -369,7 +372,7 @@ def test_keyboard_interrupt_in_a_fold_ends_runs_killed_and_exits_130(
     assert parent.info.status == "KILLED"
     kids = children(client, parent.info.run_id)
     assert [(r.data.tags["fold"], r.info.status) for r in kids] == [("0", "KILLED")]
-    assert not cv.report_path(paths, arch).exists()
+    assert not paths.cv_report(arch).exists()
     assert mlflow.active_run() is None
 
 
@@ -404,7 +407,7 @@ def test_sigterm_inside_lightning_training_ends_runs_killed_exits_130_and_resume
     kids = children(client, parent.info.run_id)
     assert [(r.data.tags["fold"], r.info.status) for r in kids] == [("0", "KILLED")]
     assert len(client.get_metric_history(kids[0].info.run_id, "val_loss")) == 1  # stopped after its first epoch
-    assert not cv.report_path(paths, arch).exists()
+    assert not paths.cv_report(arch).exists()
     assert mlflow.active_run() is None
 
     # the re-run reopens the killed parent and trains the killed fold again (stopped at fold 1 to stay fast)

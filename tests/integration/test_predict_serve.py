@@ -27,7 +27,7 @@ from PIL import Image
 from dlpipe import cli
 from dlpipe.data.prepared import PreparedData
 from dlpipe.io import write_json
-from dlpipe.stages import cv, select, train
+from dlpipe.stages import select, train
 from dlpipe.training.metrics import SCALAR_METRICS
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: Path):
         mp.chdir(root)
         uri = install_mlflow_store(root, mlflow_template_db)
         params, paths = prepare_project(root, STUDY)
-        write_json(cv.report_path(paths, "perceptron"), fake_cv_report("perceptron", params.data.folds))
+        write_json(paths.cv_report("perceptron"), fake_cv_report("perceptron", params.data.folds))
         report = train.run(params, paths, "perceptron")
         assert select.run(params, paths)["registry"]["champion"] == 1
         data = PreparedData.load(paths.raw, paths.prepared)

@@ -95,14 +95,14 @@ def test_train_saves_the_model_directory_and_the_test_report(study: Study) -> No
         state = torch.load(folder / "model.pt", weights_only=True)
         assert sum(v.numel() for v in state.values()) == meta["n_params"]
 
-        report = read_json(train.report_path(study.paths, arch))
+        report = read_json(study.paths.test_report(arch))
         assert report == json.loads(json.dumps(study.trained[arch]))
         assert report["n_test"] == len(data.splits.test_idx) == 60
         assert 0.0 <= report["accuracy"] <= 1.0 and report["n_params"] == meta["n_params"]
         assert np.sum(report["confusion_matrix"]) == 60
         assert report["latency_ms_per_sample"] > 0 and report["train_seconds"] > 0
         assert set(report["per_class"]) == set(meta["class_names"])
-        preds = pd.read_csv(train.predictions_path(study.paths, arch), dtype=str)
+        preds = pd.read_csv(study.paths.test_predictions(arch), dtype=str)
         assert list(preds.columns) == ["actual", "predicted"] and len(preds) == 60
         assert (preds["actual"] == preds["predicted"]).mean() == pytest.approx(report["accuracy"], abs=1e-6)
     assert not [p for p in study.paths.models.iterdir() if p.name.startswith(".")]  # no temp dirs left
@@ -133,7 +133,7 @@ def test_train_runs_in_mlflow_with_epochs_test_metrics_and_a_logged_model(study:
 
 
 def test_select_writes_the_leaderboard_metrics_and_plots(study: Study) -> None:
-    cv_reports = {a: read_json(cv.report_path(study.paths, a)) for a in ARCHS}
+    cv_reports = {a: read_json(study.paths.cv_report(a)) for a in ARCHS}
     expected = max(ARCHS, key=lambda a: cv_reports[a]["mean"]["f1_macro"])
     sel = study.selected
     assert sel["winner"] == expected and sel["metric"] == "f1_macro"
@@ -176,15 +176,14 @@ def test_select_registers_the_winner_with_tags_and_aliases(study: Study) -> None
     assert study.selected["registry"]["promotion"]["action"] == "promoted"
 
 
-def test_per_class_fold_metrics_come_from_the_fold_runs_and_the_leaderboard_cli(study: Study, capsys,
-                                                                                monkeypatch) -> None:  # fmt: skip
+def test_per_class_fold_metrics_are_in_the_cv_report_and_the_leaderboard_cli(study: Study, capsys,
+                                                                             monkeypatch) -> None:  # fmt: skip
     monkeypatch.chdir(study.root)
     monkeypatch.setenv("DLPIPE_ROOT", str(study.root))
-    exp = study.client.get_experiment_by_name(EXPERIMENT).experiment_id
     filled = {}
     for arch in ARCHS:
-        report = read_json(cv.report_path(study.paths, arch))
-        filled[arch] = select.fill_per_class_folds(report, exp)
+        report = read_json(study.paths.cv_report(arch))
+        filled[arch] = report
         for fold, per_class in filled[arch]["per_fold_per_class"].items():
             assert sorted(per_class, key=int) == [str(i) for i in range(10)]
             # every class occurs in every validation fold, so macro F1 is the mean of the per-class F1s

@@ -105,7 +105,7 @@ def test_dropout_sits_after_every_hidden_layer(arch):
     model = build(arch, (1, 8, 8), hidden=hidden, dropout=0.25)
     drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     assert len(drops) == len(hidden) and all(d.p == 0.25 for d in drops)
-    assert not any(isinstance(m, nn.Dropout) for m in build(arch, (1, 8, 8), hidden=hidden).modules())
+    assert not any(isinstance(m, nn.Dropout) for m in build(arch, (1, 8, 8), hidden=hidden, dropout=0.0).modules())
 
 
 # --- activations and initialisation ---
@@ -279,7 +279,7 @@ def test_resnet_loads_a_local_weights_file(imagenet_like):
 
 def test_resnet_small_grey_images_get_a_stem_from_the_kernel_centre(imagenet_like):
     path, state = imagenet_like
-    model = build("resnet", (1, 8, 8), pretrained=True, weights_path=path)
+    model = build("resnet", (1, 8, 8), pretrained=True, weights_path=path, maxpool=None)
     stem = model.conv1
     assert (stem.in_channels, stem.kernel_size, stem.stride, stem.padding) == (1, (3, 3), (1, 1), (1, 1))
     expected = state["conv1.weight"][:, :, 2:5, 2:5].mean(dim=1, keepdim=True) * 3
@@ -335,7 +335,7 @@ def test_resnet_missing_weights_file_is_a_model_error(tmp_path):
 def test_resnet_stem_maxpool_follows_the_param():
     from dlpipe.models.resnet import ResNetParams
 
-    small = build_model("resnet", ResNetParams(), (1, 8, 8), 10)
+    small = build_model("resnet", ResNetParams(maxpool=None), (1, 8, 8), 10)
     assert isinstance(small.maxpool, nn.Identity)  # null: dropped below 64 px
     kept = build_model("resnet", ResNetParams(maxpool=True), (1, 8, 8), 10)
     assert isinstance(kept.maxpool, nn.MaxPool2d)

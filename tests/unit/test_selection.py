@@ -217,10 +217,10 @@ def test_positive_class_metrics_use_per_fold_per_class_values(tmp_path: Path) ->
 def test_missing_reports_name_the_stage_to_run(tmp_path: Path) -> None:
     paths = write_reports(tmp_path, {"perceptron": cv_report("perceptron", PRECISE)},
                           {"perceptron": test_report("perceptron", 0.7, 1)})  # fmt: skip
-    with pytest.raises(DataError, match=r"cv@mlp"):
+    with pytest.raises(DataError, match=r"cv/mlp.json: missing; run the study stage first"):
         select.load_reports(params_for("f1_macro"), paths)
     write_json(paths.reports / "cv" / "mlp.json", cv_report("mlp", SENSITIVE))
-    with pytest.raises(DataError, match=r"train@mlp"):
+    with pytest.raises(DataError, match=r"test/mlp.json: missing; run the study stage first"):
         select.load_reports(params_for("f1_macro"), paths)
 
 

@@ -153,49 +153,44 @@ def prepared(digits, digits_y) -> PreparedData:
 
 
 @pytest.mark.parametrize("k", [0, 3])
-def test_fold_normaliser_is_fitted_on_training_folds_only(prepared, digits, k):
-    split = prepared.fold(k)
-    fit_idx, val_idx = prepared.splits.fold_indices(k)
+def test_a_clean_fold_monitors_an_inner_slice_and_scores_fold_k_once(prepared, digits, k):
+    fold = prepared.fold(k, 0.1, seed=42)
+    others, scored = prepared.splits.fold_indices(k)
+    fit, val = fold.fit.train.idx, fold.fit.val.idx
+    # early stopping watches an inner slice of the other folds; fold k is only scored
+    assert set(fit).isdisjoint(scored) and set(val).isdisjoint(scored)
+    assert sorted(np.concatenate([fit, val])) == sorted(others)
+    assert np.array_equal(fold.scored.idx, scored)
+    assert len(val) == pytest.approx(0.1 * len(others), abs=len(digits.class_names))
+    # the normaliser comes from the inner training samples alone
     X = digits.X.double().numpy()
-    mean, std = X[fit_idx].mean(), X[fit_idx].std(ddof=1)  # one channel
-    assert split.normalizer.mean.item() == pytest.approx(mean, rel=1e-5)
-    assert split.normalizer.std.item() == pytest.approx(std, rel=1e-5)
-    # not the statistics of the whole training part, nor of all the data
-    assert split.normalizer.mean.item() != pytest.approx(X[prepared.splits.train_idx].mean(), rel=1e-5)
-    assert split.normalizer.mean.item() != pytest.approx(X.mean(), rel=1e-5)
-    # the training part is standardised; the validation part is only transformed with the same statistics
-    assert len(split.train) == len(fit_idx) and len(split.val) == len(val_idx)
-    assert split.train.X.mean().item() == pytest.approx(0.0, abs=1e-5)
-    assert split.train.X.std().item() == pytest.approx(1.0, abs=1e-4)
-    assert abs(split.val.X.mean().item()) > 1e-4  # not fitted: its mean is not (numerically) zero
-    assert split.normalizer.mean.item() != pytest.approx(X[val_idx].mean(), rel=1e-5)
-    expected_val = (X[val_idx] - mean) / std
-    assert np.allclose(split.val.X.numpy(), expected_val, atol=1e-5)
-    assert torch.equal(split.val.y, digits.y[torch.from_numpy(val_idx)])
-    assert torch.equal(split.train.y, digits.y[torch.from_numpy(fit_idx)])
+    assert fold.fit.normalizer.mean.item() == pytest.approx(X[fit].mean(), rel=1e-5)
+    assert fold.fit.normalizer.std.item() == pytest.approx(X[fit].std(ddof=1), rel=1e-5)
+    assert fold.fit.train.X.mean().item() == pytest.approx(0.0, abs=1e-5)
+    expected = (X[scored] - X[fit].mean()) / X[fit].std(ddof=1)
+    assert np.allclose(fold.scored.X.numpy(), expected, atol=1e-5)
+    assert torch.equal(fold.scored.y, digits.y[torch.from_numpy(scored)])
+    # stratified: every class in the inner validation slice
+    assert set(digits.y[torch.from_numpy(val)].tolist()) == set(range(len(digits.class_names)))
 
 
-def test_holdout_and_train_test(prepared, digits):
+def test_holdout_and_test(prepared, digits):
     splits = prepared.splits
     hold = prepared.holdout(0.1, seed=42)
     assert len(hold.train) + len(hold.val) == len(splits.train_idx)
     fit_idx, _ = carve_validation(prepared.y_numpy, splits.train_idx, 0.1, 42)
+    assert np.array_equal(hold.train.idx, fit_idx)
     assert hold.normalizer.mean.item() == pytest.approx(digits.X[torch.from_numpy(fit_idx)].mean().item(), rel=1e-5)
-
-    final = prepared.train_test()
-    assert len(final.train) == len(splits.train_idx) and len(final.val) == len(splits.test_idx)
-    train_X = digits.X[torch.from_numpy(splits.train_idx)]
-    assert final.normalizer.mean.item() == pytest.approx(train_X.mean().item(), rel=1e-6)
-    assert final.normalizer.std.item() == pytest.approx(train_X.std().item(), rel=1e-6)
-    assert torch.equal(final.val.y, digits.y[torch.from_numpy(splits.test_idx)])
+    test = prepared.test(hold.normalizer)
+    assert np.array_equal(test.idx, splits.test_idx)
+    assert torch.allclose(test.X, hold.normalizer(digits.X[torch.from_numpy(splits.test_idx)]))
 
 
 def test_normalize_false_leaves_data_unchanged(digits, digits_y):
     data = PreparedData(digits, make_splits(digits_y, 0.2, 5, seed=42), normalize=False)
-    split = data.fold(1)
-    fit_idx, val_idx = data.splits.fold_indices(1)
-    assert torch.equal(split.train.X, digits.X[torch.from_numpy(fit_idx)])
-    assert torch.equal(split.val.X, digits.X[torch.from_numpy(val_idx)])
+    fold = data.fold(1, 0.1, seed=42)
+    assert torch.equal(fold.fit.train.X, digits.X[torch.from_numpy(fold.fit.train.idx)])
+    assert torch.equal(fold.scored.X, digits.X[torch.from_numpy(fold.scored.idx)])
 
 
 def test_prepared_data_load_applies_the_subset(tmp_path, digits, digits_y):
@@ -203,7 +198,7 @@ def test_prepared_data_load_applies_the_subset(tmp_path, digits, digits_y):
     save_dataset(digits, raw)
     subset = stratified_subset(digits_y, 100, seed=3)
     splits = make_splits(digits_y[subset], 0.2, 2, seed=3)
-    save_splits(splits, Normalizer.identity(digits.X), subset, prep / "splits.npz")
+    save_splits(splits, subset, prep / "splits.npz")
     data = PreparedData.load(raw, prep)
     assert len(data.dataset) == 100
     assert torch.equal(data.dataset.X, digits.X[torch.from_numpy(subset)])

@@ -32,7 +32,7 @@ from dlpipe.training.fit import evaluate, predict_proba
 from dlpipe.training.metrics import BatchMean
 from dlpipe.training.module import Classifier, make_optimizer, penalised_weights
 
-SMALL_MLP = {"hidden": [64]}
+SMALL_MLP = {"hidden": [64], "dropout": 0.0}
 CHANCE = 0.1
 
 

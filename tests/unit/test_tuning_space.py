@@ -113,10 +113,10 @@ def test_every_kind_of_dimension_becomes_the_matching_optuna_distribution():
     ({"type": "categorical", "choices": [[64], []]}, "model.hidden", "[] is not a valid model.hidden"),
 ])  # fmt: skip
 def test_validate_names_the_key_and_the_value_that_training_would_reject(dim, key, message):
-    space = SearchSpace.for_arch(params({"spaces": {"mlp": {key: dim}}}), "mlp")
+    """The same check runs when params are loaded (`dlpipe check` and the check stage refuse what tuning would)."""
     with pytest.raises(ConfigError) as info:
-        space.validate(params())
-    assert str(info.value).startswith(f"tune.spaces.mlp.{key}: ")
+        params({"spaces": {"mlp": {key: dim}}})
+    assert str(info.value).startswith(f"params.yaml: tune.spaces.mlp.{key}: ")
     assert message in str(info.value)
 
 
@@ -404,5 +404,5 @@ def test_trial_epochs_are_the_trials_own_max_epochs_capped_by_tune_max_epochs():
     assert objective.epochs_for(objective.spec({"train.max_epochs": 9})) == 5  # capped
     untuned = parse_params({"train": {"max_epochs": 15}, "tune": {"max_epochs": 5}})
     assert epochs_per_fit(untuned, SearchSpace.for_arch(untuned, "mlp")) == 5
-    uncapped = parse_params({"train": {"max_epochs": 7}})
+    uncapped = parse_params({"train": {"max_epochs": 7}, "tune": {"max_epochs": None}})
     assert epochs_per_fit(uncapped, SearchSpace.for_arch(uncapped, "mlp")) == 7

@@ -1,12 +1,18 @@
 """The prepared dataset as the training code sees it: normalised tensors for folds, train/val and test.
 
-Normalisation statistics always come from the samples a model trains on (the training folds of a CV split, the
-training part for the final model); validation and test samples are transformed with them, never fitted.
+Normalisation statistics always come from the samples a model trains on; validation, scored and test samples are
+transformed with them, never fitted. Every part keeps the dataset indices of its rows, so what a model saw can be
+checked.
+
+- `holdout`: the training part minus a stratified validation slice (early stopping, keeping the best epoch).
+- `fold(k)`: clean cross-validation. The model trains on the other folds minus an inner stratified validation slice
+  (early stopping and the best epoch are chosen there), and fold k is scored once, never monitored.
+- `test`: the held-out test set, normalised with a given split's statistics (final evaluation only).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +27,7 @@ from dlpipe.data.store import SPLITS_FILE, load_saved_dataset, load_splits
 class Part:
     X: torch.Tensor
     y: torch.Tensor
+    idx: np.ndarray | None = None  # dataset indices of the rows (None: not from a PreparedData)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -34,6 +41,15 @@ class TrainValSplit:
 
 
 @dataclass
+class FoldSplit:
+    """Cross-validation fold `k`: `fit` (train + inner validation, from the other folds) and `scored` (fold k)."""
+
+    k: int
+    fit: TrainValSplit
+    scored: Part
+
+
+@dataclass
 class PreparedData:
     dataset: Dataset  # the (possibly subsampled) dataset the splits index into
     splits: Splits
@@ -42,30 +58,40 @@ class PreparedData:
     @classmethod
     def load(cls, raw_dir: Path, prepared_dir: Path, normalize: bool = True) -> PreparedData:
         ds = load_saved_dataset(raw_dir)
-        splits, _, subset = load_splits(prepared_dir / SPLITS_FILE)
+        splits, subset = load_splits(prepared_dir / SPLITS_FILE)
         if len(subset) != len(ds):
             idx = torch.from_numpy(subset)
-            ds = Dataset(ds.name, ds.X[idx], ds.y[idx], ds.kind, ds.class_names)
+            ds = replace(ds, X=ds.X[idx], y=ds.y[idx])
         return cls(ds, splits, normalize)
 
     @property
     def y_numpy(self) -> np.ndarray:
         return self.dataset.y.numpy()
 
-    def _split(self, train_idx: np.ndarray, val_idx: np.ndarray) -> TrainValSplit:
-        X, y = self.dataset.X, self.dataset.y
-        tr, va = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
-        norm = Normalizer.fit(X[tr]) if self.normalize else Normalizer.identity(X)
-        return TrainValSplit(Part(norm(X[tr]), y[tr]), Part(norm(X[va]), y[va]), norm)
+    def part(self, idx: np.ndarray, normalizer: Normalizer) -> Part:
+        rows = torch.from_numpy(idx)
+        return Part(normalizer(self.dataset.X[rows]), self.dataset.y[rows], idx)
 
-    def fold(self, k: int) -> TrainValSplit:
-        """Train on every fold but `k`, validate on fold `k`."""
-        return self._split(*self.splits.fold_indices(k))
+    def split(self, train_idx: np.ndarray, val_idx: np.ndarray) -> TrainValSplit:
+        """Train on `train_idx` (normaliser fitted there), validate on `val_idx`."""
+        X = self.dataset.X
+        norm = Normalizer.fit(X[torch.from_numpy(train_idx)]) if self.normalize else Normalizer.identity(X)
+        return TrainValSplit(self.part(train_idx, norm), self.part(val_idx, norm), norm)
 
     def holdout(self, val_size: float, seed: int) -> TrainValSplit:
         """The training part with a stratified `val_size` slice carved out for validation (never the test set)."""
-        return self._split(*carve_validation(self.y_numpy, self.splits.train_idx, val_size, seed))
+        return self.split(*carve_validation(self.y_numpy, self.splits.train_idx, val_size, seed))
 
-    def train_test(self) -> TrainValSplit:
-        """The whole training part, and the held-out test set as `val` (final evaluation only)."""
-        return self._split(self.splits.train_idx, self.splits.test_idx)
+    def fold(self, k: int, val_size: float, seed: int) -> FoldSplit:
+        """Fold `k` scored once; early stopping on a `val_size` slice carved from the other folds."""
+        others, scored = self.splits.fold_indices(k)
+        fit = self.split(*carve_validation(self.y_numpy, others, val_size, seed))
+        return FoldSplit(k, fit, self.part(scored, fit.normalizer))
+
+    def test(self, normalizer: Normalizer) -> Part:
+        """The held-out test set, transformed with a model's training statistics (final evaluation only)."""
+        return self.part(self.splits.test_idx, normalizer)
+
+    def raw(self, idx: np.ndarray) -> torch.Tensor:
+        """Untransformed inputs of `idx` (what a logged model receives)."""
+        return self.dataset.X[torch.from_numpy(idx)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +53,28 @@ def make_splits(y: np.ndarray, test_size: float, folds: int, seed: int) -> Split
     return Splits(train_idx.astype(np.int64), test_idx.astype(np.int64), fold, folds)
 
 
+def split_problems(counts: np.ndarray, data: Any, source: str) -> list[str]:
+    """What `make_splits` would refuse for a dataset with these class counts and `data` params (DataParams),
+    known before anything is fetched or split (the check stage); approximate for data.limit subsamples."""
+    counts = np.asarray(counts, dtype=float)
+    counts = counts[counts > 0]
+    total = counts.sum()
+    if data.limit is not None and data.limit < total:
+        counts, total = np.floor(counts * data.limit / total), float(data.limit)
+    smallest = int(counts.min()) if len(counts) else 0
+    n_test = int(np.ceil(data.test_size * total))
+    problems = []
+    if smallest < 2 or n_test < len(counts):
+        problems.append(f"{source}: data.test_size: {data.test_size} of {int(total)} samples leaves {n_test} test "
+                        f"samples for {len(counts)} classes (smallest class has {smallest}); stratified splitting "
+                        "needs at least one per class on each side")  # fmt: skip
+    smallest_train = int(np.floor(smallest * (1 - data.test_size)))
+    if not problems and smallest_train < data.folds:
+        problems.append(f"{source}: data.folds: {data.folds} folds need at least {data.folds} training samples per "
+                        f"class; the smallest class has about {smallest_train}")  # fmt: skip
+    return problems
+
+
 def stratified_subset(y: np.ndarray, size: int, seed: int) -> np.ndarray:
     """Sorted indices of a stratified sample of `size` items (for `data.limit`)."""
     if size >= len(y):
@@ -61,8 +84,16 @@ def stratified_subset(y: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 def carve_validation(y: np.ndarray, idx: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split `idx` into (train, validation) with a stratified `fraction` held out for validation."""
-    tr, va = train_test_split(idx, test_size=fraction, stratify=y[idx], random_state=seed)
+    """Split `idx` into (train, validation) with a stratified `fraction` held out for validation (at least one
+    sample per class, so that a small fold still has a usable validation slice)."""
+    classes = len(np.unique(y[idx]))
+    size = max(int(np.ceil(fraction * len(idx))), classes)
+    if size >= len(idx) - classes + 1:
+        raise DataError(
+            f"data.val_size: {fraction} of {len(idx)} samples leaves too few to train on for {classes} classes; "
+            "use more data (data.limit) or fewer folds"
+        )
+    tr, va = train_test_split(idx, test_size=size, stratify=y[idx], random_state=seed)
     return np.sort(tr), np.sort(va)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from dlpipe.data.base import Dataset
-from dlpipe.data.splits import Normalizer, Splits
+from dlpipe.data.splits import Splits
 from dlpipe.errors import DataError
 from dlpipe.io import atomic_path, read_json, sha256_file, write_json
 
@@ -51,24 +51,17 @@ def dataset_digest(folder: Path) -> str:
     return read_json(folder / DATASET_META)["sha256"]
 
 
-def save_splits(splits: Splits, norm: Normalizer, subset: np.ndarray, path: Path) -> None:
+def save_splits(splits: Splits, subset: np.ndarray, path: Path) -> None:
+    """The indices only: normalisation statistics are fitted by whoever trains, on what it trains on."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(
-            fh,
-            subset=subset,
-            train_idx=splits.train_idx,
-            test_idx=splits.test_idx,
-            fold=splits.fold,
-            mean=norm.mean.numpy(),
-            std=norm.std.numpy(),
-        )
+        np.savez(fh, subset=subset, train_idx=splits.train_idx, test_idx=splits.test_idx, fold=splits.fold)
 
 
-def load_splits(path: Path) -> tuple[Splits, Normalizer, np.ndarray]:
+def load_splits(path: Path) -> tuple[Splits, np.ndarray]:
+    """(splits, subset): `subset` indexes the fetched dataset (data.limit), the splits index that subset."""
     if not path.is_file():
         raise DataError(f"{path}: no prepared splits; run the prepare stage first (dvc repro prepare)")
     with np.load(path) as npz:
         fold = npz["fold"]
         splits = Splits(npz["train_idx"], npz["test_idx"], fold, int(fold.max()) + 1)
-        norm = Normalizer(torch.from_numpy(npz["mean"]), torch.from_numpy(npz["std"]))
-        return splits, norm, npz["subset"]
+        return splits, npz["subset"]

@@ -1,6 +1,9 @@
-"""Stratified k-fold cross-validation: train on k-1 folds, validate on the held-out fold, aggregate.
+"""Stratified k-fold cross-validation, clean: each fold is scored once by a model that never saw it.
 
-The held-out test set never appears here: folds index only the training part.
+For fold k the model trains on the other folds minus an inner stratified validation slice; early stopping and the
+kept (best) epoch are chosen on that slice, then fold k is evaluated once. Its class probabilities are kept as
+out-of-fold predictions (operating points, PR/ROC curves and calibration are computed from them). The held-out test
+set never appears here: folds index only the training part.
 """
 
 from __future__ import annotations
@@ -12,26 +15,32 @@ from lightning.pytorch.callbacks import Callback
 
 from dlpipe.config import TrainerParams
 from dlpipe.data.prepared import PreparedData
-from dlpipe.training.fit import ModelSpec, evaluate, fit
-from dlpipe.training.metrics import SCALAR_METRICS
+from dlpipe.metric_names import SCALAR_METRICS
+from dlpipe.training.fit import ModelSpec, evaluate, fit, predict_proba
+
+PROB_DIGITS = 6  # out-of-fold probabilities are stored rounded (JSON artifacts and reports)
 
 
 @dataclass
 class FoldResult:
     fold: int
-    metrics: dict[str, float]  # SCALAR_METRICS on the validation fold
-    report: dict  # per-class metrics and confusion matrix on the validation fold
+    metrics: dict[str, float]  # SCALAR_METRICS on the scored fold
+    report: dict  # per-class metrics and confusion matrix on the scored fold
     epochs: int
     best_epoch: int | None
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    val: dict[str, float] = field(default_factory=dict)  # the kept model on the inner validation slice
+    idx: list[int] = field(default_factory=list)  # dataset indices of the scored fold
+    probs: list[list[float]] = field(default_factory=list)  # out-of-fold class probabilities, rows of idx
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> FoldResult:
-        return cls(**data)
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def run_fold(
@@ -41,16 +50,28 @@ def run_fold(
     trainer_params: TrainerParams,
     seed: int,
     *,
+    val_size: float,
     max_epochs: int | None = None,
     callbacks: list[Callback] | None = None,
 ) -> FoldResult:
-    """Train on every fold but `k` (normalised with their statistics) and evaluate on fold `k`."""
-    split = data.fold(k)
-    result = fit(spec, split, data.dataset.class_names, trainer_params, seed, max_epochs=max_epochs,
+    """Train on the other folds (early stopping on an inner `val_size` slice of them), score fold `k` once."""
+    split = data.fold(k, val_size, seed)
+    result = fit(spec, split.fit, data.dataset.class_names, trainer_params, seed, max_epochs=max_epochs,
                  callbacks=callbacks)  # fmt: skip
-    report = evaluate(result.module, split.val, trainer_params)
-    metrics = {m: report[m] for m in SCALAR_METRICS}
-    return FoldResult(k, metrics, report, result.epochs, result.best_epoch, result.seconds, result.history)
+    report = evaluate(result.module, split.scored, trainer_params)
+    probs = predict_proba(result.module, split.scored.X).numpy().round(PROB_DIGITS)
+    return FoldResult(
+        fold=k,
+        metrics={m: report[m] for m in SCALAR_METRICS},
+        report=report,
+        epochs=result.epochs,
+        best_epoch=result.best_epoch,
+        seconds=result.seconds,
+        history=result.history,
+        val=result.val,
+        idx=[int(i) for i in split.scored.idx],
+        probs=probs.tolist(),
+    )
 
 
 def aggregate(folds: list[FoldResult]) -> dict:
@@ -59,11 +80,22 @@ def aggregate(folds: list[FoldResult]) -> dict:
         raise ValueError("no folds to aggregate")
     values = {m: np.array([f.metrics[m] for f in folds], dtype=float) for m in SCALAR_METRICS}
     confusion = np.sum([np.asarray(f.report["confusion_matrix"]) for f in folds], axis=0)
+    ordered = sorted(folds, key=lambda f: f.fold)
     return {
         "folds": len(folds),
         "mean": {m: float(v.mean()) for m, v in values.items()},
         "std": {m: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()},
-        "per_fold": {f"fold_{f.fold}": dict(f.metrics) for f in sorted(folds, key=lambda f: f.fold)},
+        "per_fold": {f"fold_{f.fold}": dict(f.metrics) for f in ordered},
+        "per_fold_per_class": {f"fold_{f.fold}": f.report["per_class"] for f in ordered},
         "confusion_matrix": confusion.astype(int).tolist(),
         "class_names": folds[0].report["class_names"],
     }
+
+
+def out_of_fold(folds: list[FoldResult], y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(idx, fold, true class, probabilities) of every scored sample, sorted by dataset index."""
+    idx = np.concatenate([np.asarray(f.idx, dtype=np.int64) for f in folds])
+    fold = np.concatenate([np.full(len(f.idx), f.fold, dtype=np.int64) for f in folds])
+    probs = np.concatenate([np.asarray(f.probs, dtype=np.float64).reshape(len(f.idx), -1) for f in folds])
+    order = np.argsort(idx, kind="stable")
+    return idx[order], fold[order], y[idx[order]], probs[order]

@@ -17,26 +17,9 @@ import pandas as pd
 from scipy import stats
 
 from dlpipe.errors import DataError
-from dlpipe.training.metrics import SCALAR_METRICS
+from dlpipe.metric_names import LABELS, SCALAR_METRICS, is_positive_metric, per_class_name
 
-POSITIVE_SUFFIX = "_positive"
 LEADERBOARD_METRICS = SCALAR_METRICS  # every metric shown as CV mean +/- std and on the test set
-LABELS = {
-    "accuracy": "accuracy",
-    "precision_macro": "precision (macro)",
-    "recall_macro": "recall (macro)",
-    "f1_macro": "F1 (macro)",
-    "precision_weighted": "precision (weighted)",
-    "recall_weighted": "recall (weighted)",
-    "f1_weighted": "F1 (weighted)",
-    "precision_positive": "precision (positive class)",
-    "recall_positive": "recall (positive class)",
-    "f1_positive": "F1 (positive class)",
-}
-
-
-def is_positive_metric(metric: str) -> bool:
-    return metric.endswith(POSITIVE_SUFFIX)
 
 
 def _fold_keys(report: dict) -> list[str]:
@@ -51,7 +34,7 @@ def fold_values(cv_report: dict, metric: str, positive_class: str | None = None)
             return np.array([float(cv_report["per_fold"][k][metric]) for k in keys])
         except KeyError:
             raise DataError(f"cv report of {cv_report.get('architecture')!r} has no per-fold {metric!r}") from None
-    base = metric.removesuffix(POSITIVE_SUFFIX)
+    base = per_class_name(metric)
     per_class = cv_report.get("per_fold_per_class")
     if not per_class or positive_class is None:
         raise DataError(
@@ -69,7 +52,7 @@ def fold_values(cv_report: dict, metric: str, positive_class: str | None = None)
 def test_value(test_report: dict, metric: str, positive_class: str | None = None) -> float:
     """The value of `metric` in a test report (reports/test/<arch>.json)."""
     if is_positive_metric(metric):
-        return float(test_report["per_class"][positive_class][metric.removesuffix(POSITIVE_SUFFIX)])
+        return float(test_report["per_class"][positive_class][per_class_name(metric)])
     return float(test_report[metric])
 
 

@@ -18,13 +18,23 @@ class CNNParams(DropoutParams):
     pool: int = Field(2, ge=1, description="max-pool size after each block (1 = none; skipped once the map is smaller)")
     batch_norm: bool = True
     hidden: list[int] = Field([128], description="widths of the dense head's hidden layers")
+    dropout: float = Field(0.3, ge=0.0, lt=1.0, description="dropout probability in the dense head")
 
 
 def _out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-@register("cnn", params=CNNParams, kinds={"image"}, description="conv blocks + pooling + dense head")
+@register(
+    "cnn",
+    params=CNNParams,
+    kinds={"image"},
+    description="conv blocks + pooling + dense head",
+    space={
+        "model.channels": {"type": "categorical", "choices": [[16, 32], [32, 64]]},
+        "model.dropout": {"type": "float", "low": 0.0, "high": 0.5},
+    },
+)
 def build_cnn(p: CNNParams, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     in_ch, h, w = input_shape
     layers: list[nn.Module] = []

@@ -45,7 +45,13 @@ class RowRecurrent(nn.Module):
 
 
 def _register(name: str, cell: type[nn.RNNBase], label: str) -> None:
-    @register(name, params=RecurrentParams, kinds={"image"}, description=f"{label} over image rows (bidirectional option)")
+    @register(
+        name,
+        params=RecurrentParams,
+        kinds={"image"},
+        description=f"{label} over image rows (bidirectional option)",
+        space={"model.hidden_size": {"type": "int", "low": 32, "high": 128, "log": True}},
+    )
     def build(p: RecurrentParams, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         return apply_init(RowRecurrent(cell, input_shape, num_classes, p), p.init, "tanh")
 

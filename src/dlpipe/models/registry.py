@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel
 from torch import nn
@@ -20,18 +21,27 @@ class Architecture:
     kinds: frozenset[str]
     build: Builder
     description: str
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)  # default tune.spaces.<name>
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
 
 
-def register(name: str, *, params: type[BaseModel], kinds: set[str], description: str) -> Callable[[Builder], Builder]:
-    """Register `build(params, input_shape, num_classes) -> nn.Module` under `name`."""
+def register(
+    name: str,
+    *,
+    params: type[BaseModel],
+    kinds: set[str],
+    description: str,
+    space: dict[str, dict[str, Any]] | None = None,
+) -> Callable[[Builder], Builder]:
+    """Register `build(params, input_shape, num_classes) -> nn.Module` under `name`, with its default search space
+    (`tune.spaces.<name>`: `model.<key>` / `train.<key>` -> an Optuna distribution, as in params.yaml)."""
 
     def decorator(build: Builder) -> Builder:
         if name in ARCHITECTURES:
             raise RuntimeError(f"architecture {name!r} registered twice")
-        ARCHITECTURES[name] = Architecture(name, params, frozenset(kinds), build, description)
+        ARCHITECTURES[name] = Architecture(name, params, frozenset(kinds), build, description, space or {})
         return build
 
     return decorator

@@ -23,7 +23,7 @@ class ResNetParams(ArchParams):
     freeze_backbone: bool = Field(False, description="train only the new classification head")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classification head")
     maxpool: bool | None = Field(
-        None, description="keep the stem's max-pool; null = only for images of 64 px or more (halves cost if true)"
+        True, description="keep the stem's max-pool (halves the cost); null = only for images of 64 px or more"
     )
 
 
@@ -59,7 +59,16 @@ def _adapt_stem(conv: nn.Conv2d, in_channels: int, small: bool) -> nn.Conv2d:
     return stem
 
 
-@register("resnet", params=ResNetParams, kinds={"image"}, description="torchvision ResNet-18, transfer learning")
+@register(
+    "resnet",
+    params=ResNetParams,
+    kinds={"image"},
+    description="torchvision ResNet-18, transfer learning",
+    space={  # the costliest model on a CPU: few epochs, tuned
+        "model.dropout": {"type": "float", "low": 0.0, "high": 0.5},
+        "train.max_epochs": {"type": "int", "low": 2, "high": 3},
+    },
+)
 def build_resnet(p: ResNetParams, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     from torchvision.models import resnet18
 

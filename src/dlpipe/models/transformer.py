@@ -68,6 +68,15 @@ class ImageTransformer(nn.Module):
         return self.head(z[:, 0] if self.use_cls else z.mean(dim=1))
 
 
-@register("transformer", params=TransformerParams, kinds={"image"}, description="encoder over rows or patches")
+@register(
+    "transformer",
+    params=TransformerParams,
+    kinds={"image"},
+    description="encoder over rows or patches",
+    space={
+        "model.d_model": {"type": "categorical", "choices": [32, 64]},
+        "model.num_layers": {"type": "int", "low": 1, "high": 3},
+    },
+)
 def build_transformer(p: TransformerParams, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return apply_init(ImageTransformer(p, input_shape, num_classes), p.init)

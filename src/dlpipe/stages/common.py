@@ -1,13 +1,14 @@
-"""What several stages share: the prepared data, the (tuned) model spec, hashes and MLflow set-up."""
+"""What several stages share: the prepared data, the (tuned) model spec, hashes, tags and MLflow set-up."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
+from mlflow.entities import DatasetInput, InputTag
 
 from dlpipe.config import Params, apply_overrides, params_hash
 from dlpipe.data.prepared import PreparedData
@@ -15,24 +16,28 @@ from dlpipe.data.store import DATASET_FILE, dataset_digest
 from dlpipe.io import read_json
 from dlpipe.paths import ProjectPaths
 from dlpipe.tracking import store
-from dlpipe.tracking.runs import git_commit, standard_tags
-from dlpipe.training.fit import ModelSpec
+from dlpipe.tracking.runs import close_orphaned_runs, git_commit, is_global_zero, standard_tags
+
+if TYPE_CHECKING:  # the training stack (Lightning) is imported by the stages that train, not by every stage
+    from dlpipe.training.fit import ModelSpec
 
 log = logging.getLogger(__name__)
 
-
-def tuning_report_path(paths: ProjectPaths, arch: str) -> Path:
-    return paths.reports / "tuning" / f"{arch}.json"
+# Bumped when what a stage computes changes for the same params (e.g. clean CV): results recorded under an older
+# protocol are not reused.
+PROTOCOL = "2"
 
 
 def tuned_overrides(paths: ProjectPaths, arch: str) -> dict[str, Any]:
     """The best params found by the tune stage for `arch` ({} when it has not run)."""
-    path = tuning_report_path(paths, arch)
+    path = paths.tuning_report(arch)
     return dict(read_json(path).get("best_params", {})) if path.is_file() else {}
 
 
 def model_spec(params: Params, paths: ProjectPaths, arch: str, overrides: dict[str, Any] | None = None) -> ModelSpec:
     """`arch` with params.yaml's settings, the tune stage's best params, then `overrides`, validated."""
+    from dlpipe.training.fit import ModelSpec
+
     merged = {**tuned_overrides(paths, arch), **(overrides or {})}
     model, train = apply_overrides(params, arch, merged)
     return ModelSpec(arch, model, train)
@@ -46,27 +51,59 @@ class StageContext:
     dataset_hash: str
     commit: str
     experiment_id: str | None = None
+    _dataset_input: DatasetInput | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, params: Params, paths: ProjectPaths, tracking: bool = True) -> StageContext:
+        """Data, hashes and (with `tracking`) the MLflow experiment."""
         data = PreparedData.load(paths.raw, paths.prepared, params.data.normalize)
         ctx = cls(params, paths, data, dataset_digest(paths.raw), git_commit(paths.root))
         if tracking:
             ctx.experiment_id = store.configure(params.mlflow.tracking_uri, paths.root, params.experiment_name)
         return ctx
 
+    def close_orphans(self, stage: str) -> None:
+        """End KILLED the runs that killed processes of this host left RUNNING (every stage does it first)."""
+        if self.experiment_id is None or not is_global_zero():
+            return
+        for run_id in close_orphaned_runs(self.experiment_id, f"dlpipe {stage}"):
+            log.warning("%s: run %s was left RUNNING by a killed process; ended it KILLED", stage, run_id)
+
     def spec_hash(self, spec: ModelSpec, stage: str, **extra: Any) -> str:
         """Identifies a result: everything that changes it (model, training, data, split, seed, precision)."""
         p = self.params
-        return params_hash(
-            stage, spec.arch, spec.model, spec.train, p.data, p.seed, p.trainer.precision, self.dataset_hash, extra
-        )
+        return params_hash(stage, PROTOCOL, spec.arch, spec.model, spec.train, p.data, p.seed, p.trainer.precision,
+                           self.dataset_hash, extra)  # fmt: skip
 
     def tags(self, stage: str, arch: str | None, phash: str) -> dict[str, str]:
         return standard_tags(stage, arch, phash, self.params.data.name, self.dataset_hash, self.commit)
 
-    def log_dataset(self, context: str = "training") -> None:
-        ds = self.data.dataset
-        source = str(self.paths.raw / DATASET_FILE)
-        dataset = mlflow.data.from_numpy(ds.X.numpy(), targets=ds.y.numpy(), source=source, name=ds.name)
-        mlflow.log_input(dataset, context=context)
+    def log_dataset(self, run_id: str, context: str = "training") -> None:
+        """Record the dataset as an input of `run_id` (every run that trains or evaluates on it)."""
+        if self._dataset_input is None:
+            ds = self.data.dataset
+            self._dataset_input = _dataset_input(str(self.paths.raw / DATASET_FILE), self.dataset_hash, ds.name,
+                                                 ds.X.numpy(), ds.y.numpy())  # fmt: skip
+        tagged = DatasetInput(self._dataset_input.dataset, [InputTag("mlflow.data.context", context)])
+        mlflow.MlflowClient().log_inputs(run_id, datasets=[tagged])
+
+
+def _dataset_input(path: str, digest: str, name: str, X: Any, y: Any) -> DatasetInput:
+    from mlflow.data.dataset_source_registry import get_registered_sources, resolve_dataset_source
+
+    local = [s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource"]
+    source = resolve_dataset_source(Path(path).as_uri(), candidate_sources=local[:1])
+    dataset = mlflow.data.from_numpy(X, targets=y, source=source, name=name, digest=digest[:8])
+    return DatasetInput(dataset._to_mlflow_entity(), [])
+
+
+_WORKER_CONTEXTS: dict[tuple[str, Path], StageContext] = {}  # per process: a worker's units share one context
+
+
+def worker_context(params: Params, paths: ProjectPaths) -> StageContext:
+    """The context a process reuses for every unit of one study (data loaded and MLflow set up once)."""
+    key = (params.model_dump_json(), paths.root)
+    if key not in _WORKER_CONTEXTS:
+        _WORKER_CONTEXTS.clear()
+        _WORKER_CONTEXTS[key] = StageContext.load(params, paths)
+    return _WORKER_CONTEXTS[key]

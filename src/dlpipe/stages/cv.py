@@ -1,150 +1,217 @@
-"""cv@<arch>: k-fold cross-validation with the tuned params; MLflow parent run with one child run per fold.
+"""Cross-validation, the study stage's second phase: k clean folds with the tuned params, in parallel workers.
+
+The stage process opens (or resumes) the architecture's MLflow parent run and lists the folds still to run
+(`plan`); each fold runs in a worker (`fold_unit`) as a child run; the stage process aggregates them (`finish`) into
+reports/cv/<arch>.json (per-fold scores, mean ± std) and reports/cv/<arch>.oof.csv (out-of-fold probabilities).
 
 Re-running with the same params hash resumes the newest parent run and reuses its finished folds; folds that
 failed or were interrupted run again (their failed runs stay in MLflow). A finished parent run whose folds are
-all done is left untouched: nothing is trained or logged, only reports/cv/<arch>.json is written again.
+all done is left untouched: nothing is trained or logged, only the reports are written again. A fold's
+`fold_report.json` artifact, logged last, marks it reusable.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+from dataclasses import dataclass, field
 
 import mlflow
+import numpy as np
+import pandas as pd
 
 from dlpipe.config import Params, flatten
 from dlpipe.evaluation import plots
-from dlpipe.evaluation.cv import FoldResult, aggregate, run_fold
-from dlpipe.io import write_json
+from dlpipe.evaluation.cv import FoldResult, aggregate, out_of_fold, run_fold
+from dlpipe.io import write_json, write_text
+from dlpipe.metric_names import SCALAR_METRICS, label
 from dlpipe.paths import ProjectPaths
-from dlpipe.stages.common import StageContext, model_spec
+from dlpipe.stages.common import StageContext, model_spec, worker_context
+from dlpipe.tracking.callbacks import EpochMetricsLogger
 from dlpipe.tracking.runs import (
-    EpochMetricsLogger,
+    closing_run,
     finished_child_runs,
     is_global_zero,
     latest_run,
     log_metrics,
     log_params,
-    set_tags,
+    open_run,
     tracked_run,
 )
-from dlpipe.training.metrics import SCALAR_METRICS
+from dlpipe.training.fit import ModelSpec
 
 log = logging.getLogger(__name__)
+STAGE = "cv"
 FOLD_REPORT = "fold_report.json"
 
 
-def report_path(paths: ProjectPaths, arch: str):
-    return paths.reports / "cv" / f"{arch}.json"
+@dataclass
+class FoldJob:
+    """One fold to run in a worker (picklable)."""
+
+    params: Params
+    paths: ProjectPaths
+    arch: str
+    k: int
+    parent_run_id: str | None
+    tags: dict[str, str]
 
 
-def run(params: Params, paths: ProjectPaths, arch: str) -> dict:
-    ctx = StageContext.load(params, paths)
-    spec = model_spec(params, paths, arch)
-    phash = ctx.spec_hash(spec, "cv")
-    tags = ctx.tags("cv", arch, phash)
-    zero = is_global_zero()
-    parent = latest_run(ctx.experiment_id, stage="cv", architecture=arch, params_hash=phash)
+@dataclass
+class CvPlan:
+    arch: str
+    spec: ModelSpec
+    phash: str
+    tags: dict[str, str]
+    folds: int
+    parent_run_id: str | None = None
+    opened: bool = False  # this process (re)opened the parent run and must end it
+    done: dict[int, FoldResult] = field(default_factory=dict)
+
+    @property
+    def todo(self) -> list[int]:
+        return [k for k in range(self.folds) if k not in self.done]
+
+    def jobs(self, params: Params, paths: ProjectPaths) -> list[FoldJob]:
+        return [FoldJob(params, paths, self.arch, k, self.parent_run_id, self.tags) for k in self.todo]
+
+    def all_folds(self, results: dict[int, FoldResult]) -> list[FoldResult]:
+        merged = {**self.done, **results}
+        return [merged[k] for k in range(self.folds)]
+
+    def summary_job(self, params: Params, paths: ProjectPaths, folds: list[FoldResult]) -> SummaryJob:
+        return SummaryJob(params, paths, self.arch, self.parent_run_id, folds, self.opened)
+
+
+def plan(ctx: StageContext, arch: str) -> CvPlan:
+    """The folds of `arch` still to run, under a new or resumed parent run (none when every fold is done)."""
+    spec = model_spec(ctx.params, ctx.paths, arch)
+    phash = ctx.spec_hash(spec, STAGE, val_size=ctx.params.data.val_size)
+    tags = ctx.tags(STAGE, arch, phash)
     folds = ctx.data.splits.folds
-    if parent is not None and parent.info.status == "FINISHED":
-        done = _finished_folds(ctx.experiment_id, parent.info.run_id, phash)
-        if all(k in done for k in range(folds)):  # nothing to train or log: only the report is rewritten
+    p = CvPlan(arch, spec, phash, tags, folds)
+    if not is_global_zero():
+        return p
+    parent = latest_run(ctx.experiment_id, stage=STAGE, architecture=arch, params_hash=phash)
+    if parent is not None:
+        p.done = finished_folds(ctx.experiment_id, parent.info.run_id, phash)
+        if not p.todo and parent.info.status == "FINISHED":
             log.info("cv %s: every fold done in finished run %s, reusing it", arch, parent.info.run_id)
-            return _write_report(params, paths, arch, phash, parent.info.run_id, [done[k][1] for k in range(folds)])
-    start = {"run_id": parent.info.run_id} if parent else {"run_name": f"cv-{arch}"}
-    results: list[FoldResult] = []
-    with tracked_run(**start) if zero else contextlib.nullcontext() as run_:
-        run_id = run_.info.run_id if run_ else None
-        if zero and parent is None:
-            set_tags(run_id, tags)
-            log_params(
-                run_id,
-                flatten(
-                    {
-                        "arch": arch,
-                        "model": spec.model,
-                        "train": spec.train,
-                        "data": params.data,
-                        "seed": params.seed,
-                        "trainer": params.trainer,
-                    }
-                ),
-            )
-            ctx.log_dataset()
-        done = _finished_folds(ctx.experiment_id, run_id or (parent.info.run_id if parent else None), phash)
-        for k in range(folds):
-            if k in done:
-                log.info("cv %s fold %d/%d: reusing finished run %s", arch, k + 1, folds, done[k][0])
-                results.append(done[k][1])
-                continue
-            results.append(_run_fold(ctx, spec, k, tags, zero))
-        if zero:
-            _log_summary(run_id, aggregate(results), arch)
-    if zero:
-        mlflow.flush_async_logging()
-    return _write_report(params, paths, arch, phash, run_id, results)
+            p.parent_run_id = parent.info.run_id
+            return p
+    p.parent_run_id = open_run(ctx.experiment_id, f"cv-{arch}", tags, resume=parent.info.run_id if parent else None)
+    p.opened = True
+    if parent is None:
+        log_params(p.parent_run_id, run_params(ctx.params, spec))
+        ctx.log_dataset(p.parent_run_id)
+    for k in sorted(p.done):
+        log.info("cv %s fold %d/%d: reusing its finished run", arch, k + 1, folds)
+    return p
 
 
-def _write_report(params: Params, paths: ProjectPaths, arch: str, phash: str, run_id: str | None,
-                  results: list[FoldResult]) -> dict:  # fmt: skip
-    summary = aggregate(results)
-    out = {"architecture": arch, "params_hash": phash, "mlflow_run_id": run_id, **summary}
+def run_params(params: Params, spec: ModelSpec) -> dict:
+    return flatten({"arch": spec.arch, "model": spec.model, "train": spec.train, "data": params.data,
+                    "seed": params.seed, "trainer": params.trainer})  # fmt: skip
+
+
+def fold_unit(job: FoldJob) -> FoldResult:
+    """Train and score fold `job.k` as a child run of the architecture's parent run (in a worker process)."""
+    ctx = worker_context(job.params, job.paths)
+    spec = model_spec(job.params, job.paths, job.arch)
+    if not is_global_zero():
+        return run_fold(spec, ctx.data, job.k, job.params.trainer, job.params.seed, val_size=job.params.data.val_size)
+    name = f"cv-{job.arch}-fold{job.k}"
+    tags = {**job.tags, "fold": str(job.k)}
+    with tracked_run(run_name=name, parent_run_id=job.parent_run_id, tags=tags) as child:
+        run_id = child.info.run_id
+        ctx.log_dataset(run_id)
+        result = run_fold(spec, ctx.data, job.k, job.params.trainer, job.params.seed,
+                          val_size=job.params.data.val_size, callbacks=[EpochMetricsLogger(run_id)])  # fmt: skip
+        log_metrics(run_id, {**result.metrics, "epochs": result.epochs, "fit_seconds": result.seconds})
+        if result.history:
+            fig = plots.learning_curves_figure(result.history, f"{job.arch} fold {job.k}")
+            mlflow.log_figure(fig, "plots/learning_curves.png")
+            plots.close(fig)
+        mlflow.log_dict(result.to_dict(), FOLD_REPORT)  # last: its presence marks the fold reusable
+    mlflow.flush_async_logging()
+    log.info("cv %s fold %d/%d: accuracy %.4f f1_macro %.4f (%d epochs, %.1fs)", job.arch, job.k + 1,
+             ctx.data.splits.folds, result.metrics["accuracy"], result.metrics["f1_macro"], result.epochs,
+             result.seconds)  # fmt: skip
+    return result
+
+
+@dataclass
+class SummaryJob:
+    params: Params
+    paths: ProjectPaths
+    arch: str
+    parent_run_id: str | None
+    folds: list[FoldResult]
+    log: bool  # the stage (re)opened the parent run: log the summary on it
+
+
+def summary_unit(job: SummaryJob) -> dict:
+    """Aggregate the folds and log the summary (metrics, summed confusion matrix) on the parent run."""
+    summary = aggregate(job.folds)
+    if job.log and job.parent_run_id and is_global_zero():
+        worker_context(job.params, job.paths)  # MLflow set up in this process
+        log_summary(job.parent_run_id, summary, job.arch)
+    return summary
+
+
+def finish(ctx: StageContext, p: CvPlan, folds: list[FoldResult], summary: dict) -> dict:
+    """Write reports/cv/<arch>.json and the out-of-fold file."""
+    out = {"architecture": p.arch, "params_hash": p.phash, "mlflow_run_id": p.parent_run_id, **summary}
     if is_global_zero():
-        write_json(report_path(paths, arch), out)
-    m = params.selection.metric if params.selection.metric in SCALAR_METRICS else "f1_macro"
-    log.info("cv %s: %s %.4f +/- %.4f over %d folds", arch, m, summary["mean"][m], summary["std"][m], len(results))
+        write_oof(ctx, p.arch, folds)
+        write_json(ctx.paths.cv_report(p.arch), out)
+    m = ctx.params.selection.metric if ctx.params.selection.metric in SCALAR_METRICS else "f1_macro"
+    log.info("cv %s: %s %.4f +/- %.4f over %d folds", p.arch, label(m), summary["mean"][m], summary["std"][m],
+             len(folds))  # fmt: skip
     return out
 
 
-def _finished_folds(experiment_id: str, parent_id: str | None, phash: str) -> dict[int, tuple[str, FoldResult]]:
-    if parent_id is None:
-        return {}
-    done = {}
-    for r in finished_child_runs(experiment_id, parent_id, stage="cv", params_hash=phash):
+def write_oof(ctx: StageContext, arch: str, folds: list[FoldResult]) -> None:
+    idx, fold, target, probs = out_of_fold(folds, ctx.data.y_numpy)
+    names = ctx.data.dataset.class_names
+    frame = pd.DataFrame({"index": idx, "fold": fold, "target": np.asarray(names, dtype=object)[target]})
+    for i, name in enumerate(names):
+        frame[f"prob_{name}"] = probs[:, i]
+    write_text(ctx.paths.oof_predictions(arch), frame.to_csv(index=False, float_format="%.6g"))
+
+
+def finished_folds(experiment_id: str, parent_id: str, phash: str) -> dict[int, FoldResult]:
+    done: dict[int, FoldResult] = {}
+    for r in finished_child_runs(experiment_id, parent_id, stage=STAGE, params_hash=phash):
+        fold = int(r.data.tags["fold"])
+        if fold in done:
+            continue
         try:
             data = mlflow.artifacts.load_dict(f"{r.info.artifact_uri}/{FOLD_REPORT}")
         except Exception:  # artifact missing: treat the fold as not done
             continue
-        done.setdefault(int(r.data.tags["fold"]), (r.info.run_id, FoldResult.from_dict(data)))
+        result = FoldResult.from_dict(data)
+        if result.probs:  # folds recorded before out-of-fold predictions were kept run again
+            done[fold] = result
     return done
 
 
-def _run_fold(ctx: StageContext, spec, k: int, tags: dict[str, str], zero: bool) -> FoldResult:
-    folds = ctx.data.splits.folds
-    name = f"cv-{spec.arch}-fold{k}"
-    with tracked_run(run_name=name, nested=True) if zero else contextlib.nullcontext() as child:
-        callbacks = []
-        if zero:
-            set_tags(child.info.run_id, {**tags, "fold": str(k)})
-            callbacks.append(EpochMetricsLogger(child.info.run_id))
-        result = run_fold(spec, ctx.data, k, ctx.params.trainer, ctx.params.seed, callbacks=callbacks)
-        if zero:
-            run_id = child.info.run_id
-            log_metrics(run_id, {**result.metrics, "epochs": result.epochs, "fit_seconds": result.seconds})
-            _log_figures(result.report, result.history, f"{spec.arch} fold {k}")
-            mlflow.log_dict(result.report, "per_class_report.json")
-            mlflow.log_dict(result.to_dict(), FOLD_REPORT)  # last: its presence marks the fold reusable
-    log.info("cv %s fold %d/%d: accuracy %.4f f1_macro %.4f (%d epochs, %.1fs)", spec.arch, k + 1, folds,
-             result.metrics["accuracy"], result.metrics["f1_macro"], result.epochs, result.seconds)  # fmt: skip
-    return result
-
-
-def _log_figures(report: dict, history: list[dict], title: str) -> None:
-    fig = plots.confusion_matrix_figure(report["confusion_matrix"], report["class_names"], f"{title}: confusion")
-    mlflow.log_figure(fig, "plots/confusion_matrix.png")
-    plots.close(fig)
-    if history:
-        fig = plots.learning_curves_figure(history, title)
-        mlflow.log_figure(fig, "plots/learning_curves.png")
-        plots.close(fig)
-
-
-def _log_summary(run_id: str, summary: dict, arch: str) -> None:
+def log_summary(run_id: str, summary: dict, arch: str) -> None:
     metrics = {f"mean_{m}": v for m, v in summary["mean"].items()}
     metrics |= {f"std_{m}": v for m, v in summary["std"].items()}
     log_metrics(run_id, metrics)
+    client = mlflow.MlflowClient()
     fig = plots.confusion_matrix_figure(summary["confusion_matrix"], summary["class_names"],
                                         f"{arch}: confusion summed over folds")  # fmt: skip
-    mlflow.log_figure(fig, "plots/confusion_matrix.png")
+    client.log_figure(run_id, fig, "plots/confusion_matrix.png")
     plots.close(fig)
-    mlflow.log_dict(summary, "cv_summary.json")
+    client.log_dict(run_id, summary, "cv_summary.json")
+
+
+def run(params: Params, paths: ProjectPaths, arch: str) -> dict:
+    """Cross-validate `arch` in this process (plan, folds, finish); returns the report."""
+    ctx = worker_context(params, paths)
+    ctx.close_orphans(STAGE)
+    p = plan(ctx, arch)
+    with closing_run(p.parent_run_id if p.opened else None):
+        folds = p.all_folds({job.k: fold_unit(job) for job in p.jobs(params, paths)})
+        return finish(ctx, p, folds, summary_unit(p.summary_job(params, paths, folds)))

@@ -1,14 +1,14 @@
-"""prepare: stratified holdout test set + stratified k-fold indices + train-only normalisation statistics."""
+"""prepare: a stratified holdout test set and stratified k-fold indices over the rest (indices only: every model
+fits its normaliser on exactly the samples it trains on)."""
 
 from __future__ import annotations
 
 import logging
 
 import numpy as np
-import torch
 
 from dlpipe.config import Params
-from dlpipe.data.splits import Normalizer, Splits, make_splits, stratified_subset
+from dlpipe.data.splits import Splits, make_splits, stratified_subset
 from dlpipe.data.store import SPLITS_FILE, load_saved_dataset, save_splits
 from dlpipe.io import write_json
 from dlpipe.paths import ProjectPaths
@@ -26,10 +26,8 @@ def run(params: Params, paths: ProjectPaths) -> dict:
         subset = stratified_subset(y, params.data.limit, params.seed)
         y = y[subset]
     splits = make_splits(y, params.data.test_size, params.data.folds, params.seed)
-    X = ds.X[torch.from_numpy(subset)]
-    norm = Normalizer.fit(X[torch.from_numpy(splits.train_idx)])
     summary = summarise(y, splits, ds.class_names, params.data.name)
-    save_splits(splits, norm, subset, paths.prepared / SPLITS_FILE)
+    save_splits(splits, subset, paths.prepared / SPLITS_FILE)
     write_json(paths.prepared / FOLDS_FILE, fold_counts(y, splits, ds.class_names))
     write_json(paths.prepared / SUMMARY_FILE, summary)
     log.info(

@@ -27,6 +27,22 @@ def _sigterm_as_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # `dvc queue kill` and schedulers send SIGTERM: end runs as KILLED
 
 
+def cpu_threads(threads: int | None) -> None:
+    """PyTorch's CPU threads for this process (trainer.cpu_threads; None = leave PyTorch's default)."""
+    if threads:
+        import torch
+
+        # Oversubscribed OpenMP threads spin-wait: two threads beside another busy process ran 10x slower.
+        torch.set_num_threads(threads)
+
+
+def prepare_process(params: Params) -> None:
+    """Once per process that trains: logging, SIGTERM as an interrupt, the CPU thread count."""
+    setup_logging()
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    cpu_threads(params.trainer.cpu_threads)
+
+
 def fail(prog: str, exc: BaseException) -> int:
     """Print a dlpipe error as one line per problem on stderr and return its exit code."""
     code = exc.exit_code if isinstance(exc, DlpipeError) else 1
@@ -53,6 +69,7 @@ def stage_main(
     try:
         paths = ProjectPaths.from_env()
         params = load_params(args.params or paths.params)
+        cpu_threads(params.trainer.cpu_threads)
         if with_arch:
             if args.arch not in params.architectures:
                 raise_unknown_arch(args.arch, params)

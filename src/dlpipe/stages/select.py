@@ -24,27 +24,24 @@ from dlpipe.config import Params, params_hash
 from dlpipe.errors import DataError
 from dlpipe.evaluation import selection as sel
 from dlpipe.io import read_json, write_json, write_text
+from dlpipe.metric_names import SCALAR_METRICS
 from dlpipe.paths import ProjectPaths
-from dlpipe.stages import cv as cv_stage
 from dlpipe.stages import promote as promote_stage
-from dlpipe.stages import train as train_stage
 from dlpipe.stages.common import StageContext
 from dlpipe.tracking import registry
-from dlpipe.tracking.runs import finished_child_runs, is_global_zero, log_metrics, log_params, set_tags, tracked_run
-from dlpipe.training.metrics import SCALAR_METRICS
+from dlpipe.tracking.runs import is_global_zero, log_metrics, log_params, set_tags, tracked_run
 
 log = logging.getLogger(__name__)
 
 
 def output_paths(paths: ProjectPaths) -> dict[str, Path]:
-    r = paths.reports
     return {
-        "leaderboard_csv": r / "leaderboard.csv",
-        "leaderboard_md": r / "leaderboard.md",
-        "selection": r / "selection.json",
-        "metrics": r / "metrics.json",
-        "confusion": r / "plots" / "confusion.csv",
-        "comparison": r / "plots" / "comparison.csv",
+        "leaderboard_csv": paths.leaderboard_csv,
+        "leaderboard_md": paths.leaderboard_md,
+        "selection": paths.selection,
+        "metrics": paths.metrics,
+        "confusion": paths.plots / "confusion.csv",
+        "comparison": paths.plots / "comparison.csv",
     }
 
 
@@ -52,11 +49,10 @@ def load_reports(params: Params, paths: ProjectPaths, dataset_hash: str | None =
     """The cv and test reports of every architecture in params (DataError naming the stage to run if missing)."""
     cv_reports, test_reports = {}, {}
     for arch in params.architectures:
-        cv_path, test_path = cv_stage.report_path(paths, arch), train_stage.report_path(paths, arch)
-        if not cv_path.is_file():
-            raise DataError(f"{cv_path}: missing; run the cv stage for {arch} first (dvc repro cv@{arch})")
-        if not test_path.is_file():
-            raise DataError(f"{test_path}: missing; run the train stage for {arch} first (dvc repro train@{arch})")
+        cv_path, test_path = paths.cv_report(arch), paths.test_report(arch)
+        for path in (cv_path, test_path):
+            if not path.is_file():
+                raise DataError(f"{path}: missing; run the study stage first (dvc repro study)")
         cv_reports[arch], test_reports[arch] = read_json(cv_path), read_json(test_path)
         got = test_reports[arch].get("dataset_hash")
         if dataset_hash and got and got != dataset_hash:
@@ -64,37 +60,11 @@ def load_reports(params: Params, paths: ProjectPaths, dataset_hash: str | None =
     return cv_reports, test_reports
 
 
-def fill_per_class_folds(cv_report: dict, experiment_id: str) -> dict:
-    """Add per_fold_per_class to a cv report from its fold runs' fold_report.json artifacts (for *_positive)."""
-    if cv_report.get("per_fold_per_class"):
-        return cv_report
-    parent = cv_report.get("mlflow_run_id")
-    found: dict[str, dict] = {}
-    if parent:
-        for r in finished_child_runs(experiment_id, parent, stage="cv"):
-            fold = r.data.tags.get("fold")
-            key = f"fold_{fold}"
-            if fold is None or key in found or key not in cv_report["per_fold"]:
-                continue
-            try:
-                data = mlflow.artifacts.load_dict(f"{r.info.artifact_uri}/{cv_stage.FOLD_REPORT}")
-            except Exception:  # artifact missing
-                continue
-            found[key] = data["report"]["per_class"]
-    if set(found) != set(cv_report["per_fold"]):
-        raise DataError(
-            f"cv report of {cv_report.get('architecture')!r}: per-class fold metrics (for selection.metric "
-            f"*_positive) are not in the report nor in MLflow; run cv@{cv_report.get('architecture')} again"
-        )
-    return {**cv_report, "per_fold_per_class": found}
-
-
 def run(params: Params, paths: ProjectPaths) -> dict:
     ctx = StageContext.load(params, paths)
+    ctx.close_orphans("select")
     metric, positive = params.selection.metric, params.selection.positive_class
     cv_reports, test_reports = load_reports(params, paths, ctx.dataset_hash)
-    if sel.is_positive_metric(metric):
-        cv_reports = {a: fill_per_class_folds(r, ctx.experiment_id) for a, r in cv_reports.items()}
     board = sel.build_leaderboard(cv_reports, test_reports, metric, positive)
     fold_sizes = np.bincount(ctx.data.splits.fold, minlength=ctx.data.splits.folds)
     verdict = sel.significance(cv_reports, board, metric, positive, sel.kfold_test_train_ratio(fold_sizes),
@@ -151,17 +121,13 @@ def run(params: Params, paths: ProjectPaths) -> dict:
 def leaderboard_text(params: Params, paths: ProjectPaths, csv: bool = False) -> str:
     """The leaderboard from the current cv and test reports (nothing written, nothing registered)."""
     from dlpipe.data.store import SPLITS_FILE, load_splits
-    from dlpipe.tracking import store
 
     metric, positive = params.selection.metric, params.selection.positive_class
     cv_reports, test_reports = load_reports(params, paths)
-    if sel.is_positive_metric(metric):
-        exp = store.configure(params.mlflow.tracking_uri, paths.root, params.experiment_name)
-        cv_reports = {a: fill_per_class_folds(r, exp) for a, r in cv_reports.items()}
     board = sel.build_leaderboard(cv_reports, test_reports, metric, positive)
     if csv:
         return board.to_csv(index=False)
-    splits, _, _ = load_splits(paths.prepared / SPLITS_FILE)
+    splits, _ = load_splits(paths.prepared / SPLITS_FILE)
     ratio = sel.kfold_test_train_ratio(np.bincount(splits.fold, minlength=splits.folds))
     verdict = sel.significance(cv_reports, board, metric, positive, ratio, params.selection.alpha)
     return sel.leaderboard_markdown(board, verdict)
@@ -183,9 +149,9 @@ def winner_metrics(test_report: dict, row: pd.Series, metric: str, verdict: dict
 
 
 def _write_plots(paths: ProjectPaths, board: pd.DataFrame, winner: str, out: dict[str, Path]) -> None:
-    pred_path = train_stage.predictions_path(paths, winner)
+    pred_path = paths.test_predictions(winner)
     if not pred_path.is_file():
-        raise DataError(f"{pred_path}: missing; run the train stage for {winner} again (dvc repro train@{winner})")
+        raise DataError(f"{pred_path}: missing; run the study stage again (dvc repro study)")
     write_text(out["confusion"], pred_path.read_text())
     comparison = pd.DataFrame({
         "architecture": board["architecture"],

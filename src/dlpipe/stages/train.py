@@ -1,19 +1,20 @@
-"""train@<arch>: the final model. Retrain with the tuned params, evaluate once on the held-out test set, save it.
+"""Final training, the study stage's last phase: retrain with the tuned params, evaluate once on the held-out test
+set, export and log the model.
 
 Normalisation: the model trains on the training part minus a stratified validation slice (`data.val_size`, for
-early stopping and keeping the best epoch). Its normaliser is fitted on exactly those training samples (what
-`PreparedData.holdout` does), and the same normaliser transforms the validation slice, the test set and, inside the
-exported model, every input at serving time. `PreparedData.train_test()` would normalise the test set with the
-statistics of the whole training part (validation slice included), which the network never trained on; it is not
-used here, so train, validation, test and serving all see one consistent transform.
+early stopping and keeping the best epoch). Its normaliser is fitted on exactly those training samples, and the same
+normaliser transforms the validation slice, the test set and, inside the exported model, every input at serving
+time: train, validation, test and serving all see one transform.
 
 Outputs:
-- `models/<arch>/` (written into a temporary directory, then renamed): `model.pt` (the network's state_dict),
+- `models/<arch>/` (written into a temporary folder, then renamed): `model.pt` (the network's state_dict),
   `model.pt2` (torch.export program: raw input -> probabilities, normaliser included) and `params.json` (arch,
   model and train params, class names, input shape, normaliser mean/std, dataset and params hashes).
 - `reports/test/<arch>.json`: test metrics (scalar, per class, confusion matrix), parameter count, training time,
   CPU inference latency, the MLflow run and logged model; `reports/test/<arch>.predictions.csv`: actual,predicted.
 - MLflow: a `train-<arch>` run with params, per-epoch metrics, `test_*` metrics, figures and the model (pyfunc).
+
+A rerun with the same params hash whose outputs are still in place (and whose MLflow run finished) reuses them.
 """
 
 from __future__ import annotations
@@ -21,154 +22,199 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 import re
-import shutil
 import statistics
-import tempfile
 import time
-import uuid
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
 from torch import nn
 
-from dlpipe.config import Params, flatten
-from dlpipe.data.prepared import Part, PreparedData
-from dlpipe.data.splits import carve_validation
+from dlpipe.config import Params
+from dlpipe.data.prepared import Part, TrainValSplit
 from dlpipe.evaluation import plots
-from dlpipe.io import write_json, write_text
+from dlpipe.io import atomic_dir, check_writable, read_json, write_json, write_text
+from dlpipe.metric_names import SCALAR_METRICS
 from dlpipe.paths import ProjectPaths
-from dlpipe.stages.common import StageContext, model_spec
+from dlpipe.stages.common import StageContext, model_spec, worker_context
+from dlpipe.stages.cv import run_params
 from dlpipe.tracking import model_logging
-from dlpipe.tracking.runs import EpochMetricsLogger, is_global_zero, log_metrics, log_params, set_tags, tracked_run
-from dlpipe.training.fit import evaluate, fit
-from dlpipe.training.metrics import SCALAR_METRICS
+from dlpipe.tracking.callbacks import EpochMetricsLogger
+from dlpipe.tracking.runs import is_global_zero, log_metrics, log_params, tracked_run
+from dlpipe.training.fit import FitResult, ModelSpec, evaluate, fit
 
 log = logging.getLogger(__name__)
+STAGE = "train"
 LATENCY_SAMPLES = 100
 
 
-def report_path(paths: ProjectPaths, arch: str) -> Path:
-    return paths.reports / "test" / f"{arch}.json"
+@dataclass
+class TrainJob:
+    """The final fit of one architecture (picklable: it travels to a worker process)."""
+
+    params: Params
+    paths: ProjectPaths
+    arch: str
 
 
-def predictions_path(paths: ProjectPaths, arch: str) -> Path:
-    return paths.reports / "test" / f"{arch}.predictions.csv"
+@dataclass
+class Trained:
+    """What the final fit produced, for the steps that evaluate, export and record it."""
+
+    spec: ModelSpec
+    phash: str
+    split: TrainValSplit
+    test: Part
+    result: FitResult
+    net: nn.Module  # the kept network on the CPU, in eval mode
 
 
-def model_dir(paths: ProjectPaths, arch: str) -> Path:
-    return paths.models / arch
+def params_hash(ctx: StageContext, arch: str) -> str:
+    return ctx.spec_hash(model_spec(ctx.params, ctx.paths, arch), STAGE, val_size=ctx.params.data.val_size,
+                         log_models=ctx.params.mlflow.log_models)  # fmt: skip
 
 
-def run(params: Params, paths: ProjectPaths, arch: str) -> dict:
-    ctx = StageContext.load(params, paths)
+def reusable(ctx: StageContext, arch: str) -> dict | None:
+    """The test report of an earlier fit with the same params hash, when its model and MLflow run are intact."""
+    report_path, meta_path = ctx.paths.test_report(arch), ctx.paths.model_dir(arch) / "params.json"
+    if not (report_path.is_file() and meta_path.is_file() and ctx.paths.test_predictions(arch).is_file()):
+        return None
+    phash = params_hash(ctx, arch)
+    report = read_json(report_path)
+    if report.get("params_hash") != phash or read_json(meta_path).get("params_hash") != phash:
+        return None
+    try:
+        if mlflow.MlflowClient().get_run(report["mlflow_run_id"]).info.status != "FINISHED":
+            return None
+    except (MlflowException, KeyError, TypeError):
+        return None
+    log.info("train %s: reusing the finished fit of run %s (same params)", arch, report["mlflow_run_id"])
+    return report
+
+
+def train_unit(job: TrainJob) -> dict:
+    """Fit, evaluate once on the test set, export, log and write the reports of `job.arch`."""
+    params, paths, arch = job.params, job.paths, job.arch
+    ctx = worker_context(params, paths)
+    check_writable(paths.model_dir(arch).parent, paths.test_report(arch).parent)
     spec = model_spec(params, paths, arch)
-    phash = ctx.spec_hash(spec, "train", val_size=params.data.val_size)
-    tags = ctx.tags("train", arch, phash)
+    phash = params_hash(ctx, arch)
     zero = is_global_zero()
-    data = ctx.data
-    ds = data.dataset
-    split = data.holdout(params.data.val_size, params.seed)
-    norm = split.normalizer
-    test_idx = torch.from_numpy(data.splits.test_idx)
-    raw_test = ds.X[test_idx]
-    test = Part(norm(raw_test), ds.y[test_idx])
-
-    with tracked_run(run_name=f"train-{arch}") if zero else contextlib.nullcontext() as run_:
-        run_id = run_.info.run_id if run_ else None
-        callbacks = []
-        if zero:
-            set_tags(run_id, tags)
-            log_params(run_id, flatten({"arch": arch, "model": spec.model, "train": spec.train, "data": params.data,
-                                        "seed": params.seed, "trainer": params.trainer}))  # fmt: skip
-            ctx.log_dataset()
-            callbacks.append(EpochMetricsLogger(run_id))
-        result = fit(spec, split, ds.class_names, params.trainer, params.seed, callbacks=callbacks)
-        report = evaluate(result.module, test, params.trainer)  # the one look at the test set
+    tags = ctx.tags(STAGE, arch, phash)
+    with tracked_run(run_name=f"train-{arch}", tags=tags) if zero else contextlib.nullcontext() as run:
+        run_id = run.info.run_id if run else None
+        if run_id:
+            log_params(run_id, run_params(params, spec))
+            ctx.log_dataset(run_id)
+        trained = fit_final(ctx, spec, phash, [EpochMetricsLogger(run_id)] if run_id else [])
+        report = evaluate(trained.result.module, trained.test, params.trainer)  # the one look at the test set
         if not zero:
             return {}
-        net = copy.deepcopy(result.module.model).cpu().eval()
-        n_params = sum(p.numel() for p in net.parameters())
-        latency = cpu_latency(net, test.X)
-        with torch.no_grad():
-            predicted = net(test.X).argmax(dim=1).numpy()
-        summary = {
-            "architecture": arch,
-            "params_hash": phash,
-            "dataset": params.data.name,
-            "dataset_hash": ctx.dataset_hash,
-            "git_commit": ctx.commit,
-            "n_train": len(split.train),
-            "n_val": len(split.val),
-            "n_test": len(test),
-            **{m: report[m] for m in SCALAR_METRICS},
-            "per_class": report["per_class"],
-            "confusion_matrix": report["confusion_matrix"],
-            "class_names": report["class_names"],
-            "n_params": int(n_params),
-            "train_seconds": result.seconds,
-            "epochs": result.epochs,
-            "best_epoch": result.best_epoch,
-            **latency,
-            "val": result.val,
-            "mlflow_run_id": run_id,
-            "model_uri": None,
-            "model_id": None,
-        }
-        meta = {
-            "architecture": arch,
-            "model": spec.model.model_dump(mode="json"),
-            "train": spec.train.model_dump(mode="json"),
-            "class_names": list(ds.class_names),
-            "kind": ds.kind,
-            "input_shape": list(ds.input_shape),
-            "normalizer": {"mean": norm.mean.tolist(), "std": norm.std.tolist()},
-            "dataset": params.data.name,
-            "dataset_hash": ctx.dataset_hash,
-            "params_hash": phash,
-            "seed": params.seed,
-            "val_size": params.data.val_size,
-            "n_params": int(n_params),
-            "best_epoch": result.best_epoch,
-            "torch_version": torch.__version__,
-        }
-        with atomic_dir(model_dir(paths, arch)) as out:
-            torch.save(net.state_dict(), out / "model.pt")
-            model_logging.export_program(net, norm, raw_test[:4], out / model_logging.PROGRAM_FILE)
-            _check_exported(out / model_logging.PROGRAM_FILE, raw_test, predicted)
-            write_json(out / "params.json", meta)
-            if params.mlflow.log_models:
-                info = model_logging.log_classifier(
-                    out / model_logging.PROGRAM_FILE, list(ds.class_names), ds.input_shape,
-                    ds.X[torch.from_numpy(split_train_indices(data, params))[:5]].numpy(),
-                    params={"architecture": arch, "params_hash": phash}, tags={"architecture": arch},
-                )  # fmt: skip
-                summary["model_uri"], summary["model_id"] = info.model_uri, info.model_id
-        _log_results(run_id, summary, result.history, arch)
-
-    write_json(report_path(paths, arch), summary)
-    names = np.asarray(ds.class_names, dtype=object)
-    frame = pd.DataFrame({"actual": names[test.y.numpy()], "predicted": names[predicted]})
-    write_text(predictions_path(paths, arch), frame.to_csv(index=False))
+        summary = test_summary(ctx, trained, report, run_id)
+        save_model(ctx, trained, summary)
+        log_results(run_id, summary, trained.result.history, arch)
+        write_reports(ctx, arch, summary, predicted_classes(trained))
     mlflow.flush_async_logging()
     log.info("train %s: test accuracy %.4f f1_macro %.4f (%d params, %d epochs, %.1fs, %.3f ms/sample on CPU)",
-             arch, summary["accuracy"], summary["f1_macro"], n_params, result.epochs, result.seconds,
-             summary["latency_ms_per_sample"])  # fmt: skip
+             arch, summary["accuracy"], summary["f1_macro"], summary["n_params"], summary["epochs"],
+             summary["train_seconds"], summary["latency_ms_per_sample"])  # fmt: skip
     return summary
 
 
-def split_train_indices(data: PreparedData, params: Params) -> np.ndarray:
-    """Indices of the samples the final model trains on (for the logged input example: raw training samples)."""
-    train, _ = carve_validation(data.y_numpy, data.splits.train_idx, params.data.val_size, params.seed)
-    return train
+def fit_final(ctx: StageContext, spec: ModelSpec, phash: str, callbacks: list) -> Trained:
+    params = ctx.params
+    split = ctx.data.holdout(params.data.val_size, params.seed)
+    result = fit(spec, split, ctx.data.dataset.class_names, params.trainer, params.seed, callbacks=callbacks)
+    net = copy.deepcopy(result.module.model).cpu().eval()
+    return Trained(spec, phash, split, ctx.data.test(split.normalizer), result, net)
 
 
-def _check_exported(path: Path, raw: torch.Tensor, predicted: np.ndarray) -> None:
+def predicted_classes(trained: Trained) -> np.ndarray:
+    with torch.no_grad():
+        return trained.net(trained.test.X.cpu()).argmax(dim=1).numpy()
+
+
+def test_summary(ctx: StageContext, trained: Trained, report: dict, run_id: str | None) -> dict[str, Any]:
+    """reports/test/<arch>.json: identity, test metrics, size, speed, the run and (later) the logged model."""
+    result = trained.result
+    return {
+        **identity(ctx, trained),
+        "n_train": len(trained.split.train),
+        "n_val": len(trained.split.val),
+        "n_test": len(trained.test),
+        **{m: report[m] for m in SCALAR_METRICS},
+        "per_class": report["per_class"],
+        "confusion_matrix": report["confusion_matrix"],
+        "class_names": report["class_names"],
+        "train_seconds": result.seconds,
+        "epochs": result.epochs,
+        **cpu_latency(trained.net, trained.test.X),
+        "val": result.val,
+        "mlflow_run_id": run_id,
+        "model_uri": None,
+        "model_id": None,
+    }
+
+
+def identity(ctx: StageContext, trained: Trained) -> dict[str, Any]:
+    """What identifies a final model; shared by its test report and its params.json."""
+    return {
+        "architecture": trained.spec.arch,
+        "params_hash": trained.phash,
+        "dataset": ctx.params.data.name,
+        "dataset_hash": ctx.dataset_hash,
+        "git_commit": ctx.commit,
+        "n_params": int(sum(p.numel() for p in trained.net.parameters())),
+        "best_epoch": trained.result.best_epoch,
+    }
+
+
+def save_model(ctx: StageContext, trained: Trained, summary: dict) -> None:
+    """models/<arch>/ (state_dict, exported program, params.json), and the logged MLflow model."""
+    ds, arch = ctx.data.dataset, trained.spec.arch
+    norm = trained.split.normalizer
+    raw_test = ctx.data.raw(trained.test.idx)
+    meta = {
+        **identity(ctx, trained),
+        "model": trained.spec.model.model_dump(mode="json"),
+        "train": trained.spec.train.model_dump(mode="json"),
+        "class_names": list(ds.class_names),
+        "kind": ds.kind,
+        "input_shape": list(ds.input_shape),
+        "normalizer": {"mean": norm.mean.tolist(), "std": norm.std.tolist()},
+        "seed": ctx.params.seed,
+        "val_size": ctx.params.data.val_size,
+        "torch_version": torch.__version__,
+    }
+    with atomic_dir(ctx.paths.model_dir(arch)) as out:
+        torch.save(trained.net.state_dict(), out / "model.pt")
+        program = out / model_logging.PROGRAM_FILE
+        model_logging.export_program(trained.net, norm, raw_test[:4], program)
+        check_exported(program, raw_test, predicted_classes(trained))
+        write_json(out / "params.json", meta)
+        if ctx.params.mlflow.log_models:
+            info = model_logging.log_classifier(
+                program, list(ds.class_names), ds.input_shape, ctx.data.raw(trained.split.train.idx[:5]).numpy(),
+                params={"architecture": arch, "params_hash": trained.phash}, tags={"architecture": arch},
+            )  # fmt: skip
+            summary["model_uri"], summary["model_id"] = info.model_uri, info.model_id
+
+
+def write_reports(ctx: StageContext, arch: str, summary: dict, predicted: np.ndarray) -> None:
+    names = np.asarray(ctx.data.dataset.class_names, dtype=object)
+    actual = ctx.data.dataset.y[torch.from_numpy(ctx.data.splits.test_idx)].numpy()
+    frame = pd.DataFrame({"actual": names[actual], "predicted": names[predicted]})
+    write_text(ctx.paths.test_predictions(arch), frame.to_csv(index=False))
+    write_json(ctx.paths.test_report(arch), summary)
+
+
+def check_exported(path: Path, raw: torch.Tensor, predicted: np.ndarray) -> None:
     """The exported program (raw input, normaliser inside) predicts what the evaluated network predicted."""
     program = torch.export.load(str(path)).module()
     with torch.no_grad():
@@ -205,27 +251,11 @@ def cpu_latency(net: nn.Module, X: torch.Tensor, samples: int = LATENCY_SAMPLES)
     }
 
 
-@contextlib.contextmanager
-def atomic_dir(dest: Path) -> Iterator[Path]:
-    """Yield an empty temporary directory beside `dest`; it replaces `dest` only if the block succeeds."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        yield tmp
-        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-        if dest.exists():
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _metric_safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", str(name))
 
 
-def _log_results(run_id: str, summary: dict, history: list[dict], arch: str) -> None:
+def log_results(run_id: str, summary: dict, history: list[dict], arch: str) -> None:
     metrics = {f"test_{m}": summary[m] for m in SCALAR_METRICS}
     for name, per in summary["per_class"].items():
         metrics |= {f"test_{m}_class_{_metric_safe(name)}": v for m, v in per.items()}
@@ -244,3 +274,10 @@ def _log_results(run_id: str, summary: dict, history: list[dict], arch: str) -> 
         mlflow.log_figure(fig, "plots/learning_curves.png")
         plots.close(fig)
     mlflow.log_dict(summary, "test_report.json")
+
+
+def run(params: Params, paths: ProjectPaths, arch: str) -> dict:
+    """Train `arch` in this process (or reuse an identical earlier fit); returns the test report."""
+    ctx = worker_context(params, paths)
+    ctx.close_orphans(STAGE)
+    return reusable(ctx, arch) or train_unit(TrainJob(params, paths, arch))

@@ -1,8 +1,9 @@
-"""tune@<arch>: an Optuna study per architecture; writes reports/tuning/<arch>.json with the best params.
+"""Tuning, the study stage's first phase: an Optuna study per architecture; writes reports/tuning/<arch>.json.
 
 The study lives in its storage (journal file under optuna/, or `tune.storage`), not in the DVC outputs, so an
-interrupted stage resumes it: same params, same study name, and only the remaining trials run. `tune.workers: N`
-runs N `dlpipe tune-worker` processes against the storage; more machines may join with
+interrupted stage resumes it: same params, same study name, and only the remaining trials run. The stage process
+opens the study and its MLflow parent run (`plan`), workers run trials (`trials_unit`; `tune.workers` of them may
+share one study), and the stage process summarises (`finish`). More machines may join a study with
 `dlpipe tune-worker --arch <arch>` (same params.yaml and a shared `tune.storage`).
 
 MLflow: a parent run per architecture (tags stage=tune, params_hash = the study's hash, study_name), resumed
@@ -14,35 +15,30 @@ values) is what `stages.common.model_spec` applies in cv and train.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import signal
-import tempfile
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import mlflow
-import yaml
 
 from dlpipe.config import Params, flatten, load_params
 from dlpipe.errors import ConfigError, DlpipeError
-from dlpipe.io import write_json, write_text
+from dlpipe.io import read_json, write_json
+from dlpipe.metric_names import is_positive_metric, monitor_for
 from dlpipe.paths import ProjectPaths
-from dlpipe.stages.common import StageContext, tuning_report_path
-from dlpipe.tracking.runs import is_global_zero, latest_run, log_metrics, log_params, set_tags, tracked_run
+from dlpipe.stages.common import StageContext, worker_context
+from dlpipe.tracking.runs import closing_run, is_global_zero, latest_run, log_metrics, log_params, open_run, set_tags
 from dlpipe.tuning import workers as W
 from dlpipe.tuning.objective import Objective
 from dlpipe.tuning.space import SearchSpace
 from dlpipe.tuning.study import (
     ATTR_ERROR,
     DIRECTION,
-    FINISHED,
     StudyHandle,
     best_trial,
-    check_sampler,
     counted_failures,
     epochs_per_fit,
-    monitor_for,
+    finished_count,
     open_study,
     state_counts,
 )
@@ -52,160 +48,173 @@ log = logging.getLogger(__name__)
 STAGE = "tune"
 
 
-def report_path(paths: ProjectPaths, arch: str) -> Path:
-    return tuning_report_path(paths, arch)
+@dataclass
+class TrialsJob:
+    """What a worker needs to run trials of one study (picklable: it travels to worker processes)."""
+
+    params: Params
+    paths: ProjectPaths
+    arch: str
+    parent_run_id: str | None
+    index: int = 0
 
 
-def run(params: Params, paths: ProjectPaths, arch: str) -> dict:
-    """Tune `arch` (or record that it is not tuned) and write its report; returns the report."""
+@dataclass
+class TunePlan:
+    """An opened study and its MLflow parent run, held by the stage process while workers run its trials."""
+
+    arch: str
+    space: SearchSpace
+    handle: StudyHandle
+    parent_run_id: str | None
+    runners: int  # how many workers may run this study's trials at once (tune.workers)
+
+    def jobs(self, params: Params, paths: ProjectPaths) -> list[TrialsJob]:
+        return [TrialsJob(params, paths, self.arch, self.parent_run_id, i) for i in range(self.runners)]
+
+    def summary_job(self, params: Params, paths: ProjectPaths) -> TrialsJob:
+        return TrialsJob(params, paths, self.arch, self.parent_run_id)
+
+
+def plan(ctx: StageContext, arch: str) -> TunePlan | dict[str, Any]:
+    """Open `arch`'s study and its parent run (resumed when the study was run before); an architecture that is
+    not tuned gets its report at once (returned instead of a plan)."""
+    params, paths = ctx.params, ctx.paths
     space = SearchSpace.for_arch(params, arch)
     if not params.tune.enabled or not len(space):
         reason = "tune.enabled is false" if not params.tune.enabled else f"the search space of {arch} is empty"
         log.info("tune %s: not tuned (%s); the params stay as they are", arch, reason)
         out = untuned_report(params, arch, reason)
         if is_global_zero():
-            write_json(report_path(paths, arch), out)
+            write_json(paths.tuning_report(arch), out)
         return out
-    check_settings(params, arch, space)
-    ctx = StageContext.load(params, paths)
+    if not is_global_zero():  # a DDP rank started after rank 0 tuned every architecture: read its result
+        return read_json(paths.tuning_report(arch))
     check_data(params, ctx)
     handle = open_study(params, paths, arch, space, ctx.dataset_hash)
-    zero = is_global_zero()
-    tags = {**ctx.tags(STAGE, arch, handle.hash), "study_name": handle.name}
-    parent = latest_run(ctx.experiment_id, stage=STAGE, architecture=arch, params_hash=handle.hash) if zero else None
-    start = {"run_id": parent.info.run_id} if parent else {"run_name": f"tune-{arch}"}
     counts = state_counts(handle.study)
     log.info("tune %s: study %s in %s (%d of %d trials finished)", arch, handle.name, handle.storage,
              counts["COMPLETE"] + counts["PRUNED"], params.tune.n_trials)  # fmt: skip
-    with tracked_run(**start) if zero else contextlib.nullcontext() as run_:
-        run_id = run_.info.run_id if run_ else None
-        if run_id and parent is None:
-            set_tags(run_id, tags)
-            log_params(run_id, parent_params(params, arch, space, handle))
-            ctx.log_dataset()
-        stopped = optimize(params, paths, arch, space, ctx, handle, run_id, tags)
-        out = summarize(params, arch, space, handle, stopped, run_id)
-        if run_id:
-            log_summary(run_id, handle, out)
-        if out["best_value"] is None:
-            raise DlpipeError(no_result_message(arch, handle))
-    if zero:
-        write_json(report_path(paths, arch), out)
-        mlflow.flush_async_logging()
-    log.info("tune %s: best %s %.4f (trial %d) with %s; trials %s", arch, out["metric"], out["best_value"],
-             out["best_trial"], out["best_params"], out["trials"])  # fmt: skip
+    parent = latest_run(ctx.experiment_id, stage=STAGE, architecture=arch, params_hash=handle.hash)
+    tags = {**ctx.tags(STAGE, arch, handle.hash), "study_name": handle.name}
+    run_id = open_run(ctx.experiment_id, f"tune-{arch}", tags, resume=parent.info.run_id if parent else None)
+    if parent is None:
+        log_params(run_id, parent_params(params, arch, space, handle))
+        ctx.log_dataset(run_id)
+    runners = 0 if finished_count(handle.study.get_trials(deepcopy=False)) >= params.tune.n_trials else 1
+    return TunePlan(arch, space, handle, run_id, runners and params.tune.workers)
+
+
+def trials_unit(job: TrialsJob) -> str:
+    """Run trials of `job.arch`'s study until its budget is finished (in a worker process, or in-process)."""
+    params, arch = job.params, job.arch
+    ctx = worker_context(params, job.paths)
+    space = SearchSpace.for_arch(params, arch)
+    handle = open_study(params, job.paths, arch, space, ctx.dataset_hash)
+    tracker = None
+    if job.parent_run_id and is_global_zero():
+        tags = {**ctx.tags(STAGE, arch, handle.hash), "study_name": handle.name}
+        tracker = TrialTracker(arch, job.parent_run_id, tags, params.selection.metric, ctx.log_dataset)
+    runner = W.TrialRunner(handle.study, Objective(params, arch, space, ctx.data), params.tune.n_trials,
+                           W.worker_id(job.index), tracker)  # fmt: skip
+    stopped = W.run_trials(runner, timeout=params.tune.timeout)
+    mlflow.flush_async_logging()
+    return stopped
+
+
+def summary_unit(job: TrialsJob) -> dict[str, Any]:
+    """Summarise the study and log it (metrics, plots, trials table) on its parent run (in a worker: the plots
+    take seconds)."""
+    params, arch = job.params, job.arch
+    ctx = worker_context(params, job.paths)
+    space = SearchSpace.for_arch(params, arch)
+    handle = open_study(params, job.paths, arch, space, ctx.dataset_hash)
+    trials = handle.study.get_trials(deepcopy=False)
+    out = summarize(params, arch, space, handle, stopped_reason(params, trials), job.parent_run_id)
+    if job.parent_run_id:
+        log_summary(job.parent_run_id, handle, out)
+    if out["best_value"] is None:
+        raise DlpipeError(no_result_message(arch, handle))
     return out
 
 
-def optimize(params: Params, paths: ProjectPaths, arch: str, space: SearchSpace, ctx: StageContext,
-             handle: StudyHandle, run_id: str | None, tags: dict[str, str]) -> str:  # fmt: skip
-    """Run the remaining trials: in this process (workers: 1) or in `tune.workers` worker processes."""
-    n = params.tune.workers
-    if n == 1:
-        tracker = TrialTracker(arch, run_id, tags, params.selection.metric) if run_id else None
-        runner = W.TrialRunner(handle.study, Objective(params, arch, space, ctx.data), params.tune.n_trials,
-                               W.worker_id(0), tracker)  # fmt: skip
-        return W.run_trials(runner, timeout=params.tune.timeout)
-    if sum(t.state in FINISHED for t in handle.study.get_trials(deepcopy=False)) >= params.tune.n_trials:
-        return "budget"  # nothing left: no worker to start
-    with tempfile.TemporaryDirectory(prefix="dlpipe-tune-") as tmp:
-        params_file = Path(tmp) / "params.yaml"  # the validated params as this process sees them
-        write_text(params_file, yaml.safe_dump(params_document(params), sort_keys=False))
-        procs = W.start_workers(n, arch, params_file, paths.root, run_id)
-        codes = W.wait_workers(procs)
-    trials = handle.study.get_trials(deepcopy=False)
-    finished, budget = sum(t.state in FINISHED for t in trials), params.tune.n_trials
-    failed = {i: c for i, c in enumerate(codes) if c != 0}
-    if failed:
-        listing = ", ".join(f"worker {i} exited with {c}" for i, c in failed.items())
-        if finished < budget and len(failed) == n:
-            raise DlpipeError(f"tune {arch}: {listing}; {finished} of {budget} trials finished")
-        log.warning("tune %s: %s", arch, listing)
-    if finished >= budget:
+def finish(ctx: StageContext, out: dict[str, Any]) -> dict[str, Any]:
+    """Write reports/tuning/<arch>.json from the study's summary."""
+    write_json(ctx.paths.tuning_report(out["architecture"]), out)
+    log.info("tune %s: best %s %.4f (trial %d) with %s; trials %s", out["architecture"], out["metric"],
+             out["best_value"], out["best_trial"], out["best_params"], out["trials"])  # fmt: skip
+    return out
+
+
+def stopped_reason(params: Params, trials: list) -> str:
+    if finished_count(trials) >= params.tune.n_trials:
         return "budget"
-    if counted_failures(trials) >= W.max_failures(budget):
+    if counted_failures(trials) >= W.max_failures(params.tune.n_trials):
         return "failures"
     return "timeout" if params.tune.timeout else "workers"
 
 
-def worker(params: Params, paths: ProjectPaths, arch: str, index: int = 0, parent_run_id: str | None = None,
-           rendezvous: str | None = None) -> str:  # fmt: skip
-    """One worker of `arch`'s study (`dlpipe tune-worker`): runs trials until the study's budget is finished.
+def run(params: Params, paths: ProjectPaths, arch: str) -> dict:
+    """Tune `arch` in this process (plan, trials, finish); returns the report."""
+    ctx = worker_context(params, paths)
+    ctx.close_orphans(STAGE)
+    p = plan(ctx, arch)
+    if not isinstance(p, TunePlan):
+        return p
+    with closing_run(p.parent_run_id):
+        for job in p.jobs(params, paths):
+            trials_unit(job)
+        return finish(ctx, summary_unit(p.summary_job(params, paths)))
 
-    Without `parent_run_id` its trial runs join the newest tune parent run of the same study in its MLflow store,
-    or a parent run it opens (another machine with its own store). With `rendezvous` ("TOKEN:N", from the tune
-    stage) it first waits for the other workers started with it."""
+
+def worker(params: Params, paths: ProjectPaths, arch: str, index: int = 0, parent_run_id: str | None = None) -> str:
+    """One worker of `arch`'s study (`dlpipe tune-worker`, e.g. on another machine): runs trials until the study's
+    budget is finished. Its trial runs join the newest tune parent run of the same study in its MLflow store, or a
+    parent run it opens (another machine with its own store)."""
     space = SearchSpace.for_arch(params, arch)
     if not params.tune.enabled:
         raise ConfigError("tune.enabled: false; there is no study to work on")
     if not len(space):
         raise ConfigError(f"tune.space: the search space of {arch} is empty; there is no study to work on")
-    check_settings(params, arch, space)
     ctx = StageContext.load(params, paths)
     check_data(params, ctx)
     handle = open_study(params, paths, arch, space, ctx.dataset_hash)
-    wid = W.worker_id(index)
-    log.info("tune %s: worker %s joins study %s in %s", arch, wid, handle.name, handle.storage)
-    with contextlib.ExitStack() as stack:
-        tracker = None
-        if is_global_zero():
+    log.info("tune %s: worker %s joins study %s in %s", arch, W.worker_id(index), handle.name, handle.storage)
+    own = None
+    if is_global_zero() and parent_run_id is None:
+        parent = latest_run(ctx.experiment_id, stage=STAGE, architecture=arch, params_hash=handle.hash)
+        if parent is not None:
+            parent_run_id = parent.info.run_id
+        else:  # the first of this study on this MLflow store: a parent run of its own, like the stage's
             tags = {**ctx.tags(STAGE, arch, handle.hash), "study_name": handle.name}
-            if parent_run_id is None:
-                parent = latest_run(ctx.experiment_id, stage=STAGE, architecture=arch, params_hash=handle.hash)
-                if parent is not None:
-                    parent_run_id = parent.info.run_id
-                else:  # the first of this study on this MLflow store: a parent run of its own, like the stage's
-                    parent_run_id = stack.enter_context(tracked_run(run_name=f"tune-{arch}")).info.run_id
-                    set_tags(parent_run_id, tags)
-                    log_params(parent_run_id, parent_params(params, arch, space, handle))
-            tracker = TrialTracker(arch, parent_run_id, tags, params.selection.metric)
-        runner = W.TrialRunner(handle.study, Objective(params, arch, space, ctx.data), params.tune.n_trials, wid,
-                               tracker)  # fmt: skip
-        if rendezvous:
-            W.rendezvous(handle.study, rendezvous, index)
-        stopped = W.run_trials(runner, timeout=params.tune.timeout)
-    mlflow.flush_async_logging()
-    log.info("tune %s: worker %s done (%s); trials %s", arch, wid, stopped, state_counts(handle.study))
+            parent_run_id = own = open_run(ctx.experiment_id, f"tune-{arch}", tags)
+            log_params(own, parent_params(params, arch, space, handle))
+    with closing_run(own):
+        stopped = trials_unit(TrialsJob(params, paths, arch, parent_run_id, index))
+    log.info("tune %s: worker %s done (%s); trials %s", arch, W.worker_id(index), stopped, state_counts(handle.study))
     return stopped
 
 
 def worker_main(args: argparse.Namespace) -> int:
     """`dlpipe tune-worker --arch A [--params F] [--worker-index I] [--parent-run-id R]`."""
-    from dlpipe.stages.runner import _sigterm_as_interrupt, raise_unknown_arch, setup_logging
+    from dlpipe.stages.runner import prepare_process, raise_unknown_arch
 
-    setup_logging()
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     paths = ProjectPaths.from_env()
     params = load_params(args.params or paths.params)
+    prepare_process(params)
     if args.arch not in params.architectures:
         raise_unknown_arch(args.arch, params)
-    worker(params, paths, args.arch, args.worker_index, args.parent_run_id, getattr(args, "rendezvous", None))
+    worker(params, paths, args.arch, args.worker_index, args.parent_run_id)
     return 0
-
-
-def params_document(params: Params) -> dict[str, Any]:
-    """`params` as a params.yaml mapping that `load_params` accepts (every listed architecture has its entries)."""
-    doc = params.model_dump(mode="json")
-    for arch in params.architectures:
-        doc["tune"]["spaces"].setdefault(arch, {})
-    return doc
 
 
 # --- checks -------------------------------------------------------------------------------------------------------
 
 
-def check_settings(params: Params, arch: str, space: SearchSpace) -> None:
-    space.validate(params)
-    check_sampler(params.tune.sampler)
-    if params.tune.cv_folds > params.data.folds:
-        raise ConfigError(f"tune.cv_folds: {params.tune.cv_folds} folds asked but data.folds is "
-                          f"{params.data.folds}; allowed: 0 to {params.data.folds}")  # fmt: skip
-
-
 def check_data(params: Params, ctx: StageContext) -> None:
     sel = params.selection
     names = ctx.data.dataset.class_names
-    if sel.metric.endswith("_positive") and sel.positive_class not in names:
+    if is_positive_metric(sel.metric) and sel.positive_class not in names:
         raise ConfigError(f"selection.positive_class: {sel.positive_class!r} is not a class of "
                           f"{params.data.name}; allowed: {', '.join(names)}")  # fmt: skip
 
@@ -292,10 +301,11 @@ def log_summary(run_id: str, handle: StudyHandle, out: dict[str, Any]) -> None:
         metrics[f"best_{out['metric']}"] = out["best_value"]
     log_metrics(run_id, metrics)
     set_tags(run_id, {"best_trial": str(out["best_trial"]), "stopped": out["stopped"]})
-    log_study_plots(handle.study)
+    log_study_plots(handle.study, run_id)
+    client = mlflow.MlflowClient()
     try:
         frame = handle.study.trials_dataframe()
-        mlflow.log_text(frame.to_csv(index=False), "trials.csv")
+        client.log_text(run_id, frame.to_csv(index=False), "trials.csv")
     except Exception as exc:  # an empty study or a pandas hiccup: the table is a convenience
         log.warning("tune: no trials table: %s", exc)
-    mlflow.log_dict(out, "tuning_report.json")
+    client.log_dict(run_id, out, "tuning_report.json")

@@ -1,4 +1,9 @@
-"""Runs that end honestly, rank-zero-only logging, tags, flattened params and per-epoch metrics."""
+"""Runs that end honestly, rank-zero-only logging, tags, flattened params and per-epoch metrics.
+
+Every run dlpipe opens carries its owner (`dlpipe.host`, `dlpipe.pid`, `dlpipe.pid_started`), set in the same call
+that creates the run, so a run whose process was killed can be recognised later: `close_orphaned_runs` ends such
+runs KILLED with a reason (`dlpipe.killed_reason`), and every stage calls it before it starts.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import mlflow
-from lightning.pytorch.callbacks import Callback
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from dlpipe.config import flatten
+from dlpipe.processes import Owner
 
 MAX_BATCH = 100  # MLflow's limit of params/tags per log_batch call
 SEARCH_PAGE = 200
@@ -68,6 +72,7 @@ def tracked_run(**start_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
     An interrupt that Lightning turned into `SystemExit(1)` ends the run KILLED too and is re-raised as the
     KeyboardInterrupt it was, so enclosing runs end KILLED and stages exit 130.
     """
+    start_kwargs["tags"] = {**(start_kwargs.get("tags") or {}), **Owner.current().to_tags()}
     run = mlflow.start_run(**start_kwargs)
     try:
         yield run
@@ -85,6 +90,60 @@ def tracked_run(**start_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
         raise
     else:
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def open_run(experiment_id: str, name: str, tags: dict[str, str], resume: str | None = None) -> str:
+    """Create (or reopen `resume`) a run held by id, not as the fluent active run: a parent whose children run in
+    other processes while this process interleaves other work. End it with `end_run`."""
+    client = MlflowClient()
+    owner = Owner.current().to_tags()
+    if resume is not None:
+        client.update_run(resume, status=RunStatus.to_string(RunStatus.RUNNING))
+        set_tags(resume, owner)
+        return resume
+    return client.create_run(experiment_id, run_name=name, tags={**tags, **owner}).info.run_id
+
+
+def end_run(run_id: str, error: BaseException | None = None) -> None:
+    """End a run opened by `open_run`: FINISHED, KILLED for an interrupt, FAILED for any other error."""
+    if error is None:
+        status = RunStatus.FINISHED
+    elif isinstance(error, KeyboardInterrupt) or interrupted_exit(error):
+        status = RunStatus.KILLED
+    else:
+        status = RunStatus.FAILED
+    MlflowClient().set_terminated(run_id, RunStatus.to_string(status))
+
+
+@contextlib.contextmanager
+def closing_run(run_id: str | None) -> Iterator[None]:
+    """End a run opened by `open_run` when the block ends, with the honest status (nothing for None)."""
+    try:
+        yield
+    except BaseException as exc:
+        if run_id:
+            end_run(run_id, exc)
+        raise
+    if run_id:
+        end_run(run_id)
+
+
+def close_orphaned_runs(experiment_id: str, closed_by: str) -> list[str]:
+    """End KILLED every RUNNING run of this host whose owning process is gone; returns their run ids."""
+    client = MlflowClient()
+    owner = Owner.current()
+    clause = f"attributes.status = 'RUNNING' and tags.`dlpipe.host` = '{owner.host}'"
+    closed = []
+    for run in client.search_runs([experiment_id], clause, max_results=SEARCH_PAGE * 5):
+        dead = Owner.from_tags(run.data.tags)
+        if dead is None or not dead.is_dead():
+            continue
+        reason = (f"process {dead.pid} on {dead.host} ended without closing this run (killed?); "
+                  f"closed by {closed_by}")  # fmt: skip
+        client.set_tag(run.info.run_id, "dlpipe.killed_reason", reason)
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        closed.append(run.info.run_id)
+    return closed
 
 
 def log_params(run_id: str, flat: dict[str, Any]) -> None:
@@ -111,19 +170,6 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0, synchrono
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
     for i in range(0, len(batch), 1000):
         MlflowClient().log_batch(run_id, metrics=batch[i : i + 1000], synchronous=synchronous)
-
-
-class EpochMetricsLogger(Callback):
-    """Logs every epoch's train_*/val_* metrics to `run_id` as one asynchronous batch (rank 0 only)."""
-
-    def __init__(self, run_id: str):
-        self.run_id = run_id
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
-        log_metrics(self.run_id, metrics, step=trainer.current_epoch, synchronous=False)
 
 
 def finished_child_runs(experiment_id: str, parent_run_id: str, **tags: str) -> list[mlflow.entities.Run]:

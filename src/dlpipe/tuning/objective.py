@@ -1,10 +1,16 @@
-"""The objective of a trial: train the sampled model on validation data and return the selection metric.
+"""The objective of a trial: train the sampled model and return the selection metric on data it did not train on.
 
-Validation is one stratified slice of the training part (`tune.cv_folds: 0`, `data.val_size`) or the first k
-folds (`tune.cv_folds: k`, the mean over them). The test set is never touched. Every epoch the monitored
-validation metric (`val_<selection metric>`, or `val_accuracy` for the *_positive metrics) is reported to Optuna
-(step = fold x epochs + epoch) and the pruner may stop the trial there. A non-finite loss (the optimised one, with its
-L1/L2 penalties, in any batch; or the epoch's validation loss) ends the trial with `NonFiniteLoss` (a FAIL).
+Validation is one stratified slice of the training part (`data.val_size`), or the mean over the first k
+cross-validation folds, each scored once by a model that early-stopped on an inner slice of the other folds (the
+same clean protocol as the cv phase). `tune.cv_folds: auto` uses every fold when the validation slice is too small
+to tell trials apart: when some class has fewer than `MIN_VAL_PER_CLASS` samples in it (one misclassified sample
+would then move that class's recall by more than 0.1). The test set is never touched.
+
+Every epoch the monitored validation metric (`val_<selection metric>`, or `val_accuracy` for the *_positive
+metrics) is reported to Optuna (step = fold x epochs + epoch) and the pruner may stop the trial there. The kept
+model's validation loss is stored on the trial (`val_loss`): equal values are ranked by it. A non-finite loss (the
+optimised one, with its L1/L2 penalties, in any batch; or the epoch's validation loss) ends the trial with
+`NonFiniteLoss` (a FAIL).
 """
 
 from __future__ import annotations
@@ -14,19 +20,22 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning as L
+import numpy as np
 import optuna
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from dlpipe.config import Params, TrainerParams, apply_overrides
 from dlpipe.data.prepared import PreparedData, TrainValSplit
+from dlpipe.data.splits import carve_validation
 from dlpipe.evaluation.cv import run_fold
+from dlpipe.metric_names import SCALAR_METRICS, bounded, monitor_for, per_class_name
 from dlpipe.training.fit import ModelSpec, evaluate, fit
-from dlpipe.training.metrics import SCALAR_METRICS, positive_class_metrics
 from dlpipe.tuning.space import SearchSpace
-from dlpipe.tuning.study import epochs_per_fit, monitor_for
+from dlpipe.tuning.study import epochs_per_fit
 
 EpochHook = Callable[[int, dict[str, float]], None]  # (step, train_*/val_* metrics of the epoch)
+MIN_VAL_PER_CLASS = 10  # tune.cv_folds: auto uses folds when some class has fewer validation samples
 
 
 class NonFiniteLoss(RuntimeError):
@@ -34,11 +43,21 @@ class NonFiniteLoss(RuntimeError):
 
 
 def selection_value(report: dict, metric: str, positive_class: str | None) -> float:
-    """The selection metric from an evaluation report (`dlpipe.training.fit.evaluate`)."""
+    """The selection metric from an evaluation report (`dlpipe.training.fit.evaluate`), in [0, 1]."""
     if metric in SCALAR_METRICS:
-        return float(report[metric])
+        return bounded(report[metric])
     assert positive_class is not None
-    return float(positive_class_metrics(report, positive_class)[metric])
+    return bounded(report["per_class"][positive_class][per_class_name(metric)])
+
+
+def objective_folds(params: Params, data: PreparedData) -> int:
+    """How many folds the objective averages over: `tune.cv_folds`, with `auto` resolved on the data."""
+    if params.tune.cv_folds != "auto":
+        return int(params.tune.cv_folds)
+    y = data.y_numpy
+    _, val = carve_validation(y, data.splits.train_idx, params.data.val_size, params.seed)
+    smallest = int(np.bincount(y[val], minlength=len(data.dataset.class_names)).min())
+    return data.splits.folds if smallest < MIN_VAL_PER_CLASS else 0
 
 
 def tuning_trainer(trainer: TrainerParams) -> TrainerParams:
@@ -86,7 +105,7 @@ class EpochReporter(Callback):
         value = metrics.get(self.monitor)
         if value is None or not math.isfinite(value):
             return
-        self.trial.report(value, step)
+        self.trial.report(bounded(value), step)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"{self.monitor} {value:.4f} at step {step}")
 
@@ -109,10 +128,17 @@ class Objective:
         self.monitor = monitor_for(self.metric)
         self.trainer = tuning_trainer(params.trainer)
         self.max_epochs = params.tune.max_epochs
-        self.folds = params.tune.cv_folds
+        self._folds: int | None = None
         self.stride = epochs_per_fit(params, space)
         self.epochs = 0  # epochs trained by the last call (also when it was pruned or failed)
         self._holdout: TrainValSplit | None = None
+
+    @property
+    def folds(self) -> int:
+        """Folds the objective averages over (0: the validation slice), resolved on the data once."""
+        if self._folds is None:
+            self._folds = objective_folds(self.params, self.data)
+        return self._folds
 
     @property
     def holdout(self) -> TrainValSplit:
@@ -134,17 +160,20 @@ class Objective:
         reporters: list[EpochReporter] = []
         try:
             if self.folds == 0:
-                return self._holdout_value(trial, spec, reporters, on_epoch)
-            return self._folds_value(trial, spec, reporters, on_epoch)
+                value, val_loss = self._holdout_value(trial, spec, reporters, on_epoch)
+            else:
+                value, val_loss = self._folds_value(trial, spec, reporters, on_epoch)
         except SystemExit:
             if any(r.interrupted for r in reporters):
                 raise KeyboardInterrupt from None
             raise
         finally:
             self.epochs = sum(r.epochs for r in reporters)
+        trial.set_user_attr("val_loss", val_loss)
+        return value
 
     def _holdout_value(self, trial: optuna.Trial, spec: ModelSpec, reporters: list[EpochReporter],
-                       on_epoch: EpochHook | None) -> float:  # fmt: skip
+                       on_epoch: EpochHook | None) -> tuple[float, float]:  # fmt: skip
         reporter = EpochReporter(trial, self.monitor, 0, on_epoch)
         reporters.append(reporter)
         split = self.holdout
@@ -152,16 +181,17 @@ class Objective:
         result = fit(spec, split, self.data.dataset.class_names, self.trainer, p.seed, max_epochs=self.epochs_for(spec),
                      callbacks=[reporter])  # fmt: skip
         report = evaluate(result.module, split.val, self.trainer)
-        return selection_value(report, self.metric, self.positive_class)
+        return selection_value(report, self.metric, self.positive_class), float(result.val.get("val_loss", math.nan))
 
     def _folds_value(self, trial: optuna.Trial, spec: ModelSpec, reporters: list[EpochReporter],
-                     on_epoch: EpochHook | None) -> float:  # fmt: skip
-        values = []
+                     on_epoch: EpochHook | None) -> tuple[float, float]:  # fmt: skip
+        values, losses = [], []
         for k in range(self.folds):
             reporter = EpochReporter(trial, self.monitor, k * self.stride, on_epoch)
             reporters.append(reporter)
-            result = run_fold(spec, self.data, k, self.trainer, self.params.seed, max_epochs=self.epochs_for(spec),
-                              callbacks=[reporter])  # fmt: skip
+            result = run_fold(spec, self.data, k, self.trainer, self.params.seed, val_size=self.params.data.val_size,
+                              max_epochs=self.epochs_for(spec), callbacks=[reporter])  # fmt: skip
             values.append(selection_value(result.report, self.metric, self.positive_class))
+            losses.append(float(result.val.get("val_loss", math.nan)))
             trial.set_user_attr(f"fold_{k}", values[-1])
-        return sum(values) / len(values)
+        return sum(values) / len(values), sum(losses) / len(losses)

@@ -44,11 +44,13 @@ class _TrialFailed(Exception):
 class TrialTracker:
     """Logs trials as child runs of `parent_run_id` (a top-level run when None)."""
 
-    def __init__(self, arch: str, parent_run_id: str | None, tags: dict[str, str], metric: str):
+    def __init__(self, arch: str, parent_run_id: str | None, tags: dict[str, str], metric: str,
+                 log_dataset: Callable[[str], None] | None = None):  # fmt: skip
         self.arch = arch
         self.parent_run_id = parent_run_id
         self.tags = tags
         self.metric = metric
+        self.log_dataset = log_dataset  # records the training data as the trial run's input
 
     def track(self, trial: optuna.Trial, worker_id: str, body: Callable[[EpochHook], Outcome]) -> Outcome:
         """Run `body(on_epoch)` inside the trial's run and record its outcome there."""
@@ -56,10 +58,12 @@ class TrialTracker:
         try:
             nested = mlflow.active_run() is not None  # the stage's own process runs trials inside its parent run
             name = f"tune-{self.arch}-trial{trial.number}"
-            with tracked_run(run_name=name, parent_run_id=self.parent_run_id, nested=nested) as run:
+            tags = {**self.tags, "trial": str(trial.number), "worker": worker_id,
+                    "study_name": trial.study.study_name, "state": "RUNNING"}  # fmt: skip
+            with tracked_run(run_name=name, parent_run_id=self.parent_run_id, nested=nested, tags=tags) as run:
                 run_id = run.info.run_id
-                set_tags(run_id, {**self.tags, "trial": str(trial.number), "worker": worker_id,
-                                  "study_name": trial.study.study_name, "state": "RUNNING"})  # fmt: skip
+                if self.log_dataset is not None:
+                    self.log_dataset(run_id)
 
                 def on_epoch(step: int, metrics: dict[str, float]) -> None:
                     finite = {k: v for k, v in metrics.items() if np.isfinite(v)}
@@ -108,9 +112,9 @@ def importances_possible(study: optuna.Study) -> bool:
     return any(len({repr(t.params.get(n)) for t in complete}) > 1 for n in names)
 
 
-def log_study_plots(study: optuna.Study) -> list[str]:
+def log_study_plots(study: optuna.Study, run_id: str) -> list[str]:
     """Optimisation history, intermediate values, parallel coordinates and (when possible) parameter importances
-    as PNG artifacts of the active run; returns the artifact paths logged."""
+    as PNG artifacts of `run_id`; returns the artifact paths logged."""
     from optuna.visualization import matplotlib as ovm
 
     wanted: list[tuple[str, Callable[[], Any]]] = [
@@ -132,7 +136,7 @@ def log_study_plots(study: optuna.Study) -> list[str]:
             continue
         fig.set_size_inches(9, 6)
         fig.tight_layout()
-        mlflow.log_figure(fig, path)
+        mlflow.MlflowClient().log_figure(run_id, fig, path)
         plots.close(fig)
         logged.append(path)
     return logged

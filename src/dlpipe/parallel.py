@@ -1,0 +1,252 @@
+"""Units of work (a fold, a study's trials, a final fit) run in parallel worker processes that import once.
+
+`ProcessPool` starts its workers from a forkserver that has already imported the training stack (torch, Lightning,
+MLflow: several seconds), so a worker is ready in milliseconds and every unit it runs pays no imports. Each worker
+runs one unit at a time; worker i may be pinned to GPU i (one unit per GPU). A worker that dies (killed, out of
+memory) fails only the unit it was running, with the reason, and is replaced; it never hangs the caller. `stop`
+interrupts the workers (their MLflow runs end KILLED) and waits for them.
+
+`SerialPool` runs the same units in this process, one after another: for one worker and for DDP, where Lightning
+launches every rank as a copy of this process and all ranks must run the same units in the same order.
+
+A unit is a module-level function and its arguments (both picklable); it returns a picklable result. Results do
+not depend on which worker ran a unit (each unit seeds itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_SECONDS = 30.0  # how long interrupted workers get to end their runs before they are killed
+
+
+@dataclass
+class Task:
+    key: str  # names the unit in logs and failures, e.g. "cv mlp fold 3"
+    fn: Callable[..., Any]
+    args: tuple = ()
+
+
+@dataclass
+class Done:
+    task: Task
+    result: Any = None
+    error: BaseException | None = None  # the unit raised this (re-raised in the caller)
+    crash: str | None = None  # the worker died while running the unit
+    details: str = ""  # traceback text of an unexpected error
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.crash is None
+
+
+class WorkerCrashed(RuntimeError):
+    """A worker process died while it ran a unit."""
+
+
+class SerialPool:
+    """Runs units in this process, in submission order."""
+
+    size = 1
+
+    def __init__(self) -> None:
+        self._queue: list[Task] = []
+
+    @property
+    def free(self) -> int:
+        return 0 if self._queue else 1
+
+    @property
+    def busy(self) -> int:
+        return len(self._queue)
+
+    def submit(self, task: Task) -> None:
+        self._queue.append(task)
+
+    def next_done(self) -> Done:
+        task = self._queue.pop(0)
+        try:
+            return Done(task, result=task.fn(*task.args))
+        except Exception as exc:  # the caller decides; KeyboardInterrupt and SystemExit propagate
+            return Done(task, error=exc, details=traceback.format_exc())
+
+    def stop(self) -> None:
+        self._queue.clear()
+
+    def close(self) -> None:
+        self._queue.clear()
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: Any
+    conn: Connection
+    task: Task | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+class ProcessPool:
+    """`size` worker processes forked from a forkserver that has imported `preload`."""
+
+    def __init__(
+        self,
+        size: int,
+        preload: Sequence[str] = (),
+        init: Callable[[int], None] | None = None,
+        env: Callable[[int], dict[str, str]] | None = None,
+    ):
+        self.size = size
+        self._ctx = mp.get_context("forkserver")
+        self._ctx.set_forkserver_preload(list(preload))
+        self._init = init
+        self._env = env
+        self._workers: dict[int, _Worker] = {}
+        # Starting the first worker waits for the forkserver to import `preload` (seconds): do it in the
+        # background, so the caller's own imports and set-up overlap with it.
+        self._starting = threading.Thread(target=lambda: [self._start(i) for i in range(size)], daemon=True)
+        self._starting.start()
+
+    def _ready(self) -> None:
+        self._starting.join()
+        if len(self._workers) < self.size:
+            raise RuntimeError(f"could not start {self.size} worker processes (started {len(self._workers)})")
+
+    def _start(self, index: int) -> None:
+        parent, child = self._ctx.Pipe()
+        env = self._env(index) if self._env else {}
+        proc = self._ctx.Process(target=_worker_main, args=(child, index, env, self._init), daemon=True,
+                                 name=f"dlpipe-worker-{index}")  # fmt: skip
+        proc.start()
+        child.close()
+        self._workers[index] = _Worker(index, proc, parent)
+
+    @property
+    def free(self) -> int:
+        self._ready()
+        return sum(w.task is None for w in self._workers.values())
+
+    @property
+    def busy(self) -> int:
+        return sum(w.task is not None for w in self._workers.values())
+
+    def submit(self, task: Task) -> None:
+        self._ready()
+        worker = next((w for w in self._workers.values() if w.task is None), None)
+        if worker is None:
+            raise RuntimeError("no free worker: wait for next_done() first")
+        worker.task = task
+        worker.conn.send((task.fn, task.args))
+
+    def next_done(self) -> Done:
+        """Block until a running unit finishes (or its worker dies)."""
+        while True:
+            running = [w for w in self._workers.values() if w.task is not None]
+            if not running:
+                raise RuntimeError("no unit is running")
+            ready = wait([w.conn for w in running] + [w.process.sentinel for w in running])
+            for w in running:
+                if w.conn in ready:
+                    try:
+                        status, payload, details = w.conn.recv()
+                    except (EOFError, OSError):
+                        return self._crashed(w)
+                    task, w.task = w.task, None
+                    if status == "ok":
+                        return Done(task, result=payload)
+                    if status == "interrupted":
+                        raise KeyboardInterrupt(f"{task.key}: interrupted in worker {w.index}")
+                    return Done(task, error=payload, details=details)
+                if w.process.sentinel in ready:
+                    return self._crashed(w)
+
+    def _crashed(self, w: _Worker) -> Done:
+        w.process.join(timeout=5)
+        code = w.process.exitcode
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        task, w.task = w.task, None
+        reason = f"worker {w.index} (pid {w.process.pid}) died with {how} while running {task.key}"
+        log.error("%s; starting a new worker", reason)
+        w.conn.close()
+        self._start(w.index)
+        return Done(task, crash=reason)
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers.values()]
+
+    def stop(self) -> None:
+        """Interrupt every worker (SIGINT: runs end KILLED), then kill any that outlive the grace period."""
+        self._starting.join()
+        for w in self._workers.values():
+            if w.process.is_alive():
+                os.kill(w.process.pid, signal.SIGINT)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for w in self._workers.values():
+            w.process.join(timeout=max(0.1, deadline - time.monotonic()))
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join()
+
+    def close(self) -> None:
+        """Let idle workers exit; kill the rest."""
+        self._starting.join()
+        for w in self._workers.values():
+            with contextlib.suppress(BrokenPipeError, OSError):
+                w.conn.send(None)
+        for w in self._workers.values():
+            w.process.join(timeout=10)
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join()
+            w.conn.close()
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _worker_main(conn: Connection, index: int, env: dict[str, str], init: Callable[[int], None] | None) -> None:
+    os.environ.update(env)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if init is not None:
+        init(index)
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if job is None:
+            return
+        fn, args = job
+        try:
+            reply = ("ok", fn(*args), "")
+        except KeyboardInterrupt:
+            conn.send(("interrupted", None, ""))
+            return
+        except BaseException as exc:  # reported to the caller, which decides
+            reply = ("error", _picklable(exc), traceback.format_exc())
+        conn.send(reply)
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,213 @@
+"""The study's scheduler: every architecture's phases in order, their units spread over a pool of workers.
+
+Tuning, cross-validation and the final fit of one architecture follow each other; different architectures (and
+the folds of one) run at the same time. Each phase's planning and summary run in this process (`stages.tune.plan`
+and `finish`, `stages.cv.plan` and `finish`, `stages.train.reusable`); the units (`trials_unit`, `fold_unit`,
+`train_unit`) run on the pool. An error in a unit or a step fails only its architecture.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dlpipe.errors import DlpipeError
+from dlpipe.parallel import Done, ProcessPool, SerialPool, Task
+from dlpipe.stages import cv, train, tune
+from dlpipe.stages.common import StageContext
+from dlpipe.tracking.runs import end_run
+
+log = logging.getLogger(__name__)
+STAGE = "study"
+
+
+@dataclass
+class _Arch:
+    """Where one architecture stands: its open parent runs, pending units and partial results."""
+
+    name: str
+    open_runs: set[str] = field(default_factory=set)
+    pending: set[str] = field(default_factory=set)
+    folds: dict[int, Any] = field(default_factory=dict)
+    failed: str | None = None
+    error: BaseException | None = None
+    finished: bool = False
+
+
+def relative_costs(ctx: StageContext, batch: int = 64, repeats: int = 3) -> dict[str, float]:
+    """Seconds of one training step (forward and backward on a batch of the data) per architecture, with its
+    untuned params: a cheap proxy for how long its units take, to start the costliest first."""
+    import time
+
+    import torch.nn.functional as F
+
+    from dlpipe.models import build_model
+
+    X = ctx.data.dataset.X[:batch]
+    y = ctx.data.dataset.y[:batch]
+    costs = {}
+    for arch in ctx.params.architectures:
+        try:
+            net = build_model(arch, ctx.params.model_params(arch), tuple(X.shape[1:]), ctx.data.dataset.num_classes)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                F.cross_entropy(net(X), y).backward()
+                times.append(time.perf_counter() - start)
+            costs[arch] = min(times)
+        except Exception:  # a model that cannot be built fails in its own unit, with the reason
+            costs[arch] = 0.0
+    return costs
+
+
+class Study:
+    """Schedules every architecture's units on a pool and runs each phase's follow-up when its units are done."""
+
+    def __init__(self, ctx: StageContext, pool: ProcessPool | SerialPool):
+        self.ctx = ctx
+        self.pool = pool
+        self.archs = {a: _Arch(a) for a in ctx.params.architectures}
+        self.ready: list[tuple[int, float, int, Task]] = []
+        self.after: dict[str, Callable[[Done], None]] = {}
+        self._seq = 0
+        self.serial = isinstance(pool, SerialPool)
+        self.cost = {a: 0.0 for a in self.archs} if self.serial else relative_costs(ctx)
+
+    # --- scheduling -------------------------------------------------------------------------------------------------
+    def submit(self, arch: str, phase: str, task: Task, then: Callable[[Done], None]) -> None:
+        # In parallel, later phases go first (an architecture finishes early; its long chain starts first);
+        # serially (DDP), every study runs before any multi-device fit, so later-launched ranks find them done.
+        # Costlier architectures first: the longest chain of units starts at once.
+        order = {"tune": 2, "cv": 1, "train": 0}[phase] if not self.serial else {"tune": 0, "cv": 1, "train": 2}[phase]
+        self._seq += 1
+        self.ready.append((order, -self.cost[arch], self._seq, task))
+        self.ready.sort(key=lambda item: item[:3])
+        self.after[task.key] = then
+        self.archs[arch].pending.add(task.key)
+
+    def run(self) -> dict[str, str]:
+        try:
+            for arch in self.ctx.params.architectures:
+                self.guard(arch, lambda a=arch: self.start_tune(a))
+            while self.ready or self.pool.busy:
+                while self.pool.free and self.ready:
+                    self.pool.submit(self.ready.pop(0)[3])
+                self.handle(self.pool.next_done())
+        except BaseException as exc:
+            self.pool.stop()
+            for state in self.archs.values():
+                for run_id in state.open_runs:
+                    end_run(run_id, exc)
+            raise
+        return {a: s for a, s in self.archs.items() if s.failed}
+
+    def handle(self, done: Done) -> None:
+        arch = done.task.key.split(" ", 2)[1]
+        state = self.archs[arch]
+        state.pending.discard(done.task.key)
+        then = self.after.pop(done.task.key)
+        if state.failed:
+            return
+        if not done.ok:
+            reason = done.crash or f"{done.task.key}: {type(done.error).__name__}: {done.error}"
+            if done.details and not isinstance(done.error, DlpipeError):
+                log.error("%s raised:\n%s", done.task.key, done.details)
+            self.fail(arch, reason, done.error)
+            if done.crash:  # the dead worker's own runs are still RUNNING
+                self.ctx.close_orphans(STAGE)
+            return
+        self.guard(arch, lambda: then(done))
+
+    def guard(self, arch: str, step: Callable[[], None]) -> None:
+        """Run a phase step of `arch` in this process; an error fails the architecture, not the study."""
+        try:
+            step()
+        except DlpipeError as exc:
+            self.fail(arch, str(exc), exc)
+
+    def fail(self, arch: str, reason: str, error: BaseException | None) -> None:
+        state = self.archs[arch]
+        state.failed, state.error = reason, error
+        log.error("study %s: %s", arch, reason)
+        for run_id in state.open_runs:
+            end_run(run_id, error or RuntimeError(reason))
+        state.open_runs.clear()
+        self.ready = [item for item in self.ready if item[3].key.split(" ", 2)[1] != arch]
+
+    # --- phases -----------------------------------------------------------------------------------------------------
+    def start_tune(self, arch: str) -> None:
+        p = tune.plan(self.ctx, arch)
+        if not isinstance(p, tune.TunePlan):
+            self.start_cv(arch)
+            return
+        self.archs[arch].open_runs.add(p.parent_run_id)
+        jobs = p.jobs(self.ctx.params, self.ctx.paths)
+        if not jobs:
+            self.finish_tune(arch, p)
+            return
+        for job in jobs:
+            task = Task(f"tune {arch} runner{job.index}", tune.trials_unit, (job,))
+            self.submit(arch, "tune", task, lambda _d, a=arch, plan=p: self.tune_runner_done(a, plan))
+
+    def tune_runner_done(self, arch: str, p: tune.TunePlan) -> None:
+        if not any(key.startswith(f"tune {arch} ") for key in self.archs[arch].pending):
+            self.finish_tune(arch, p)
+
+    def finish_tune(self, arch: str, p: tune.TunePlan) -> None:
+        job = p.summary_job(self.ctx.params, self.ctx.paths)
+        self.submit(arch, "tune", Task(f"tune {arch} summary", tune.summary_unit, (job,)),
+                    lambda d, a=arch, plan=p: self.tuned(a, plan, d.result))  # fmt: skip
+
+    def tuned(self, arch: str, p: tune.TunePlan, report: dict) -> None:
+        tune.finish(self.ctx, report)
+        self.close_run(arch, p.parent_run_id)
+        self.start_cv(arch)
+
+    def start_cv(self, arch: str) -> None:
+        p = cv.plan(self.ctx, arch)
+        if p.opened:
+            self.archs[arch].open_runs.add(p.parent_run_id)
+        jobs = p.jobs(self.ctx.params, self.ctx.paths)
+        if not jobs:
+            self.finish_cv(arch, p)
+            return
+        for job in jobs:
+            task = Task(f"cv {arch} fold{job.k}", cv.fold_unit, (job,))
+            self.submit(arch, "cv", task, lambda d, a=arch, plan=p, k=job.k: self.fold_done(a, plan, k, d.result))
+
+    def fold_done(self, arch: str, p: cv.CvPlan, k: int, result: Any) -> None:
+        state = self.archs[arch]
+        state.folds[k] = result
+        if not any(key.startswith(f"cv {arch} ") for key in state.pending):
+            self.finish_cv(arch, p)
+
+    def finish_cv(self, arch: str, p: cv.CvPlan) -> None:
+        folds = p.all_folds(self.archs[arch].folds)
+        job = p.summary_job(self.ctx.params, self.ctx.paths, folds)
+        self.submit(arch, "cv", Task(f"cv {arch} summary", cv.summary_unit, (job,)),
+                    lambda d, a=arch, plan=p, f=folds: self.cross_validated(a, plan, f, d.result))  # fmt: skip
+
+    def cross_validated(self, arch: str, p: cv.CvPlan, folds: list, summary: dict) -> None:
+        cv.finish(self.ctx, p, folds, summary)
+        if p.opened:
+            self.close_run(arch, p.parent_run_id)
+        self.start_train(arch)
+
+    def start_train(self, arch: str) -> None:
+        if train.reusable(self.ctx, arch) is not None:
+            self.archs[arch].finished = True
+            return
+        job = train.TrainJob(self.ctx.params, self.ctx.paths, arch)
+        self.submit(arch, "train", Task(f"train {arch}", train.train_unit, (job,)), lambda _d, a=arch: self.trained(a))
+
+    def trained(self, arch: str) -> None:
+        self.archs[arch].finished = True
+
+    def close_run(self, arch: str, run_id: str | None) -> None:
+        if run_id:
+            end_run(run_id)
+            self.archs[arch].open_runs.discard(run_id)
+
+
