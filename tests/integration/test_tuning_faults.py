@@ -148,14 +148,14 @@ def test_a_journal_torn_by_a_crash_is_repaired_and_every_study_in_it_goes_on(pro
 
 # --- killed and interrupted workers -------------------------------------------------------------------------------
 
-STUDY = {  # a tiny mlp, TPE and median pruning, long enough trials (25 epochs) to be caught mid-training
+STUDY = {  # a tiny mlp, TPE and median pruning, long enough trials (12 epochs) to be caught mid-training
     "models": {"mlp": {"hidden": [16]}},
-    "train": {"max_epochs": 25, "early_stopping": {"enabled": False}},
+    "train": {"max_epochs": 12, "early_stopping": {"enabled": False}},
     "tune": {
         "n_trials": 4,
         "sampler": "tpe",
         "pruner": "median",
-        "max_epochs": 25,
+        "max_epochs": 12,
         "spaces": {"mlp": {"train.lr": LR_LOG, "train.batch_size": {"type": "categorical", "choices": [16, 64]}}},
     },
 }
@@ -177,6 +177,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: 
     return finished(study)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "at"), [(signal.SIGKILL, 2), (signal.SIGINT, 1)], ids=["SIGKILL", "SIGINT"])
 def test_a_killed_or_interrupted_worker_resumes_at_once_to_the_trials_of_an_uninterrupted_study(
     sig, at, uninterrupted, project, mlflow_store, tmp_path, keep_signal_handlers
