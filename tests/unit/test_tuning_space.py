@@ -4,7 +4,13 @@ the worker loop (budget, failures, surplus and stale trials) with a stand-in obj
 from __future__ import annotations
 
 import math
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +19,7 @@ import pytest
 import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages.journal import JournalFileBackend, JournalStorage
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from dlpipe.config import parse_params
 from dlpipe.errors import ConfigError
@@ -201,6 +207,108 @@ def test_a_resumed_study_draws_what_an_uninterrupted_one_would():
     assert S.trial_seed(7, 0) != S.trial_seed(7, 1) != S.trial_seed(8, 0)
 
 
+def frozen(number: int, state: TrialState, start: float, end: float | None = None, **system_attrs) -> FrozenTrial:
+    """A stored trial started at `start` and closed at `end` (seconds on a common clock)."""
+    t0 = datetime(2025, 1, 1)
+    return FrozenTrial(
+        number=number,
+        state=state,
+        value=1.0 if state == TrialState.COMPLETE else None,
+        datetime_start=t0 + timedelta(seconds=start),
+        datetime_complete=None if end is None else t0 + timedelta(seconds=end),
+        params={},
+        distributions={},
+        user_attrs={},
+        system_attrs=system_attrs,
+        intermediate_values={},
+        trial_id=number,
+    )
+
+
+def test_a_discarded_trial_gives_its_position_to_the_next_trial_and_a_real_failure_keeps_it():
+    C, F = TrialState.COMPLETE, TrialState.FAIL
+    sequential = [
+        frozen(0, C, 0, 1),
+        frozen(1, F, 1, 2, **{S.ATTR_INTERRUPTED: True}),
+        frozen(2, F, 3, 3, **{S.ATTR_SURPLUS: True}),
+        frozen(3, F, 4, 5, **{S.ATTR_ORPHANED: True}),
+        frozen(4, C, 6, 7),
+        frozen(5, F, 8, 9, **{S.ATTR_ERROR: "NonFiniteLoss: nan"}),
+        frozen(6, C, 10, 11),
+    ]
+    assert S.sequence_positions(sequential) == {0: 0, 1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 3}
+    # parallel workers: trial 2 started while trial 1 ran; trial 1 was interrupted after that, then trial 3 started
+    parallel = [
+        frozen(0, C, 0, 1),
+        frozen(1, F, 2, 5, **{S.ATTR_STALE: True}),
+        frozen(2, TrialState.RUNNING, 3),
+        frozen(3, TrialState.RUNNING, 6),
+        frozen(4, TrialState.WAITING, 7),
+    ]
+    parallel[4].datetime_start = None
+    assert S.sequence_positions(parallel) == {0: 0, 1: 1, 2: 2, 3: 1}  # no two live trials share a position
+
+
+def test_the_trial_that_reruns_an_interrupted_one_samples_its_params():
+    space = SearchSpace.for_arch(params({"spaces": {"mlp": {"train.lr": LR, "model.hidden": HIDDEN}}}), "mlp")
+    uninterrupted = sampled(space, 3, S.make_sampler("tpe", 7))
+    study = optuna.create_study(direction="maximize", sampler=S.make_sampler("tpe", 7))
+    resumed = []
+    for interrupt in (False, True, False, False):
+        trial = study.ask()
+        real = space.suggest(trial)
+        if interrupt:
+            W.storage_of(study).set_trial_system_attr(W.trial_id(trial), S.ATTR_INTERRUPTED, True)
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, 0.0)
+            resumed.append(real)
+    assert study.trials[1].params == study.trials[2].params
+    assert resumed == uninterrupted
+
+
+def test_best_trial_breaks_ties_by_validation_loss_then_number():
+    study = optuna.create_study(direction="maximize")
+    for value, attrs in [
+        (0.9, {"val_loss": 0.1}),
+        (1.0, {}),
+        (1.0, {"val_loss": 0.5}),
+        (1.0, {"val_loss": 0.2}),
+        (1.0, {"val_loss": 0.2}),
+        (1.0, {"val_loss": float("nan")}),
+    ]:
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"val_loss": 0.0}))
+    assert S.best_trial(study).number == 3
+    assert S.best_trial(optuna.create_study()) is None
+    no_losses = optuna.create_study(direction="maximize")
+    for value in (0.5, 0.7, 0.7):
+        no_losses.add_trial(optuna.trial.create_trial(value=value))
+    assert S.best_trial(no_losses).number == 1
+
+
+def test_a_new_study_names_its_objective_and_shows_its_key_as_readable_attributes(tmp_path: Path):
+    p = params({"sampler": "random", "pruner": "median", "spaces": {"mlp": {"train.lr": LR}}})
+    space = SearchSpace.for_arch(p, "mlp")
+    handle = S.open_study(p, ProjectPaths(tmp_path), "mlp", space, "abc123")
+    study = handle.study
+    assert study.metric_names == ["f1_macro"]
+    attrs = study.user_attrs
+    assert "dlpipe:key" not in attrs
+    assert attrs["dlpipe:arch"] == "mlp" and attrs["dlpipe:metric"] == "f1_macro"
+    assert attrs["dlpipe:sampler"] == "random" and attrs["dlpipe:pruner"] == "median"
+    assert attrs["dlpipe:seed"] == p.seed and attrs["dlpipe:dataset_hash"] == "abc123"
+    assert attrs["dlpipe:space.train.lr.high"] == 0.1 and attrs["dlpipe:space.train.lr.log"] is True
+    assert attrs["dlpipe:hash"] == handle.hash and handle.name == f"mlp-{handle.hash}"
+    assert all(not isinstance(v, dict) for v in attrs.values())
+    again = S.open_study(p, ProjectPaths(tmp_path), "mlp", space, "abc123").study
+    assert again.user_attrs == attrs and again.metric_names == ["f1_macro"]
+    old = optuna.create_study(storage=S.open_storage(str(tmp_path / "old.log")), study_name=handle.name)
+    assert old.metric_names is None
+    S.describe(old, handle.key, handle.hash, "f1_macro")  # a study of an older version gets both
+    assert old.metric_names == ["f1_macro"] and old.user_attrs == attrs
+
+
 def test_pruners_follow_params():
     assert isinstance(S.make_pruner("none", 10), optuna.pruners.NopPruner)
     assert isinstance(S.make_pruner("median", 10), optuna.pruners.MedianPruner)
@@ -358,6 +466,44 @@ def test_a_stale_running_trial_is_failed_so_it_cannot_block_the_budget(tmp_path:
     first = study.trials[0]
     assert first.state == TrialState.FAIL and first.system_attrs[S.ATTR_STALE] is True
     assert S.state_counts(study)["COMPLETE"] == 1
+
+
+def test_a_running_trial_of_a_dead_local_process_is_failed_at_once_as_orphaned(tmp_path: Path, monkeypatch):
+    study = journal_study(tmp_path / "j.log")
+    storage = W.storage_of(study)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = study.ask()  # its process is killed (and reaped)
+    storage.set_trial_system_attr(W.trial_id(dead), S.ATTR_OWNER, W.owner_record(child.pid))
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    reused = study.ask()  # its pid now runs another process (this one)
+    storage.set_trial_system_attr(W.trial_id(reused), S.ATTR_OWNER, {**W.owner_record(), "started": 1.0})
+    alive = study.ask()  # this process: alive
+    storage.set_trial_system_attr(W.trial_id(alive), S.ATTR_OWNER, W.owner_record())
+    remote = study.ask()  # another host: only its heartbeat tells, and it is fresh
+    storage.set_trial_system_attr(W.trial_id(remote), S.ATTR_OWNER, {**W.owner_record(), "host": "elsewhere"})
+    storage.set_trial_system_attr(W.trial_id(remote), S.ATTR_HEARTBEAT, time.time())
+    assert W.fail_orphaned_trials(study) == [0, 1]
+    assert W.fail_stale_trials(study) == []
+    monkeypatch.setattr(W, "STALE_SECONDS", 0.0)
+    assert W.fail_stale_trials(study) == [3]  # the alive local trial is never judged by its heartbeat
+    states = [(t.state, sorted(k for k in t.system_attrs if k in S.NOT_A_FAILURE)) for t in study.trials]
+    assert states == [
+        (TrialState.FAIL, [S.ATTR_ORPHANED]),
+        (TrialState.FAIL, [S.ATTR_ORPHANED]),
+        (TrialState.RUNNING, []),
+        (TrialState.FAIL, [S.ATTR_STALE]),
+    ]
+    assert S.counted_failures(study.trials) == 0
+    assert W.owner_record()["host"] == socket.gethostname()
+
+
+def test_run_trials_records_the_owner_of_its_trials(tmp_path: Path):
+    study = journal_study(tmp_path / "j.log")
+    runner = W.TrialRunner(study, FakeObjective(lr_space(), lambda t, r: 1.0), 1, "w0")
+    assert W.run_trials(runner) == "budget"
+    owner = study.trials[0].system_attrs[S.ATTR_OWNER]
+    assert owner["pid"] == os.getpid() and W.is_local(owner) and not W.owner_is_dead(owner)
 
 
 def test_heartbeat_stamps_the_running_trial(tmp_path: Path):

@@ -7,21 +7,33 @@
   continues the study.
 - Storage: a journal file at `<project>/optuna/journal.log` (one machine, any number of processes), or
   `tune.storage`: a database URL (`postgresql://user:pass@host:5432/db`, RDBStorage) for many machines, or another
-  journal file path (relative to the project root).
-- Sampler: TPE, random or CMA-ES, re-created for every trial with a seed drawn from (seed, trial number): the
-  sequence of trials is the same in a rerun, after a resumption and whichever worker runs a trial, and parallel
-  workers never share a random stream.
+  journal file path (relative to the project root). A journal torn by a crash or a full disk is repaired when it
+  is opened and before every append (see dlpipe.tuning.journal).
+- Sampler: TPE, random or CMA-ES, re-created for every trial with a seed drawn from (seed, the trial's position
+  in the study's logical sequence). Discarded trials (FAIL from an interrupt, a lost race for the last slot, or a
+  dead process: interrupted, surplus, stale, orphaned) give their position to the next trial, so with one worker
+  the trial that re-runs an interrupted one samples its params, and a resumed study ends with the trials of an
+  uninterrupted one; a FAIL from a real error (a NaN loss) keeps its position, as it would have happened anyway.
+  The sequence is the same in a rerun and whichever worker runs a trial, and parallel workers never share a
+  position. (Hyperband puts a trial in a bracket by its number, so there a re-run trial may be pruned
+  differently.)
 - Budget: COMPLETE and PRUNED trials count toward `tune.n_trials` (FAIL does not; failures are retried up to a cap).
+- Best trial: the highest value, then the lowest validation loss of the kept model (trial user attr `val_loss`),
+  then the lowest number.
+- In optuna-dashboard: the objective is named after the selection metric, and the study's user attributes show
+  what the name hashes (`dlpipe:arch`, `dlpipe:metric`, `dlpipe:space.train.lr.high`, ...: one per leaf).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import logging
+import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +42,12 @@ from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from dlpipe.config import Params, params_hash
+from dlpipe.config import Params, flatten, params_hash
 from dlpipe.errors import ConfigError, DlpipeError
 from dlpipe.paths import ProjectPaths
 from dlpipe.tracking.store import project_root
 from dlpipe.training.metrics import SCALAR_METRICS
+from dlpipe.tuning.journal import JournalFile
 from dlpipe.tuning.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -54,8 +67,14 @@ ATTR_HEARTBEAT = "dlpipe:heartbeat"
 ATTR_INTERRUPTED = "dlpipe:interrupted"
 ATTR_SURPLUS = "dlpipe:surplus"
 ATTR_STALE = "dlpipe:stale"
+ATTR_ORPHANED = "dlpipe:orphaned"
+ATTR_OWNER = "dlpipe:owner"
 ATTR_ERROR = "dlpipe:error"
-NOT_A_FAILURE = (ATTR_INTERRUPTED, ATTR_SURPLUS, ATTR_STALE)  # FAIL trials that do not count toward the cap
+# FAIL trials with one of these are discarded: they do not count toward the failure cap and give their position
+# in the sampling sequence to the next trial
+NOT_A_FAILURE = (ATTR_INTERRUPTED, ATTR_SURPLUS, ATTR_STALE, ATTR_ORPHANED)
+USER_ATTR_VAL_LOSS = "val_loss"  # set by the objective: the validation loss of the kept model
+STUDY_ATTR_PREFIX = "dlpipe:"
 
 
 # --- name ---------------------------------------------------------------------------------------------------------
@@ -91,6 +110,11 @@ def study_hash(params: Params, arch: str, space: SearchSpace, dataset_hash: str)
 
 def study_name(params: Params, arch: str, space: SearchSpace, dataset_hash: str) -> str:
     return f"{arch}-{study_hash(params, arch, space, dataset_hash)}"
+
+
+def study_attrs(key: dict[str, Any], digest: str) -> dict[str, Any]:
+    """The study's user attributes: one per leaf of its key (`dlpipe:space.train.lr.high`), and its hash."""
+    return {**flatten(key, STUDY_ATTR_PREFIX), f"{STUDY_ATTR_PREFIX}hash": digest}
 
 
 # --- storage ------------------------------------------------------------------------------------------------------
@@ -137,11 +161,7 @@ def with_driver(url: str) -> str:
 def open_storage(location: str) -> BaseStorage:
     """A journal storage for a file path, an RDB storage for a database URL."""
     if "://" not in location:
-        path = Path(location)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalFile(location).storage()
     try:
         return optuna.storages.RDBStorage(with_driver(location), engine_kwargs={"pool_pre_ping": True})
     except ImportError as exc:
@@ -155,18 +175,51 @@ def open_storage(location: str) -> BaseStorage:
 # --- sampler and pruner -------------------------------------------------------------------------------------------
 
 
-def trial_seed(seed: int, number: int) -> int:
-    """The sampler seed of trial `number` in a study seeded with `seed`."""
-    digest = hashlib.sha256(f"dlpipe-trial:{seed}:{number}".encode()).digest()
+def trial_seed(seed: int, position: int) -> int:
+    """The sampler seed of the trial at `position` of the logical sequence of a study seeded with `seed`."""
+    digest = hashlib.sha256(f"dlpipe-trial:{seed}:{position}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def is_discarded(trial: FrozenTrial) -> bool:
+    """A FAIL that an uninterrupted study would not have: interrupted, surplus, stale or orphaned."""
+    return trial.state == TrialState.FAIL and any(a in trial.system_attrs for a in NOT_A_FAILURE)
+
+
+def sequence_positions(trials: list[FrozenTrial]) -> dict[int, int]:
+    """Trial number -> position in the study's logical sequence, for every started trial.
+
+    A trial takes the lowest position that no earlier trial holds. A trial holds its position for good, unless it
+    is discarded: then it is free for the trials started after it was closed. In a sequential study that is the
+    count of earlier trials that are not discarded; among parallel workers no two trials share a position.
+    Every process computes the same positions from the stored trials."""
+    positions: dict[int, int] = {}
+    kept: set[int] = set()
+    low = 0  # the lowest position not in `kept`
+    dropped: list[tuple[datetime | None, int]] = []  # (closed at, position) of discarded trials
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.datetime_start is None:  # WAITING: no position until it starts
+            continue
+        busy = {p for closed, p in dropped if closed is None or closed > t.datetime_start}
+        pos = low
+        while pos in kept or pos in busy:
+            pos += 1
+        positions[t.number] = pos
+        if is_discarded(t):
+            dropped.append((t.datetime_complete, pos))
+        else:
+            kept.add(pos)
+            while low in kept:
+                low += 1
+    return positions
+
+
 class TrialSeededSampler(BaseSampler):
-    """Delegates to a fresh sampler per trial, seeded from (seed, trial number).
+    """Delegates to a fresh sampler per trial, seeded from (seed, the trial's position in `sequence_positions`).
 
     Optuna's samplers keep their history in the study, not in the sampler, so a new instance per trial samples
     as well as a long-lived one; what changes is that a trial's random draws no longer depend on which process
-    runs it or on how many trials that process ran before.
+    runs it, on how many trials that process ran before, or on trials that an interrupt discarded.
     """
 
     def __init__(self, factory: Callable[[int], BaseSampler], seed: int):
@@ -178,7 +231,10 @@ class TrialSeededSampler(BaseSampler):
         return f"TrialSeeded({type(self._current).__name__}, seed={self._seed})"
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._current = self._factory(trial_seed(self._seed, trial.number))
+        # the base method: under Hyperband `study` is a bracket view whose get_trials lists one bracket only
+        trials = optuna.Study.get_trials(study, deepcopy=False)
+        position = sequence_positions(trials).get(trial.number, trial.number)
+        self._current = self._factory(trial_seed(self._seed, position))
         self._current.before_trial(study, trial)
 
     def infer_relative_search_space(self, study, trial):  # type: ignore[no-untyped-def]
@@ -273,9 +329,19 @@ def open_study(params: Params, paths: ProjectPaths, arch: str, space: SearchSpac
         pruner=make_pruner(params.tune.pruner, max_steps(params, space)),
         load_if_exists=True,
     )
-    if "dlpipe:key" not in study.user_attrs:
-        study.set_user_attr("dlpipe:key", json.dumps(key, sort_keys=True))
+    describe(study, key, digest, params.selection.metric)
     return StudyHandle(study, name, digest, location, key)
+
+
+def describe(study: optuna.Study, key: dict[str, Any], digest: str, metric: str) -> None:
+    """Name the objective after `metric` and record the key as readable user attributes (once per study)."""
+    if study.metric_names is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([metric])
+    if f"{STUDY_ATTR_PREFIX}hash" not in study.user_attrs:
+        for attr, value in study_attrs(key, digest).items():  # the hash last: it marks a complete set
+            study.set_user_attr(attr, value)
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:
@@ -290,13 +356,24 @@ def finished_count(trials: list[FrozenTrial]) -> int:
 
 
 def counted_failures(trials: list[FrozenTrial]) -> int:
-    """FAIL trials that count toward the failure cap (not interrupted, surplus or stale ones)."""
-    return sum(t.state == TrialState.FAIL and not any(a in t.system_attrs for a in NOT_A_FAILURE) for t in trials)
+    """FAIL trials that count toward the failure cap (not interrupted, surplus, stale or orphaned ones)."""
+    return sum(t.state == TrialState.FAIL and not is_discarded(t) for t in trials)
+
+
+def val_loss(trial: FrozenTrial) -> float:
+    """The trial's `val_loss` user attribute; +inf when missing or not a finite number."""
+    value = trial.user_attrs.get(USER_ATTR_VAL_LOSS)
+    try:
+        loss = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.inf
+    return loss if math.isfinite(loss) else math.inf
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The COMPLETE trial with the highest value; ties go to the lowest `val_loss`, then the lowest number."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+    return max(complete, key=lambda t: (t.value, -val_loss(t), -t.number)) if complete else None
 
 
 def monitor_for(metric: str) -> str:

@@ -7,10 +7,13 @@ a race for the last slot (a running trial with a lower number took it) is closed
 `dlpipe:surplus` attribute, before any parameter is sampled. A worker that finds the budget taken by running
 trials waits for them; if one of them fails, the freed slot is run again.
 
-Every running trial writes a heartbeat (`dlpipe:heartbeat`); a RUNNING trial whose heartbeat is older than
-`STALE_SECONDS` (its process was killed) is failed by a waiting worker (`dlpipe:stale`), so it cannot block the
-study forever. FAIL trials are retried until `max_failures(budget)` of them (interrupted, surplus and stale
-trials do not count); then the worker stops.
+A trial records its owner when it starts (`dlpipe:owner`: host, pid and the process's start time). Whenever a
+worker looks at the trials (before each trial and while it waits), a RUNNING trial of this host whose process is
+gone (killed, or its pid now belongs to a process started at another time) is failed at once (`dlpipe:orphaned`).
+Trials of other hosts (and trials without an owner, from older versions) write a heartbeat (`dlpipe:heartbeat`);
+one whose heartbeat is older than `STALE_SECONDS` is failed by a waiting worker (`dlpipe:stale`), so it cannot
+block the study forever. FAIL trials are retried until `max_failures(budget)` of them (interrupted, surplus,
+stale and orphaned trials do not count); then the worker stops.
 
 Parallel workers are processes, not Optuna's `n_jobs` threads. On a machine with G GPUs worker i sees only GPU
 i % G (`CUDA_VISIBLE_DEVICES`), one trial per device.
@@ -18,6 +21,7 @@ i % G (`CUDA_VISIBLE_DEVICES`), one trial per device.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -30,9 +34,12 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
+import psutil
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from dlpipe.errors import DlpipeError
@@ -41,6 +48,8 @@ from dlpipe.tuning.study import (
     ATTR_ERROR,
     ATTR_HEARTBEAT,
     ATTR_INTERRUPTED,
+    ATTR_ORPHANED,
+    ATTR_OWNER,
     ATTR_STALE,
     ATTR_SURPLUS,
     counted_failures,
@@ -67,11 +76,92 @@ def worker_id(index: int) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:w{index}"
 
 
+# Optuna has no public way to reach a study's storage or a trial's id, and system attributes (and the trials of
+# other processes) can only be written through the storage: the two private attributes are read here only.
+def storage_of(study: optuna.Study) -> BaseStorage:
+    return study._storage
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    return trial._trial_id
+
+
+# --- owners and dead trials ---------------------------------------------------------------------------------------
+
+
+@functools.cache
+def process_scope() -> str:
+    """What makes pids comparable besides the host name: the boot and the pid namespace (a container with the
+    host's name, e.g. `--network host`, sees other pids)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = str(psutil.boot_time())
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{boot}/{namespace}"
+
+
+def owner_record(pid: int | None = None) -> dict[str, Any]:
+    """The `dlpipe:owner` of a trial run by process `pid` (this one by default)."""
+    proc = psutil.Process(pid)
+    return {"host": socket.gethostname(), "scope": process_scope(), "pid": proc.pid, "started": proc.create_time()}
+
+
+def is_local(owner: Any) -> bool:
+    """Whether `owner` (a `dlpipe:owner` value) names a process that this one can look up."""
+    if not isinstance(owner, dict):
+        return False
+    return owner.get("host") == socket.gethostname() and owner.get("scope") == process_scope()
+
+
+def owner_is_dead(owner: dict[str, Any]) -> bool:
+    """Whether the local process `owner` names has ended (a zombie has), or its pid was reused."""
+    try:
+        proc = psutil.Process(int(owner["pid"]))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return True
+        return abs(proc.create_time() - float(owner["started"])) > 1e-3
+    except psutil.NoSuchProcess:
+        return True
+    except (psutil.Error, KeyError, TypeError, ValueError):  # cannot tell: leave the trial alone
+        return False
+
+
+def close_dead(study: optuna.Study, trial: FrozenTrial, attr: str) -> bool:
+    """FAIL a RUNNING trial of another process with `attr`; False when it finished meanwhile."""
+    storage = storage_of(study)
+    try:
+        storage.set_trial_system_attr(trial_id(trial), attr, True)
+        storage.set_trial_state_values(trial_id(trial), TrialState.FAIL)
+    except Exception as exc:  # finished meanwhile
+        log.debug("trial %d (%s): %s", trial.number, attr, exc)
+        return False
+    return True
+
+
+def fail_orphaned_trials(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> list[int]:
+    """FAIL every RUNNING trial of this host whose process has ended; returns their numbers."""
+    failed = []
+    for t in trials if trials is not None else study.get_trials(deepcopy=False):
+        owner = t.system_attrs.get(ATTR_OWNER)
+        if t.state != TrialState.RUNNING or not is_local(owner) or not owner_is_dead(owner):
+            continue
+        if close_dead(study, t, ATTR_ORPHANED):
+            log.warning(
+                "tune: trial %d was left RUNNING by process %s, which has ended: marked FAIL", t.number, owner["pid"]
+            )
+            failed.append(t.number)
+    return failed
+
+
 class Heartbeat:
     """While the block runs, a thread stamps the trial's `dlpipe:heartbeat` system attribute."""
 
     def __init__(self, study: optuna.Study, trial_id: int, interval: float | None = None):
-        self.storage = study._storage
+        self.storage = storage_of(study)
         self.trial_id = trial_id
         self.interval = HEARTBEAT_SECONDS if interval is None else interval
         self._stop = threading.Event()
@@ -103,17 +193,14 @@ def last_alive(trial: FrozenTrial) -> float:
 
 
 def fail_stale_trials(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> list[int]:
-    """FAIL every RUNNING trial without a heartbeat for `STALE_SECONDS`; returns their numbers."""
+    """FAIL every RUNNING trial of another host (or without an owner) without a heartbeat for `STALE_SECONDS`;
+    returns their numbers. This host's trials are judged by their process (`fail_orphaned_trials`)."""
     now = time.time()
     failed = []
     for t in trials if trials is not None else study.get_trials(deepcopy=False):
-        if t.state == TrialState.RUNNING and now - last_alive(t) > STALE_SECONDS:
-            try:
-                study._storage.set_trial_system_attr(t._trial_id, ATTR_STALE, True)
-                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            except Exception as exc:  # finished meanwhile
-                log.debug("stale trial %d: %s", t.number, exc)
-                continue
+        if t.state != TrialState.RUNNING or is_local(t.system_attrs.get(ATTR_OWNER)):
+            continue
+        if now - last_alive(t) > STALE_SECONDS and close_dead(study, t, ATTR_STALE):
             log.warning("tune: trial %d has been silent for %.0fs (its process died?): marked FAIL", t.number,
                         now - last_alive(t))  # fmt: skip
             failed.append(t.number)
@@ -159,15 +246,16 @@ class TrialRunner:
         """Ask for a trial, run it and tell the outcome; None when the trial lost the race for the last slot (or
         was failed as stale by another worker while it ran)."""
         trial = self.study.ask()
-        storage = self.study._storage
+        storage = storage_of(self.study)
+        storage.set_trial_system_attr(trial_id(trial), ATTR_OWNER, owner_record())
         trial.set_user_attr("worker", self.worker)
         if not claims_slot(self.study, trial, self.budget):
-            storage.set_trial_system_attr(trial._trial_id, ATTR_SURPLUS, True)
+            storage.set_trial_system_attr(trial_id(trial), ATTR_SURPLUS, True)
             self.study.tell(trial, state=TrialState.FAIL)
             log.info("tune: trial %d closed: the budget of %d trials is taken", trial.number, self.budget)
             return None
         try:
-            with Heartbeat(self.study, trial._trial_id):
+            with Heartbeat(self.study, trial_id(trial)):
                 if self.tracker is not None:
                     outcome = self.tracker.track(trial, self.worker, lambda hook: self._evaluate(trial, hook))
                 else:
@@ -178,7 +266,7 @@ class TrialRunner:
         try:
             trial.set_user_attr("epochs", outcome.epochs)
             if outcome.error:
-                storage.set_trial_system_attr(trial._trial_id, ATTR_ERROR, outcome.error[:4000])
+                storage.set_trial_system_attr(trial_id(trial), ATTR_ERROR, outcome.error[:4000])
             if outcome.state == TrialState.COMPLETE:
                 self.study.tell(trial, outcome.value)
             else:
@@ -208,10 +296,10 @@ class TrialRunner:
 
     def _close_interrupted(self, trial: optuna.Trial) -> None:
         try:
-            self.study._storage.set_trial_system_attr(trial._trial_id, ATTR_INTERRUPTED, True)
+            storage_of(self.study).set_trial_system_attr(trial_id(trial), ATTR_INTERRUPTED, True)
             trial.set_user_attr("epochs", self.objective.epochs)
             self.study.tell(trial, state=TrialState.FAIL)
-        except Exception as exc:  # storage gone: the trial stays RUNNING until a worker finds it stale
+        except Exception as exc:  # storage gone: the trial stays RUNNING until a worker finds it orphaned or stale
             log.warning("tune: could not close interrupted trial %d: %s", trial.number, exc)
 
     def _log(self, trial: optuna.Trial, outcome: Outcome) -> None:
@@ -232,6 +320,8 @@ def run_trials(runner: TrialRunner, *, timeout: float | None = None, poll: float
     waiting = False
     while True:
         trials = study.get_trials(deepcopy=False)
+        if fail_orphaned_trials(study, trials):
+            continue  # look again: their slots are free
         finished = finished_count(trials)
         if finished >= budget:
             return "budget"

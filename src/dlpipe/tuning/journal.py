@@ -1,0 +1,258 @@
+"""The journal file of Optuna studies, kept readable after a crash or a full disk.
+
+Optuna's `JournalFileBackend` appends one JSON record per line. A process that dies mid-write, or a disk that
+fills up, leaves a torn last line; Optuna tolerates it on read, but the next append lands on the partial line and
+from then on every read of the file (all architectures share it) raises a decode error.
+
+`JournalFile` repairs the file under Optuna's own journal lock (the lock object the backend appends under), so no
+writer is mid-append while it looks:
+
+- When the storage is opened and before every append: a file that does not end with a newline has its torn tail
+  moved to a sidecar file and is truncated to its last complete line (reading the last byte decides).
+- When the storage is opened, a last line that is not a journal record, or a file Optuna cannot load, starts a
+  scan of the whole file: a line that is not a record but whose tail, from some `{"op_code"`, is one (a record
+  appended onto a torn line by an older version) keeps that record; anything else that is not a record is removed.
+
+Nothing is silently deleted: removed bytes go, in file order, to `<journal>.torn-<UTC time>` beside the journal,
+and one warning names both files. A journal that ends with a newline and whose last line is a record is not
+rewritten (the check on opening reads only the end of the file; the one before an append, its last byte).
+
+Ctrl-C and SIGTERM that arrive while this process holds the lock are delivered right after it lets go: Optuna's
+lock turns an interrupt that lands between the two system calls of its release into a FileNotFoundError (the
+trial then fails as if its objective had raised, and the interrupt is lost), and an interrupt while it waits
+for the lock into removing another process's lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import stat
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalFileSymlinkLock, JournalStorage
+
+from dlpipe.errors import DlpipeError
+from dlpipe.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+SIDECAR_INFIX = ".torn-"
+RECORD_START = re.compile(rb'\{"op_code"')
+CHUNK = 1 << 16
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """SIGINT and SIGTERM received in the block are re-raised, to their own handlers, when it ends (main thread
+    only: other threads never see them as exceptions)."""
+    signums = (signal.SIGINT, signal.SIGTERM)
+    handlers = {s: signal.getsignal(s) for s in signums}
+    if threading.current_thread() is not threading.main_thread() or None in handlers.values():
+        yield
+        return
+    caught: list[int] = []
+    for s in signums:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(caught):
+            signal.raise_signal(s)
+
+
+@contextlib.contextmanager
+def held(lock: JournalFileSymlinkLock | JournalFileOpenLock) -> Iterator[None]:
+    with deferred_interrupts():
+        lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
+
+def is_record(line: bytes) -> bool:
+    """Whether `line` (without or with its newline) is one journal record: a JSON object with an op_code."""
+    try:
+        data = json.loads(line)
+    except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
+        return False
+    return isinstance(data, dict) and isinstance(data.get("op_code"), int)
+
+
+def recovered(line: bytes) -> tuple[bytes, bytes]:
+    """(kept, removed) of one line that ends with a newline: the whole line when it is a record, else its first
+    tail from a `{"op_code"` that is a record, else nothing."""
+    if is_record(line):
+        return line, b""
+    for match in RECORD_START.finditer(line, 1):
+        if is_record(line[match.start() :]):
+            return line[match.start() :], line[: match.start()]
+    return b"", line
+
+
+def tail_of(path: Path) -> tuple[bytes, bytes]:
+    """(the last complete line of `path` with its newline, the torn bytes after it); reads backwards in chunks."""
+    with open(path, "rb") as f:
+        pos, buf = f.seek(0, os.SEEK_END), b""
+        while pos > 0:
+            step = min(CHUNK, pos)
+            pos -= step
+            f.seek(pos)
+            buf = f.read(step) + buf
+            end = buf.rfind(b"\n")
+            if end >= 0:
+                start = buf.rfind(b"\n", 0, end)
+                if start >= 0 or pos == 0:
+                    return buf[start + 1 : end + 1], buf[end + 1 :]
+        return b"", buf
+
+
+def sidecar_path(path: Path) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    candidate = path.with_name(f"{path.name}{SIDECAR_INFIX}{stamp}")
+    n = 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.name}{SIDECAR_INFIX}{stamp}-{n}")
+        n += 1
+    return candidate
+
+
+def write_sidecar(path: Path, removed: bytes) -> Path:
+    """Write the removed bytes (fsynced, before the journal changes) to a new sidecar of `path`."""
+    side = sidecar_path(path)
+    with open(side, "xb") as f:
+        f.write(removed)
+        f.flush()
+        os.fsync(f.fileno())
+    return side
+
+
+def cut_torn_tail(path: Path) -> Path | None:
+    """Move what follows the last newline of `path` to a sidecar; the caller holds the journal lock."""
+    with open(path, "r+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return None
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return None
+        pos, keep = end, 0
+        while pos > 0:
+            step = min(CHUNK, pos)
+            pos -= step
+            f.seek(pos)
+            cut = f.read(step).rfind(b"\n")
+            if cut >= 0:
+                keep = pos + cut + 1
+                break
+        f.seek(keep)
+        side = write_sidecar(path, f.read())
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    log.warning(
+        "optuna journal %s ended in a torn record (a crash or a full disk?): moved its %d bytes to %s",
+        path,
+        end - keep,
+        side,
+    )
+    return side
+
+
+def rewrite(path: Path) -> Path | None:
+    """Keep only the records of `path` (see `recovered`); the caller holds the journal lock."""
+    *complete, torn = path.read_bytes().split(b"\n")  # lines as Optuna reads them: ended by \n only
+    kept, removed = [], []
+    for line in [c + b"\n" for c in complete] + ([torn] if torn else []):
+        if not line.endswith(b"\n"):  # the torn tail
+            removed.append(line)
+            continue
+        good, bad = recovered(line)
+        kept.append(good)
+        removed.append(bad)
+    lost = b"".join(removed)
+    if not lost:
+        return None
+    side = write_sidecar(path, lost)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"".join(kept))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+    broken = sum(bool(r) for r in removed)
+    log.warning(
+        "optuna journal %s had %d broken lines (a crash or a full disk?): kept any record in them and "
+        "moved the other %d bytes to %s",
+        path,
+        broken,
+        len(lost),
+        side,
+    )
+    return side
+
+
+class JournalFile:
+    """One journal file with the lock Optuna appends under; `storage()` opens it, repaired first."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = JournalFileSymlinkLock(str(self.path))  # JournalFileBackend's own default lock
+
+    def repair(self, scan: bool = False) -> Path | None:
+        """Cut a torn tail; scan the whole file when `scan` or when its last complete line is not a record.
+        Returns the sidecar that received the removed bytes (None: nothing was wrong)."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return None
+        with held(self.lock):
+            if not scan:
+                line, torn = tail_of(self.path)
+                if not line or is_record(line):
+                    return cut_torn_tail(self.path) if torn else None
+            return rewrite(self.path)
+
+    def storage(self) -> JournalStorage:
+        """The Optuna storage over this file, repaired first (a full scan only if the cheap checks or Optuna's
+        own load find something wrong)."""
+        self.repair()
+        backend = RepairingJournalBackend(self)
+        try:
+            return JournalStorage(backend)
+        except (ValueError, KeyError, TypeError):  # a broken line in the middle of the file
+            if self.repair(scan=True) is None:
+                raise
+        try:
+            return JournalStorage(RepairingJournalBackend(self))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DlpipeError(f"optuna journal {self.path} cannot be read after repair: {exc}") from None
+
+
+class RepairingJournalBackend(JournalFileBackend):
+    """Optuna's file backend that, under its lock, cuts a torn tail (another process crashed mid-write) before it
+    appends, so a record never lands on a partial line."""
+
+    def __init__(self, journal: JournalFile):
+        super().__init__(str(journal.path), lock_obj=journal.lock)
+        self.journal = journal
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        text = "\n".join(json.dumps(entry, separators=(",", ":")) for entry in logs) + "\n"
+        with held(self.journal.lock):
+            cut_torn_tail(self.journal.path)
+            with open(self.journal.path, "ab") as f:
+                f.write(text.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
