@@ -22,6 +22,7 @@ from dlpipe.data.store import dataset_digest
 from dlpipe.io import read_json
 from dlpipe.paths import ProjectPaths
 from dlpipe.stages import fetch, prepare, tune
+from dlpipe.stages import study as study_stage
 from dlpipe.stages.common import model_spec
 from dlpipe.tuning import objective as objective_module
 from dlpipe.tuning import study as S
@@ -45,6 +46,7 @@ def clean_base() -> dict:
 
 def set_tune(project: Path, tune_params: dict, **top) -> tuple:
     """Write project/params.yaml (SMALL_STUDY + `tune_params` + `top`); returns (params, paths)."""
+    tune_params = {"cv_folds": 0, **tune_params}  # one validation slice unless a test asks for folds
     write_params(project, deep_merge(SMALL_STUDY, {"tune": tune_params, **top}), base=clean_base())
     return load_params(project / "params.yaml"), ProjectPaths(project)
 
@@ -300,8 +302,10 @@ def test_k_fold_objective_reports_every_fold_with_its_own_steps_and_returns_thei
 @pytest.mark.slow
 def test_two_worker_processes_share_the_journal_study(project, mlflow_store):
     params, paths = prepared(project, {**PLAIN, "n_trials": 4, "workers": 2,
-                                       "space": {"train.lr": {"type": "float", "low": 1e-3, "high": 0.1}}})  # fmt: skip
-    report = tune.run(params, paths, "perceptron")
+                                       "space": {"train.lr": {"type": "float", "low": 1e-3, "high": 0.1}}},
+                             architectures=["perceptron"], trainer={"workers": 2})  # fmt: skip
+    study_stage.run(params, paths)  # tune.workers: 2 of the study stage's two worker processes share the study
+    report = read_json(paths.tuning_report("perceptron"))
     assert report["finished"] == 4 and report["stopped"] == "budget"
     study = load_study(paths, report["study_name"])
     done = [t for t in study.trials if t.state in S.FINISHED]

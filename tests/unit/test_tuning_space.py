@@ -23,7 +23,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dlpipe.config import parse_params
 from dlpipe.errors import ConfigError
+from dlpipe.metric_names import monitor_for
 from dlpipe.paths import ProjectPaths
+from dlpipe.processes import Owner
 from dlpipe.tuning import study as S
 from dlpipe.tuning import workers as W
 from dlpipe.tuning.objective import EpochReporter, NonFiniteLoss, selection_value
@@ -361,9 +363,9 @@ def test_reporter_fails_a_trial_whose_loss_is_not_finite():
 
 
 def test_monitor_and_selection_value_follow_the_selection_metric():
-    assert S.monitor_for("f1_macro") == "val_f1_macro"
-    assert S.monitor_for("recall_weighted") == "val_recall_weighted"
-    assert S.monitor_for("f1_positive") == "val_accuracy"
+    assert monitor_for("f1_macro") == "val_f1_macro"
+    assert monitor_for("recall_weighted") == "val_recall_weighted"
+    assert monitor_for("f1_positive") == "val_accuracy"
     report = {"accuracy": 0.9, "f1_macro": 0.8, "per_class": {"yes": {"precision": 0.7, "recall": 0.6, "f1": 0.65}}}
     assert selection_value(report, "f1_macro", None) == 0.8
     assert selection_value(report, "recall_positive", "yes") == 0.6
@@ -502,8 +504,8 @@ def test_run_trials_records_the_owner_of_its_trials(tmp_path: Path):
     study = journal_study(tmp_path / "j.log")
     runner = W.TrialRunner(study, FakeObjective(lr_space(), lambda t, r: 1.0), 1, "w0")
     assert W.run_trials(runner) == "budget"
-    owner = study.trials[0].system_attrs[S.ATTR_OWNER]
-    assert owner["pid"] == os.getpid() and W.is_local(owner) and not W.owner_is_dead(owner)
+    owner = Owner.from_record(study.trials[0].system_attrs[S.ATTR_OWNER])
+    assert owner.pid == os.getpid() and owner.is_local and not owner.is_dead()
 
 
 def test_heartbeat_stamps_the_running_trial(tmp_path: Path):

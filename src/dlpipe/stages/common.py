@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 from mlflow.entities import DatasetInput, InputTag
 
+from dlpipe import RESULTS_PROTOCOL
 from dlpipe.config import Params, apply_overrides, params_hash
 from dlpipe.data.prepared import PreparedData
 from dlpipe.data.store import DATASET_FILE, dataset_digest
@@ -23,9 +24,6 @@ if TYPE_CHECKING:  # the training stack (Lightning) is imported by the stages th
 
 log = logging.getLogger(__name__)
 
-# Bumped when what a stage computes changes for the same params (e.g. clean CV): results recorded under an older
-# protocol are not reused.
-PROTOCOL = "2"
 
 
 def tuned_overrides(paths: ProjectPaths, arch: str) -> dict[str, Any]:
@@ -72,8 +70,8 @@ class StageContext:
     def spec_hash(self, spec: ModelSpec, stage: str, **extra: Any) -> str:
         """Identifies a result: everything that changes it (model, training, data, split, seed, precision)."""
         p = self.params
-        return params_hash(stage, PROTOCOL, spec.arch, spec.model, spec.train, p.data, p.seed, p.trainer.precision,
-                           self.dataset_hash, extra)  # fmt: skip
+        what = (spec.arch, spec.model, spec.train, p.data, p.seed, p.trainer.precision, self.dataset_hash, extra)
+        return params_hash(stage, RESULTS_PROTOCOL, *what)
 
     def tags(self, stage: str, arch: str | None, phash: str) -> dict[str, str]:
         return standard_tags(stage, arch, phash, self.params.data.name, self.dataset_hash, self.commit)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,7 @@ class TrialsJob:
     arch: str
     parent_run_id: str | None
     index: int = 0
+    rendezvous: str | None = None  # "TOKEN:N": wait until the N runners started together have joined
 
 
 @dataclass
@@ -70,7 +72,8 @@ class TunePlan:
     runners: int  # how many workers may run this study's trials at once (tune.workers)
 
     def jobs(self, params: Params, paths: ProjectPaths) -> list[TrialsJob]:
-        return [TrialsJob(params, paths, self.arch, self.parent_run_id, i) for i in range(self.runners)]
+        meet = f"{uuid.uuid4().hex}:{self.runners}" if self.runners > 1 else None
+        return [TrialsJob(params, paths, self.arch, self.parent_run_id, i, meet) for i in range(self.runners)]
 
     def summary_job(self, params: Params, paths: ProjectPaths) -> TrialsJob:
         return TrialsJob(params, paths, self.arch, self.parent_run_id)
@@ -82,12 +85,7 @@ def plan(ctx: StageContext, arch: str) -> TunePlan | dict[str, Any]:
     params, paths = ctx.params, ctx.paths
     space = SearchSpace.for_arch(params, arch)
     if not params.tune.enabled or not len(space):
-        reason = "tune.enabled is false" if not params.tune.enabled else f"the search space of {arch} is empty"
-        log.info("tune %s: not tuned (%s); the params stay as they are", arch, reason)
-        out = untuned_report(params, arch, reason)
-        if is_global_zero():
-            write_json(paths.tuning_report(arch), out)
-        return out
+        return record_untuned(params, paths, arch, space)
     if not is_global_zero():  # a DDP rank started after rank 0 tuned every architecture: read its result
         return read_json(paths.tuning_report(arch))
     check_data(params, ctx)
@@ -105,6 +103,16 @@ def plan(ctx: StageContext, arch: str) -> TunePlan | dict[str, Any]:
     return TunePlan(arch, space, handle, run_id, runners and params.tune.workers)
 
 
+def record_untuned(params: Params, paths: ProjectPaths, arch: str, space: SearchSpace) -> dict[str, Any]:
+    """The report of an architecture that is not tuned (tune.enabled false, or nothing to search)."""
+    reason = "tune.enabled is false" if not params.tune.enabled else f"the search space of {arch} is empty"
+    log.info("tune %s: not tuned (%s); the params stay as they are", arch, reason)
+    out = untuned_report(params, arch, reason)
+    if is_global_zero():
+        write_json(paths.tuning_report(arch), out)
+    return out
+
+
 def trials_unit(job: TrialsJob) -> str:
     """Run trials of `job.arch`'s study until its budget is finished (in a worker process, or in-process)."""
     params, arch = job.params, job.arch
@@ -117,6 +125,8 @@ def trials_unit(job: TrialsJob) -> str:
         tracker = TrialTracker(arch, job.parent_run_id, tags, params.selection.metric, ctx.log_dataset)
     runner = W.TrialRunner(handle.study, Objective(params, arch, space, ctx.data), params.tune.n_trials,
                            W.worker_id(job.index), tracker)  # fmt: skip
+    if job.rendezvous:  # runners started together share the first trials out however long each took to start
+        W.rendezvous(handle.study, job.rendezvous, job.index)
     stopped = W.run_trials(runner, timeout=params.tune.timeout)
     mlflow.flush_async_logging()
     return stopped
@@ -156,6 +166,9 @@ def stopped_reason(params: Params, trials: list) -> str:
 
 def run(params: Params, paths: ProjectPaths, arch: str) -> dict:
     """Tune `arch` in this process (plan, trials, finish); returns the report."""
+    space = SearchSpace.for_arch(params, arch)
+    if not params.tune.enabled or not len(space):
+        return record_untuned(params, paths, arch, space)
     ctx = worker_context(params, paths)
     ctx.close_orphans(STAGE)
     p = plan(ctx, arch)

@@ -42,11 +42,11 @@ from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from dlpipe import RESULTS_PROTOCOL
 from dlpipe.config import Params, flatten, params_hash
 from dlpipe.errors import ConfigError, DlpipeError
 from dlpipe.paths import ProjectPaths
 from dlpipe.tracking.store import project_root
-from dlpipe.training.metrics import SCALAR_METRICS
 from dlpipe.tuning.journal import JournalFile
 from dlpipe.tuning.space import SearchSpace
 
@@ -94,6 +94,7 @@ def study_key(params: Params, arch: str, space: SearchSpace, dataset_hash: str) 
         "metric": metric,
         "positive_class": params.selection.positive_class if metric.endswith("_positive") else None,
         "cv_folds": params.tune.cv_folds,
+        "protocol": RESULTS_PROTOCOL,
         "max_epochs": params.tune.max_epochs,
         "seed": params.seed,
         "data": params.data.model_dump(mode="json"),
@@ -293,7 +294,9 @@ def epochs_per_fit(params: Params, space: SearchSpace) -> int:
 
 
 def max_steps(params: Params, space: SearchSpace) -> int:
-    return epochs_per_fit(params, space) * max(1, params.tune.cv_folds)
+    """The most intermediate values a trial reports (with tune.cv_folds: auto, as if it used every fold)."""
+    folds = params.data.folds if params.tune.cv_folds == "auto" else params.tune.cv_folds
+    return epochs_per_fit(params, space) * max(1, folds)
 
 
 # --- the study ----------------------------------------------------------------------------------------------------
@@ -374,8 +377,3 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     """The COMPLETE trial with the highest value; ties go to the lowest `val_loss`, then the lowest number."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return max(complete, key=lambda t: (t.value, -val_loss(t), -t.number)) if complete else None
-
-
-def monitor_for(metric: str) -> str:
-    """The per-epoch validation metric pruning watches: val_<metric>, else val_accuracy (*_positive metrics)."""
-    return f"val_{metric}" if metric in SCALAR_METRICS else "val_accuracy"

@@ -21,7 +21,6 @@ i % G (`CUDA_VISIBLE_DEVICES`), one trial per device.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -37,12 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import psutil
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from dlpipe.errors import DlpipeError
+from dlpipe.processes import Owner
 from dlpipe.tuning.objective import NonFiniteLoss, Objective
 from dlpipe.tuning.study import (
     ATTR_ERROR,
@@ -89,45 +88,9 @@ def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
 # --- owners and dead trials ---------------------------------------------------------------------------------------
 
 
-@functools.cache
-def process_scope() -> str:
-    """What makes pids comparable besides the host name: the boot and the pid namespace (a container with the
-    host's name, e.g. `--network host`, sees other pids)."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot = str(psutil.boot_time())
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        namespace = ""
-    return f"{boot}/{namespace}"
-
-
 def owner_record(pid: int | None = None) -> dict[str, Any]:
     """The `dlpipe:owner` of a trial run by process `pid` (this one by default)."""
-    proc = psutil.Process(pid)
-    return {"host": socket.gethostname(), "scope": process_scope(), "pid": proc.pid, "started": proc.create_time()}
-
-
-def is_local(owner: Any) -> bool:
-    """Whether `owner` (a `dlpipe:owner` value) names a process that this one can look up."""
-    if not isinstance(owner, dict):
-        return False
-    return owner.get("host") == socket.gethostname() and owner.get("scope") == process_scope()
-
-
-def owner_is_dead(owner: dict[str, Any]) -> bool:
-    """Whether the local process `owner` names has ended (a zombie has), or its pid was reused."""
-    try:
-        proc = psutil.Process(int(owner["pid"]))
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return True
-        return abs(proc.create_time() - float(owner["started"])) > 1e-3
-    except psutil.NoSuchProcess:
-        return True
-    except (psutil.Error, KeyError, TypeError, ValueError):  # cannot tell: leave the trial alone
-        return False
+    return Owner.current(pid).record()
 
 
 def close_dead(study: optuna.Study, trial: FrozenTrial, attr: str) -> bool:
@@ -146,12 +109,12 @@ def fail_orphaned_trials(study: optuna.Study, trials: list[FrozenTrial] | None =
     """FAIL every RUNNING trial of this host whose process has ended; returns their numbers."""
     failed = []
     for t in trials if trials is not None else study.get_trials(deepcopy=False):
-        owner = t.system_attrs.get(ATTR_OWNER)
-        if t.state != TrialState.RUNNING or not is_local(owner) or not owner_is_dead(owner):
+        owner = Owner.from_record(t.system_attrs.get(ATTR_OWNER))
+        if t.state != TrialState.RUNNING or owner is None or not owner.is_dead():
             continue
         if close_dead(study, t, ATTR_ORPHANED):
             log.warning(
-                "tune: trial %d was left RUNNING by process %s, which has ended: marked FAIL", t.number, owner["pid"]
+                "tune: trial %d was left RUNNING by process %s, which has ended: marked FAIL", t.number, owner.pid
             )
             failed.append(t.number)
     return failed
@@ -198,7 +161,8 @@ def fail_stale_trials(study: optuna.Study, trials: list[FrozenTrial] | None = No
     now = time.time()
     failed = []
     for t in trials if trials is not None else study.get_trials(deepcopy=False):
-        if t.state != TrialState.RUNNING or is_local(t.system_attrs.get(ATTR_OWNER)):
+        owner = Owner.from_record(t.system_attrs.get(ATTR_OWNER))
+        if t.state != TrialState.RUNNING or (owner is not None and owner.is_local):
             continue
         if now - last_alive(t) > STALE_SECONDS and close_dead(study, t, ATTR_STALE):
             log.warning("tune: trial %d has been silent for %.0fs (its process died?): marked FAIL", t.number,
