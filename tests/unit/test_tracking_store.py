@@ -114,7 +114,6 @@ def test_configure_follows_the_environment(tmp_path: Path, mlflow_template_db: P
 # --------------------------------------------------------------------------------------------------- runs ending
 
 
-
 def status(client: MlflowClient, run_id: str) -> str:
     return client.get_run(run_id).info.status
 
