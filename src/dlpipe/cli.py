@@ -77,9 +77,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from dlpipe.evaluation.selection import is_positive_metric
     from dlpipe.stages import select
+    from dlpipe.tracking import store
 
     params, paths = _project(args)
+    metric = params.selection.metric
+    if is_positive_metric(metric):  # per-class fold metrics may come from the store: refuse rather than create it
+        store.connect(params.mlflow.tracking_uri, paths.root, f"dlpipe leaderboard (selection.metric {metric})")
     print(select.leaderboard_text(params, paths, csv=args.csv), end="")
     return 0
 

@@ -1,10 +1,14 @@
-"""Predictions from a logged model (`dlpipe predict`): read inputs, check their shape, write class probabilities.
+"""Predictions from a logged model (`dlpipe predict`): read inputs, check them, write class probabilities.
 
 Inputs, raw like the dataset the model was trained on (the model normalises them itself):
-- a CSV file of features (tabular) or flattened pixels, one sample per row, with or without a header row;
-- a NumPy `.npz` file with an array `X` (or a single array) of shape (N, *input_shape) or (N, prod(input_shape));
+- a CSV file, one sample per row. Tabular models logged with feature names match a header row's columns by name,
+  in any order; a missing or an extra column (after --drop) is refused. A CSV without a header row (and a CSV for
+  an image model, or for a tabular model logged without names) is read by position: its column count must match.
+- a NumPy `.npz` file with an array `X` (or a single array) of shape (N, *input_shape) or (N, prod(input_shape)),
+  read by position.
 - a folder of images (.png, .jpg, .jpeg, .bmp, .gif, .webp), each of the model's height and width exactly (no
-  resizing), converted to grayscale or RGB for 1 or 3 channels and scaled to [0, 1] like the image datasets.
+  resizing), converted to grayscale or RGB for 1 or 3 channels and scaled to [0, 1] like the image datasets. Any
+  other file in the folder is refused (hidden files, named `.*`, and subfolders are ignored).
 Output: one row per sample with `prediction` (a class name) and `prob_<class>` per class (image folders also get
 a `file` column first), as CSV.
 """
@@ -13,6 +17,8 @@ from __future__ import annotations
 
 import csv
 import math
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +27,8 @@ import pandas as pd
 from dlpipe.errors import BadInputError, ModelError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # an .npz is a zip archive (the second: an empty one)
+NAMES_SHOWN = 30  # column names listed in one error line
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
@@ -34,7 +42,16 @@ def expected_text(shape: tuple[int, ...]) -> str:
     return f"{shape_text(shape)} or {size} values per row (flattened)"
 
 
-def _fit_shape(X: np.ndarray, shape: tuple[int, ...], source: str) -> np.ndarray:
+def names_text(names: list[str], limit: int = NAMES_SHOWN) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+def _fit_shape(X: np.ndarray, shape: tuple[int, ...], source: str, named: bool = False) -> np.ndarray:
     """X as (N, *shape) float32: as it is, or un-flattened; BadInputError naming the expected shape otherwise."""
     X = np.asarray(X)
     if X.ndim >= 1 and tuple(X.shape[1:]) == tuple(shape):
@@ -42,7 +59,15 @@ def _fit_shape(X: np.ndarray, shape: tuple[int, ...], source: str) -> np.ndarray
     if X.ndim == 2 and X.shape[1] == math.prod(shape):
         return X.reshape((len(X), *shape)).astype(np.float32, copy=False)
     got = tuple(X.shape)
-    raise BadInputError(f"{source}: input of shape {got} does not fit the model; expected {expected_text(shape)}")
+    hint = "; a CSV with a header row is matched by column names" if named else ""
+    raise BadInputError(f"{source}: input of shape {got} does not fit the model; expected {expected_text(shape)}{hint}")
+
+
+def _named(X: np.ndarray, feature_names: list[str] | None) -> np.ndarray | pd.DataFrame:
+    """Positional (N, F) values as the model's named columns (a model without names takes the array)."""
+    if feature_names is None:
+        return X
+    return pd.DataFrame(X.reshape(len(X), -1).astype(np.float64), columns=feature_names)
 
 
 def _is_number(text: str) -> bool:
@@ -53,31 +78,74 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def read_csv(path: Path, shape: tuple[int, ...], drop: list[str] | None = None) -> np.ndarray:
-    """Rows of features or flattened pixels; a header row is detected (a field that is not a number)."""
-    with open(path, newline="") as fh:
-        first = next(csv.reader(fh), None)
+def _match_columns(frame: pd.DataFrame, feature_names: list[str], path: Path) -> pd.DataFrame:
+    """The model's feature columns of `frame`, in training order; BadInputError naming missing and extra ones."""
+    columns = [str(c) for c in frame.columns]
+    missing = [n for n in feature_names if n not in columns]
+    extra = [c for c in columns if c not in feature_names]
+    if missing or extra:
+        problems = []
+        if missing:
+            problems.append(f"missing column(s) {names_text(missing)}")
+        if extra:
+            problems.append(f"unexpected column(s) {names_text(extra)} (leave them out with --drop)")
+        raise BadInputError(
+            f"{path}: {'; '.join(problems)}; the model takes {len(feature_names)} columns by name, in any order: "
+            f"{names_text(feature_names)}"
+        )
+    frame.columns = columns
+    return frame[feature_names]
+
+
+def read_csv(
+    path: Path, shape: tuple[int, ...], drop: list[str] | None = None, feature_names: list[str] | None = None
+) -> np.ndarray | pd.DataFrame:
+    """Rows of features or flattened pixels. A header row is detected (a field that is not a number, or exactly
+    the model's feature names); with one, a model with feature names gets its columns by name."""
+    try:
+        with open(path, newline="") as fh:
+            first = next(csv.reader(fh), None)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise BadInputError(f"{path}: not a readable CSV file ({one_line(exc)})") from None
     if not first:
         raise BadInputError(f"{path}: empty CSV file")
-    header = not all(_is_number(f) for f in first)
+    fields = [f.strip() for f in first]
+    header = not all(_is_number(f) for f in fields) or (
+        feature_names is not None and sorted(set(fields) - set(drop or [])) == sorted(feature_names)
+    )
     try:
         frame = pd.read_csv(path, header=0 if header else None)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"{path}: not a readable CSV file ({' '.join(str(exc).split())})") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"{path}: not a readable CSV file ({one_line(exc)})") from None
     if drop:
         missing = [c for c in drop if c not in frame.columns]
         if missing:
-            raise BadInputError(f"--drop: no column(s) {', '.join(missing)} in {path}")
+            no_header = "" if header else " (it has no header row, so no column has a name)"
+            raise BadInputError(f"--drop: no column(s) {', '.join(missing)} in {path}{no_header}")
         frame = frame.drop(columns=drop)
+    if len(frame) == 0:
+        raise BadInputError(f"{path}: no data rows, only a header row; expected one sample per row")
+    if header and feature_names is not None:
+        frame = _match_columns(frame, feature_names, path)
     bad = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if bad:
-        raise BadInputError(f"{path}: non-numeric column(s) {', '.join(bad[:10])}; drop them with --drop")
+        raise BadInputError(f"{path}: non-numeric column(s) {names_text(bad, 10)}; drop them with --drop")
     if frame.isna().any().any():
         raise BadInputError(f"{path}: missing values; every feature must be a number")
-    return _fit_shape(frame.to_numpy(np.float32), shape, str(path))
+    if header and feature_names is not None:
+        return frame.astype(np.float64)
+    X = _fit_shape(frame.to_numpy(np.float32), shape, str(path), named=feature_names is not None)
+    return _named(X, feature_names)
 
 
-def read_npz(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+def read_npz(path: Path, shape: tuple[int, ...], feature_names: list[str] | None = None) -> np.ndarray | pd.DataFrame:
+    """Array `X` (or the only array) of a NumPy .npz archive, by position; one line naming the file if it is not
+    a readable archive of numbers."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head not in ZIP_MAGIC:
+        what = "an empty file" if not head else "not a NumPy .npz archive (no zip header)"
+        raise BadInputError(f"{path}: {what}; expected arrays saved with numpy.savez(file, X=...)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = list(npz.files)
@@ -87,21 +155,35 @@ def read_npz(path: Path, shape: tuple[int, ...]) -> np.ndarray:
                 X = npz[names[0]]
             else:
                 raise BadInputError(f"{path}: no array named X (arrays: {', '.join(names) or 'none'})")
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"{path}: not a readable .npz file ({exc})") from None
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, zlib.error) as exc:
+        if "allow_pickle" in str(exc):
+            raise BadInputError(
+                f"{path}: holds pickled Python objects, which dlpipe does not load; save numeric arrays only"
+            ) from None
+        raise BadInputError(
+            f"{path}: damaged .npz archive, truncated or corrupt ({type(exc).__name__}: {one_line(exc)}); "
+            f"write it again with numpy.savez"
+        ) from None
     if not np.issubdtype(X.dtype, np.number):
         raise BadInputError(f"{path}: X must be numeric, got dtype {X.dtype}")
-    return _fit_shape(X, shape, str(path))
+    return _named(_fit_shape(X, shape, str(path)), feature_names)
 
 
 def read_images(folder: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
-    """Every image file in `folder` (sorted by name) as (N, C, H, W) in [0, 1]."""
+    """Every image file in `folder` (sorted by name) as (N, C, H, W) in [0, 1]; any other file is refused."""
     from PIL import Image, UnidentifiedImageError
 
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise BadInputError(f"{folder}: the model takes {expected_text(shape)}, not images")
     channels, height, width = shape
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    entries = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    others = sorted(p.name for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES)
+    if others:
+        raise BadInputError(
+            f"{folder}: not image file(s) {names_text(others, 10)}; the folder must hold only images "
+            f"({', '.join(sorted(IMAGE_SUFFIXES))}): move the others out"
+        )
+    files = sorted(entries)
     if not files:
         raise BadInputError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     images = []
@@ -117,14 +199,15 @@ def read_images(folder: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, list[
                     )
                 array = np.asarray(img, dtype=np.float32) / 255.0
         except (UnidentifiedImageError, OSError) as exc:
-            raise BadInputError(f"{path}: not a readable image ({exc})") from None
+            raise BadInputError(f"{path}: not a readable image ({one_line(exc)})") from None
         images.append(array[None, :, :] if channels == 1 else array.transpose(2, 0, 1))
     return np.stack(images).astype(np.float32), [p.name for p in files]
 
 
-def load_inputs(path: str | Path, shape: tuple[int, ...], drop: list[str] | None = None
-                ) -> tuple[np.ndarray, list[str] | None]:  # fmt: skip
-    """(X of shape (N, *shape), file names for image folders else None)."""
+def load_inputs(
+    path: str | Path, shape: tuple[int, ...], drop: list[str] | None = None, feature_names: list[str] | None = None
+) -> tuple[np.ndarray | pd.DataFrame, list[str] | None]:
+    """(inputs as the model takes them: (N, *shape) array, or named columns; file names for image folders)."""
     path = Path(path)
     if path.is_dir():
         return read_images(path, shape)
@@ -132,9 +215,9 @@ def load_inputs(path: str | Path, shape: tuple[int, ...], drop: list[str] | None
         raise BadInputError(f"--input: no such file or folder {str(path)!r}")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        return read_npz(path, shape), None
+        return read_npz(path, shape, feature_names), None
     if suffix in (".csv", ".txt"):
-        return read_csv(path, shape, drop), None
+        return read_csv(path, shape, drop, feature_names), None
     raise BadInputError(f"--input: {path.name}: unsupported format; use .csv, .npz or a folder of images")
 
 
@@ -150,48 +233,65 @@ def predictions_frame(probs: pd.DataFrame, files: list[str] | None = None) -> pd
     return out
 
 
-def use_project_store(root: Path, model_uri: str) -> str:
-    """Point MLflow at the project's store: $MLFLOW_TRACKING_URI, params' mlflow.tracking_uri, or mlruns/mlflow.db."""
-    import mlflow
+def uses_store(model_uri: str) -> bool:
+    """Whether loading `model_uri` reads the tracking store (registry, run or logged-model URIs)."""
+    return model_uri.startswith(("models:/", "runs:/"))
 
+
+def use_project_store(root: Path, model_uri: str) -> str | None:
+    """Point MLflow at the project's store ($MLFLOW_TRACKING_URI, params' mlflow.tracking_uri, or
+    mlruns/mlflow.db) when `model_uri` needs it; a missing local store is refused (NoStoreError), never created."""
     from dlpipe.config import load_params
     from dlpipe.errors import ConfigError
     from dlpipe.tracking import store
 
+    if not uses_store(model_uri):
+        return None  # a model directory: no store needed, none touched
     configured = None
     if (root / "params.yaml").is_file():
         try:
             configured = load_params(root / "params.yaml").mlflow.tracking_uri
         except ConfigError:
             configured = None
-    uri = store.resolve_tracking_uri(configured, root)
-    local_db = Path(uri.removeprefix("sqlite:///")) if store.is_local(uri) else None
-    if model_uri.startswith(("models:/", "runs:/")) and local_db is not None and not local_db.is_file():
-        raise ModelError(f"--model: {model_uri!r} needs an MLflow store, but {local_db} does not exist (set "
-                         f"DLPIPE_ROOT to the project, or MLFLOW_TRACKING_URI)")  # fmt: skip
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return uri
+    return store.connect(configured, root, f"--model {model_uri!r}")
+
+
+def load_model(model_uri: str):
+    """The pyfunc model; a registry name, alias or version that does not exist is bad input naming what does."""
+    from mlflow.exceptions import MlflowException
+
+    from dlpipe.tracking.model_logging import load
+    from dlpipe.tracking.registry import check_model_uri
+
+    if not uses_store(model_uri) and "://" not in model_uri and not Path(model_uri).exists():
+        raise BadInputError(f"--model: no such model directory {model_uri!r}; or give models:/<name>@<alias>")
+    if model_uri.startswith("models:/"):
+        check_model_uri(model_uri)
+    try:
+        return load(model_uri)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise BadInputError(f"--model: {model_uri!r} does not exist ({one_line(exc)})") from None
+        raise ModelError(f"--model: cannot load {model_uri!r} ({one_line(exc)})") from None
+    except OSError as exc:
+        raise ModelError(f"--model: cannot load {model_uri!r} ({one_line(exc)})") from None
 
 
 def predict(model_uri: str, input_path: str | Path, drop: list[str] | None = None) -> pd.DataFrame:
     """Load `model_uri`, read and check `input_path`, return the predictions frame (MLflow must be configured)."""
     from mlflow.exceptions import MlflowException
 
-    from dlpipe.tracking.model_logging import input_shape_of, load
+    from dlpipe.tracking.model_logging import feature_names_of, input_shape_of
 
     if not Path(input_path).exists():
         raise BadInputError(f"--input: no such file or folder {str(input_path)!r}")
-    try:
-        model = load(model_uri)
-    except (MlflowException, OSError) as exc:
-        raise ModelError(f"--model: cannot load {model_uri!r} ({' '.join(str(exc).split())[:300]})") from None
+    model = load_model(model_uri)
     shape = input_shape_of(model)
     if shape is None:
-        raise ModelError(f"--model: {model_uri!r} has no tensor input signature; not a dlpipe model?")
-    X, files = load_inputs(input_path, shape, drop)
+        raise ModelError(f"--model: {model_uri!r} has no tensor or feature-column input signature; not a dlpipe model?")
+    X, files = load_inputs(input_path, shape, drop, feature_names_of(model))
     try:
         probs = model.predict(X)
     except MlflowException as exc:
-        raise BadInputError(f"--input: the model rejected the input ({' '.join(str(exc).split())[:300]})") from None
+        raise BadInputError(f"--input: the model rejected the input ({one_line(exc)})") from None
     return predictions_frame(probs, files)

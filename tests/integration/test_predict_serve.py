@@ -4,6 +4,7 @@ writes class names and probabilities, and rejects inputs of the wrong shape with
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,17 +131,19 @@ def post(url: str, payload: dict, timeout: float = 30) -> tuple[int, dict]:
         return err.code, json.loads(err.read() or b"{}")
 
 
-def test_mlflow_models_serve_answers_invocations(served: Served, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def mlflow_serve(model_uri: str, env: dict[str, str], cwd: Path) -> Iterator[str]:
+    """`mlflow models serve` of `model_uri` on a free loopback port; yields its base URL once /ping answers."""
     port = free_port()
-    log_path = tmp_path / "serve.log"
-    cmd = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", CHAMPION, "--env-manager", "local",
+    log_path = cwd / "serve.log"
+    cmd = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
            "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, env=served.env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while True:
             assert proc.poll() is None, f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
             try:
@@ -148,8 +152,20 @@ def test_mlflow_models_serve_answers_invocations(served: Served, tmp_path: Path)
                         break
             except OSError:
                 pass
-            assert time.monotonic() < deadline, f"no answer on /ping in 120 s:\n{log_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no answer on /ping in 180 s:\n{log_path.read_text()[-3000:]}"
             time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn workers: the group this test started
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+
+
+def test_mlflow_models_serve_answers_invocations(served: Served, tmp_path: Path) -> None:
+    with mlflow_serve(CHAMPION, served.env, tmp_path) as base:
         status, body = post(f"{base}/invocations", {"inputs": served.X.tolist()})
         assert status == 200, body
         probs = pd.DataFrame(body["predictions"])
@@ -158,13 +174,6 @@ def test_mlflow_models_serve_answers_invocations(served: Served, tmp_path: Path)
         assert accuracy == pytest.approx(served.report["accuracy"], abs=1e-6)
         status, body = post(f"{base}/invocations", {"inputs": [[0.0] * 60]})
         assert status == 400 and "(-1, 1, 8, 8)" in body.get("message", "")
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn workers: the group this test started
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
 
 
 def predict_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -244,3 +253,44 @@ def test_dlpipe_predict_console_script(served: Served, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     check_frame(pd.read_csv(tmp_path / "out.csv"), 7)
     assert "7 predictions written to out.csv" in proc.stderr
+
+
+def test_dlpipe_predict_unreadable_inputs_exit_2_with_one_line(in_project: Served, tmp_path: Path, capsys) -> None:
+    s = in_project
+    truncated = tmp_path / "truncated.npz"
+    np.savez(truncated, X=s.X)
+    os.truncate(truncated, truncated.stat().st_size // 2)
+    noise = tmp_path / "noise.npz"
+    noise.write_bytes(np.random.default_rng(0).bytes(4096))
+    header_only = tmp_path / "header_only.csv"
+    header_only.write_text(",".join(f"px{i}" for i in range(64)) + "\n")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8), mode="L").save(folder / "a.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".hidden").write_text("ignored")
+    cases = {
+        truncated: "damaged .npz archive",
+        noise: "not a NumPy .npz archive",
+        header_only: "no data rows, only a header row",
+        folder: "not image file(s) notes.txt",
+    }
+    for path, expected in cases.items():
+        code, out, err = predict_cli(capsys, "--input", str(path))
+        assert code == 2 and out == "", (path, err)
+        assert len(err.strip().splitlines()) == 1 and str(path) in err and expected in err, err
+        assert "Traceback" not in err and "allow_pickle" not in err and "non-numeric" not in err
+
+
+def test_unknown_alias_version_or_model_exit_2_naming_what_exists(in_project: Served, tmp_path: Path, capsys) -> None:
+    np.savez(tmp_path / "x.npz", X=in_project.X[:3])
+    cases = {
+        f"models:/{NAME}@nope": f"registered model '{NAME}' has no alias 'nope'; aliases: challenger (version 1), "
+        f"champion (version 1)",
+        f"models:/{NAME}/999": f"registered model '{NAME}' has no version 999; versions: 1",
+        "models:/nobody@champion": f"no registered model 'nobody' in the MLflow store; registered models: {NAME}",
+    }
+    for uri, expected in cases.items():
+        code, out, err = cli.main(["predict", "--model", uri, "--input", str(tmp_path / "x.npz")]), *capsys.readouterr()
+        assert code == 2 and out == "", (uri, err)
+        assert expected in err and len(err.strip().splitlines()) == 1, err

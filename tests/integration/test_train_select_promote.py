@@ -274,10 +274,14 @@ def test_promote_usage_errors_exit_with_dlpipe_codes(study: Study, capsys, monke
     monkeypatch.setenv("DLPIPE_ROOT", str(study.root))
     code, _, err = promote_cli(capsys, "--rollback", "--force")
     assert code == 2 and "--rollback" in err
+    # bad input (exit 2), one line naming what exists
     code, _, err = promote_cli(capsys, "--version", "99")
-    assert code == 1 and "no version 99" in err
-    code, _, err = promote_cli(capsys, "--model-name", "no-such-model")
-    assert code == 1 and "challenger" in err
+    assert code == 2 and f"registered model '{NAME}' has no version 99; versions: 1" in err
+    assert len(err.strip().splitlines()) == 1
+    for args in (("--model-name", "no-such-model"), ("--model-name", "no-such-model", "--rollback")):
+        code, _, err = promote_cli(capsys, *args)
+        assert code == 2
+        assert f"no registered model 'no-such-model' in the MLflow store; registered models: {NAME}" in err
 
 
 def load_params_raw(root: Path) -> dict:

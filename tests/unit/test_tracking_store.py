@@ -114,7 +114,6 @@ def test_configure_follows_the_environment(tmp_path: Path, mlflow_template_db: P
 # --------------------------------------------------------------------------------------------------- runs ending
 
 
-
 def status(client: MlflowClient, run_id: str) -> str:
     return client.get_run(run_id).info.status
 
@@ -311,3 +310,40 @@ def test_user_set_tracking_uri_wins_on_every_call(tmp_path, monkeypatch):
         store.configure(None, root, "exp")
         assert mlflow.get_tracking_uri() == uri
     assert not (tmp_path / "a" / "mlruns" / "mlflow.db").exists()
+
+
+# --------------------------------------------------------------------------------------------------- connect
+
+
+def test_connect_refuses_a_missing_local_store_and_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tmp_path / "proj"
+    root.mkdir()
+    with pytest.raises(store.NoStoreError) as info:
+        store.connect(None, root, "dlpipe promote")
+    assert info.value.exit_code == 2
+    assert str(info.value).startswith(f"no MLflow store at {root.resolve()}/mlruns/mlflow.db: dlpipe promote reads")
+    assert list(root.iterdir()) == []
+    configured = tmp_path / "elsewhere.db"  # params' mlflow.tracking_uri, also checked
+    with pytest.raises(store.NoStoreError, match=r"elsewhere\.db"):
+        store.connect(f"sqlite:///{configured}", root)
+    assert not configured.exists()
+
+
+def test_connect_uses_an_existing_store_without_adding_to_it(tmp_path, mlflow_template_db, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tmp_path / "proj"
+    uri = install_mlflow_store(root, mlflow_template_db)
+    assert store.connect(None, root) == uri
+    assert mlflow.get_tracking_uri() == uri and mlflow.get_registry_uri() == uri
+    assert [e.name for e in MlflowClient(tracking_uri=uri).search_experiments()] == ["Default"]
+    server = "http://127.0.0.1:5999"  # a server is not probed: its own errors say what is wrong
+    assert store.connect(server, root) == server
+
+
+def test_local_db_of_store_uris():
+    assert store.local_db("sqlite:////abs/mlruns/mlflow.db") == Path("/abs/mlruns/mlflow.db")
+    assert store.local_db("sqlite:///rel.db") == Path("rel.db")
+    assert store.local_db("sqlite:///:memory:") is None
+    assert store.local_db("http://127.0.0.1:5000") is None
+    assert store.local_db("postgresql://u@h/db") is None

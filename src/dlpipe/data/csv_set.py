@@ -53,4 +53,5 @@ def read_csv_dataset(path: Path, target: str) -> Dataset:
     index = {c: i for i, c in enumerate(classes)}
     y = torch.from_numpy(labels.map(index).to_numpy(np.int64, copy=True))  # writable (pandas copy-on-write)
     X = torch.from_numpy(features.to_numpy(np.float32, copy=True))
-    return Dataset("csv", X, y, "tabular", [str(c) for c in classes])
+    names = [str(c) for c in features.columns]
+    return Dataset("csv", X, y, "tabular", [str(c) for c in classes], feature_names=names)

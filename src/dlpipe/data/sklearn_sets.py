@@ -29,4 +29,5 @@ def load_breast_cancer(root: Path, data_params: Any) -> Dataset:
     bunch = sk_bc()
     X = torch.from_numpy(bunch.data.astype(np.float32))
     y = torch.from_numpy(bunch.target.astype(np.int64))
-    return Dataset("breast_cancer", X, y, "tabular", [str(c) for c in bunch.target_names])
+    names = [str(n) for n in bunch.feature_names]
+    return Dataset("breast_cancer", X, y, "tabular", [str(c) for c in bunch.target_names], feature_names=names)

@@ -1,4 +1,8 @@
-"""On-disk form of fetched datasets and prepared splits (NumPy .npz plus JSON metadata; no pickles)."""
+"""On-disk form of fetched datasets and prepared splits (NumPy .npz plus JSON metadata; no pickles).
+
+dataset.json: name, kind, input_shape, class_names, n_samples, sha256 (of dataset.npz) and, for tabular data,
+feature_names (X's column names in order). Files written before feature_names existed still load (no names).
+"""
 
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ def save_dataset(ds: Dataset, folder: Path) -> dict:
         "n_samples": len(ds),
         "sha256": sha256_file(data_path),
     }
+    if ds.feature_names is not None:
+        meta["feature_names"] = list(ds.feature_names)
     write_json(folder / DATASET_META, meta)
     return meta
 
@@ -43,12 +49,19 @@ def load_saved_dataset(folder: Path, verify: bool = False) -> Dataset:
         raise DataError(f"{data_path}: checksum does not match {meta_path}; run the fetch stage again")
     with np.load(data_path) as npz:
         X, y = torch.from_numpy(npz["X"]), torch.from_numpy(npz["y"])
-    return Dataset(meta["name"], X, y, meta["kind"], list(meta["class_names"]))
+    names = meta.get("feature_names")
+    return Dataset(meta["name"], X, y, meta["kind"], list(meta["class_names"]), feature_names=names)
 
 
 def dataset_digest(folder: Path) -> str:
     """The recorded sha256 of the fetched dataset (for MLflow tags)."""
     return read_json(folder / DATASET_META)["sha256"]
+
+
+def dataset_feature_names(folder: Path) -> list[str] | None:
+    """The fetched tabular dataset's feature column names, in X's order (None: images, or an older dataset.json)."""
+    names = read_json(folder / DATASET_META).get("feature_names")
+    return None if names is None else [str(n) for n in names]
 
 
 def save_splits(splits: Splits, subset: np.ndarray, path: Path) -> None:

@@ -5,6 +5,9 @@ prepared test set (raw inputs; each model carries its own normaliser), so the co
 champion came from an older pipeline run. Without prepared data, the test metrics recorded on the versions are
 compared instead, and only when both were measured on the same test set (tag `test_set_hash`).
 A refused promotion is a normal outcome, not an error: `dlpipe promote` prints both scores and exits 0.
+Tabular models logged with feature names get the test set as named columns (the current dataset's names), so a
+champion trained on the same features in another column order is still scored correctly.
+`dlpipe promote` needs the existing MLflow store: a missing local store is refused (exit 2) and not created.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from mlflow.entities.model_registry import ModelVersion
 
 from dlpipe.config import Params
 from dlpipe.data.prepared import PreparedData
-from dlpipe.data.store import SPLITS_FILE, dataset_digest
+from dlpipe.data.store import SPLITS_FILE, dataset_digest, dataset_feature_names
 from dlpipe.errors import DataError, RegistryError
 from dlpipe.evaluation.selection import score_predictions
 from dlpipe.paths import ProjectPaths
@@ -35,6 +39,7 @@ class TestSet:
     y: np.ndarray
     class_names: list[str]
     hash: str
+    feature_names: list[str] | None = None  # tabular data: X's column names, in order
 
 
 def test_set_hash(dataset_hash: str, test_idx: np.ndarray) -> str:
@@ -51,12 +56,27 @@ def load_test_set(params: Params, paths: ProjectPaths) -> TestSet | None:
     try:
         data = PreparedData.load(paths.raw, paths.prepared, params.data.normalize)
         dhash = dataset_digest(paths.raw)
+        names = dataset_feature_names(paths.raw)
     except (DataError, FileNotFoundError):
         return None
     idx = data.splits.test_idx
     X = data.dataset.X[torch.from_numpy(idx)].numpy().astype(np.float32)
     y = data.dataset.y[torch.from_numpy(idx)].numpy()
-    return TestSet(X, y, list(data.dataset.class_names), test_set_hash(dhash, idx))
+    return TestSet(X, y, list(data.dataset.class_names), test_set_hash(dhash, idx), names)
+
+
+def model_input(model, test: TestSet) -> np.ndarray | pd.DataFrame:
+    """The test inputs as `model` takes them: named columns for a model with feature names, else the array."""
+    from dlpipe.tracking.model_logging import feature_names_of
+
+    wanted = feature_names_of(model)
+    if wanted is None:
+        return test.X
+    flat = test.X.reshape(len(test.X), -1)
+    names = test.feature_names if test.feature_names is not None else wanted  # older data: by position
+    if len(names) != flat.shape[1]:
+        names = [str(i) for i in range(flat.shape[1])]  # cannot match: MLflow names the missing columns
+    return pd.DataFrame(flat.astype(np.float64), columns=names)
 
 
 def model_scorer(name: str, metric: str, positive_class: str | None, test: TestSet) -> Callable[[ModelVersion], float]:
@@ -66,7 +86,7 @@ def model_scorer(name: str, metric: str, positive_class: str | None, test: TestS
     def score(version: ModelVersion) -> float:
         try:
             model = load(f"models:/{name}/{version.version}")
-            probs = model.predict(test.X)
+            probs = model.predict(model_input(model, test))
         except Exception as exc:  # schema/shape mismatch, missing artifacts
             raise RegistryError(
                 f"{name} version {version.version} cannot be evaluated on the current test set "
@@ -125,7 +145,7 @@ def run(
     name: str | None = None,
 ) -> registry.Decision:
     """Promote `version` (default: the challenger) to champion if it beats the champion on the test set."""
-    store.configure(params.mlflow.tracking_uri, paths.root, params.experiment_name)
+    store.connect(params.mlflow.tracking_uri, paths.root, "dlpipe promote")
     return promote_version(params, paths, version, force=force, actor=actor, name=name)
 
 
@@ -151,5 +171,5 @@ def promote_version(
 
 
 def rollback(params: Params, paths: ProjectPaths, name: str | None = None) -> registry.Decision:
-    store.configure(params.mlflow.tracking_uri, paths.root, params.experiment_name)
+    store.connect(params.mlflow.tracking_uri, paths.root, "dlpipe promote --rollback")
     return registry.rollback(name or params.registered_model_name)

@@ -2,8 +2,12 @@
 
 The network, the training normaliser and the softmax are exported together with `torch.export` (`model.pt2`), and
 logged as a pyfunc from code (`pyfunc_model.py`, copied into the model), so loading or serving a model needs
-torch, numpy, pandas and mlflow but not dlpipe. The signature takes a float32 tensor of the dataset's shape
-(N x C x H x W images in [0, 1], or N x F features) and returns a column of probabilities per class name.
+torch, numpy, pandas and mlflow but not dlpipe. Outputs: a column of probabilities per class name. Inputs:
+- image models (and tabular models logged without feature names): a float32 tensor of the dataset's shape
+  (N x C x H x W images in [0, 1], or N x F features), matched by position;
+- tabular models logged with `feature_names`: one named column per feature (ColSpec, double), so MLflow's schema
+  enforcement, the served model and `dlpipe predict` match columns by name, in any order; the pyfunc reorders
+  them by name before the exported program.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
@@ -62,8 +67,28 @@ def export_program(net: nn.Module, normalizer: Normalizer, example: torch.Tensor
         raise ModelError("the exported model's outputs differ from the trained network's")
 
 
-def signature(input_shape: tuple[int, ...], class_names: list[str]) -> ModelSignature:
-    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *input_shape))])
+def check_feature_names(feature_names: list[str] | None, input_shape: tuple[int, ...]) -> list[str] | None:
+    """The names as strings; ValueError unless they name each feature of a (F,) input once."""
+    if feature_names is None:
+        return None
+    names = [str(n) for n in feature_names]
+    if len(input_shape) != 1 or len(names) != input_shape[0] or len(set(names)) != len(names):
+        raise ValueError(
+            f"feature_names: {len(names)} names for input shape {tuple(input_shape)}; need one distinct name per "
+            f"feature of a tabular (F,) input"
+        )
+    return names
+
+
+def signature(
+    input_shape: tuple[int, ...], class_names: list[str], feature_names: list[str] | None = None
+) -> ModelSignature:
+    """Tensor input (by position), or with `feature_names` one double column per feature (by name)."""
+    names = check_feature_names(feature_names, input_shape)
+    if names is None:
+        inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *input_shape))])
+    else:
+        inputs = Schema([ColSpec("double", name) for name in names])  # double: JSON numbers arrive as float64/int64
     outputs = Schema([ColSpec("float", str(name)) for name in class_names])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
@@ -88,17 +113,26 @@ def log_classifier(
     name: str = "model",
     params: dict[str, Any] | None = None,
     tags: dict[str, str] | None = None,
+    feature_names: list[str] | None = None,
 ) -> ModelInfo:
-    """Log an exported program (see `export_program`) as a pyfunc model of the active run."""
+    """Log an exported program (see `export_program`) as a pyfunc model of the active run.
+
+    `feature_names` (tabular data only: X's column names, in order) makes the model take named columns.
+    """
+    names = check_feature_names(feature_names, tuple(input_shape))
+    example: np.ndarray | pd.DataFrame = np.asarray(input_example, dtype=np.float32)
+    if names is not None:
+        example = pd.DataFrame(example.reshape(len(example), -1).astype(np.float64), columns=names)
     with tempfile.TemporaryDirectory(prefix="dlpipe-model-") as tmp:
         meta = Path(tmp) / META_FILE
-        meta.write_text(json.dumps({"class_names": [str(c) for c in class_names], "input_shape": list(input_shape)}))
+        info = {"class_names": [str(c) for c in class_names], "input_shape": list(input_shape), "feature_names": names}
+        meta.write_text(json.dumps(info))
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(MODEL_CODE),
             artifacts={"program": str(program_path), "meta": str(meta)},
-            signature=signature(input_shape, class_names),
-            input_example=np.asarray(input_example, dtype=np.float32),
+            signature=signature(input_shape, class_names, names),
+            input_example=example,
             pip_requirements=requirements(),
             params={k: str(v) for k, v in (params or {}).items()} or None,
             tags=tags,
@@ -111,12 +145,23 @@ def load(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
 
 
 def input_shape_of(model: mlflow.pyfunc.PyFuncModel) -> tuple[int, ...] | None:
-    """The per-sample input shape from a model's signature (None when it has no tensor signature)."""
+    """The per-sample input shape from a model's signature: the tensor's, or (F,) for F named columns (None when
+    it has neither)."""
     schema = model.metadata.get_input_schema()
-    if schema is None or not schema.is_tensor_spec():
+    if schema is None:
         return None
-    shape = schema.inputs[0].shape
-    return tuple(int(d) for d in shape[1:])
+    if schema.is_tensor_spec():
+        return tuple(int(d) for d in schema.inputs[0].shape[1:])
+    names = feature_names_of(model)
+    return (len(names),) if names else None
+
+
+def feature_names_of(model: mlflow.pyfunc.PyFuncModel) -> list[str] | None:
+    """The named input columns of a tabular model logged with feature names, in the order it was trained on."""
+    schema = model.metadata.get_input_schema()
+    if schema is None or schema.is_tensor_spec() or not schema.has_input_names():
+        return None
+    return [str(n) for n in schema.input_names()]
 
 
 def class_names_of(model: mlflow.pyfunc.PyFuncModel) -> list[str] | None:

@@ -4,10 +4,12 @@ Self-contained on purpose (torch, numpy, pandas and mlflow only; no dlpipe impor
 serves wherever those are installed. Its artifacts:
 - `program`: a `torch.export` program (`model.pt2`) that maps raw inputs (float32, the dataset's X shape, e.g.
   N x C x H x W images in [0, 1] or N x F features) to class probabilities; the training normaliser is inside it.
-- `meta`: JSON with `class_names` and `input_shape`.
+- `meta`: JSON with `class_names`, `input_shape` and, for tabular models, `feature_names` (the training columns).
 
 `predict` returns a DataFrame with one probability column per class name. Inputs may be any array-like of
-shape (N, *input_shape), or flattened to (N, prod(input_shape)) (a CSV row of pixels, a DataFrame).
+shape (N, *input_shape), or flattened to (N, prod(input_shape)) (a CSV row of pixels, a DataFrame). A model with
+feature names takes a DataFrame's columns by name, in any order (extra columns are ignored, as MLflow's schema
+enforcement does; a missing one is an error); only unnamed columns (0..F-1) are taken by position.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ BATCH = 4096
 
 
 class DlpipeClassifier(PythonModel):
-    # The signature is given explicitly (tensor in, one column per class out): no type-hint validation wanted,
-    # and no warning that `predict` lacks type hints.
+    # The signature is given explicitly (a tensor or named columns in, one column per class out): no type-hint
+    # validation wanted, and no warning that `predict` lacks type hints.
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
@@ -34,6 +36,8 @@ class DlpipeClassifier(PythonModel):
             meta = json.load(fh)
         self.class_names = [str(c) for c in meta["class_names"]]
         self.input_shape = tuple(int(d) for d in meta["input_shape"])
+        names = meta.get("feature_names")
+        self.feature_names = None if names is None else [str(n) for n in names]
         self.program = torch.export.load(context.artifacts["program"]).module()
 
     def _as_array(self, model_input) -> np.ndarray:
@@ -42,7 +46,7 @@ class DlpipeClassifier(PythonModel):
                 raise ValueError(f"expected one input tensor, got {sorted(model_input)}")
             model_input = next(iter(model_input.values()))
         if isinstance(model_input, pd.DataFrame):
-            model_input = model_input.to_numpy()
+            model_input = self._by_name(model_input).to_numpy()
         x = np.asarray(model_input, dtype=np.float32)
         size = math.prod(self.input_shape)
         if x.shape[1:] != self.input_shape:
@@ -52,6 +56,19 @@ class DlpipeClassifier(PythonModel):
                 dims = ", ".join(map(str, self.input_shape))
                 raise ValueError(f"input shape {tuple(x.shape)} does not match the model's (N, {dims}) or (N, {size})")
         return np.ascontiguousarray(x)
+
+    def _by_name(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The model's feature columns, in training order; unnamed (0..n-1) columns are left as they are."""
+        if self.feature_names is None or list(frame.columns) == list(range(frame.shape[1])):
+            return frame
+        columns = {str(c): c for c in frame.columns}
+        missing = [n for n in self.feature_names if n not in columns]
+        if missing:
+            raise ValueError(
+                f"input is missing feature column(s) {', '.join(missing)}; the model takes "
+                f"{len(self.feature_names)} named columns (any order): {', '.join(self.feature_names)}"
+            )
+        return frame[[columns[n] for n in self.feature_names]]
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         x = torch.from_numpy(self._as_array(model_input))

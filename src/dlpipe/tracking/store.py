@@ -2,6 +2,11 @@
 
 A stage may run in a copy of the project (`dvc exp run --temp` and `--queue` run under
 `<project>/.dvc/tmp/exps/<tmp>`); the store still resolves to the original project's `mlruns/`.
+
+Stages that record (`configure`) create the local store on first use. Commands that only use what is recorded
+(`dlpipe predict`, `promote`, `leaderboard`) `connect` instead: a local store that does not exist is refused with
+one line (NoStoreError, exit 2) and nothing is created; opening a missing SQLite store would create it (about 1 MB
+of empty tables).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
+
+from dlpipe.errors import BadInputError
 
 DB_NAME = "mlflow.db"
 ARTIFACTS = "artifacts"
@@ -52,6 +59,34 @@ def resolve_tracking_uri(configured: str | None, root: Path) -> str:
 
 def is_local(uri: str) -> bool:
     return uri.startswith("sqlite:")
+
+
+class NoStoreError(BadInputError):
+    """A command that reads the MLflow store was pointed at a local store that does not exist."""
+
+
+def local_db(uri: str) -> Path | None:
+    """The SQLite file of a local store URI (None for servers and other backends)."""
+    if not is_local(uri):
+        return None
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else uri.removeprefix("sqlite://")
+    return Path(path) if path and path != ":memory:" else None
+
+
+def connect(configured: str | None, root: Path, what: str = "this command") -> str:
+    """Point MLflow at the existing store without creating anything; NoStoreError if a local one is missing."""
+    global _last_configured
+    uri = resolve_tracking_uri(configured, root)
+    db = local_db(uri)
+    if db is not None and not db.is_file():
+        raise NoStoreError(
+            f"no MLflow store at {db}: {what} reads the runs and models the pipeline recorded; run the pipeline "
+            f"first (dvc repro), or point DLPIPE_ROOT at the project (or MLFLOW_TRACKING_URI at its store)"
+        )
+    _last_configured = None if _user_env_uri() else uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
 
 
 def configure(configured: str | None, root: Path, experiment: str) -> str:
