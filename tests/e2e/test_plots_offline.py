@@ -304,6 +304,26 @@ def test_missing_plot_files_leave_the_others_drawn(tmp_path: Path, browser: str)
         assert problems(parts[FILE_PLOTS[name]]) == [note]
 
 
+def test_comparison_file_without_kind_or_bounds_still_draws(tmp_path: Path, browser: str):
+    """The comparison file as the select stage wrote it before kind, cv_low and cv_high: deep models, mean -/+ std."""
+    root = make_plots_project(tmp_path / "study")
+    write_sample_reports(root)
+    rows = [(a, METRIC, m, s, t) for a, k, m, s, t in MODELS]
+    _write_csv(root / "reports/plots/comparison.csv", ["architecture", "metric", "cv_mean", "cv_std", "test"], rows)
+
+    parts = assert_all_drawn(render_plots.dump_dom(plots_page(root, "show"), browser), ALL_PLOTS)
+
+    cv = parts[CV_PLOT]
+    assert texts(cv, "legend-label") == ["deep"]
+    bars = re.findall(r'aria-label="cv_low: ([\d.]+); architecture: (\w+); cv_high: ([\d.]+)', cv)
+    drawn = {arch: (float(low), float(high)) for low, arch, high in bars}
+    expected = {a: (m - s, min(1.0, m + s)) for a, _, m, s, _ in MODELS}  # one bar per model, stopped at 1
+    assert drawn.keys() == expected.keys(), drawn
+    for arch, (low, high) in expected.items():
+        assert abs(drawn[arch][0] - low) < 0.001 and abs(drawn[arch][1] - high) < 0.001, (arch, drawn[arch])
+    assert max(numbers(texts(cv, "axis-label"))) <= 1.0
+
+
 def test_dvcs_default_page_draws_nothing_offline(tmp_path: Path, browser: str):
     """The control: DVC's own page loads vega from a CDN; offline it is blank and the check above fails on it."""
     root = make_plots_project(tmp_path / "study")
