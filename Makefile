@@ -17,7 +17,13 @@ $(STAMP): $(BIN)/python requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+# The page `dvc plots show` fills (.dvc/config plots.html_template): vega, vega-lite and vega-embed inlined from
+# the pinned django-js-lib-vega-embed package, so the plots draw with no network. Generated, not committed.
+PLOTS_PAGE := .dvc/plots/page.html
+$(PLOTS_PAGE): $(STAMP) .dvc/plots/page.in.html scripts/build_plots_page.py
+	$(BIN)/python scripts/build_plots_page.py
+
+install: $(STAMP) $(PLOTS_PAGE)
 
 repro: install
 	$(BIN)/dvc repro
