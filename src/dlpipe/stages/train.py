@@ -202,6 +202,7 @@ def save_model(ctx: StageContext, trained: Trained, summary: dict) -> None:
             info = model_logging.log_classifier(
                 program, list(ds.class_names), ds.input_shape, ctx.data.raw(trained.split.train.idx[:5]).numpy(),
                 params={"architecture": arch, "params_hash": trained.phash}, tags={"architecture": arch},
+                feature_names=ds.feature_names,
             )  # fmt: skip
             summary["model_uri"], summary["model_id"] = info.model_uri, info.model_id
 
