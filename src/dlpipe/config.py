@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from dlpipe.data import DATASETS, get_dataset_info
 from dlpipe.errors import ConfigError
@@ -78,6 +78,9 @@ class TrainParams(Section):
     gradient_clip_val: float = Field(0.0, ge=0.0, description="0 = no clipping")
     gradient_clip_algorithm: Literal["norm", "value"] = "norm"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    calibration: Literal["none", "temperature"] = Field(
+        "none", description="temperature scaling fitted on the validation slice (probabilities only, never argmax)"
+    )
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
     augmentation: AugmentationParams = AugmentationParams()
 
@@ -161,6 +164,33 @@ class SelectionParams(Section):
     metric: Literal[SELECTION_METRICS] = "f1_macro"  # type: ignore[valid-type]
     positive_class: str | None = Field(None, description="class name for *_positive metrics (binary tasks)")
     alpha: float = Field(0.05, gt=0.0, lt=1.0, description="significance level of the fold-aware t-test")
+    rule: Literal["best", "smallest_within_rope"] = Field(
+        "best", description="best CV mean, or the smallest model practically equivalent to the best"
+    )
+    rope: float = Field(0.005, ge=0.0, lt=1.0, description="region of practical equivalence of the selection metric")
+    equivalence: float = Field(
+        0.95, gt=0.5, lt=1.0, description="smallest_within_rope: P(not practically worse than the best) needed"
+    )
+    operating_point: str = Field(
+        "argmax", description="argmax | max_f1 | precision>=X | recall>=X (binary: threshold on the positive class)"
+    )
+
+    @field_validator("operating_point")
+    @classmethod
+    def _operating_point_parses(cls, value: str) -> str:
+        from dlpipe.evaluation.operating_point import parse_rule
+
+        parse_rule(value)
+        return value.replace(" ", "")
+
+
+class BaselinesParams(Section):
+    models: list[str] = Field(
+        ["logreg", "svc", "random_forest", "knn"], description="scikit-learn baselines scored on the same folds"
+    )
+    max_train_samples: int | None = Field(
+        20000, ge=100, description="fit on a stratified subsample of a larger training part (null = all)"
+    )
 
 
 class MlflowParams(Section):
@@ -192,6 +222,7 @@ class Params(Section):
     trainer: TrainerParams = TrainerParams()
     tune: TuneParams = TuneParams()
     selection: SelectionParams = SelectionParams()
+    baselines: BaselinesParams = BaselinesParams()
     mlflow: MlflowParams = MlflowParams()
     registry: RegistryParams = RegistryParams()
 
@@ -293,6 +324,14 @@ def check_semantics(params: Params) -> None:
             problems += _check_space(params, f"tune.spaces.{arch_name}", space, [arch_name])
     if is_positive_metric(params.selection.metric) and params.selection.positive_class is None:
         problems.append(f"selection.positive_class: required for selection.metric {params.selection.metric!r}")
+    if params.selection.operating_point != "argmax" and params.selection.positive_class is None:
+        problems.append(f"selection.positive_class: required for selection.operating_point "
+                        f"{params.selection.operating_point!r} (a threshold on the positive class)")  # fmt: skip
+    from dlpipe.evaluation.baselines import BASELINES
+
+    for i, name in enumerate(params.baselines.models):
+        if name not in BASELINES:
+            problems.append(f"baselines.models.{i}: unknown baseline {name!r}; allowed: {', '.join(BASELINES)}")
     if isinstance(params.tune.cv_folds, int) and not 0 <= params.tune.cv_folds <= params.data.folds:
         problems.append(f"tune.cv_folds: {params.tune.cv_folds} folds asked but data.folds is {params.data.folds}; "
                         f"allowed: 0 to {params.data.folds}, or auto")  # fmt: skip

@@ -221,13 +221,14 @@ def load_inputs(
     raise BadInputError(f"--input: {path.name}: unsupported format; use .csv, .npz or a folder of images")
 
 
-def predictions_frame(probs: pd.DataFrame, files: list[str] | None = None) -> pd.DataFrame:
-    """prediction (class name of the highest probability) and prob_<class> columns (plus file)."""
-    names = [str(c) for c in probs.columns]
-    values = probs.to_numpy(dtype=float)
-    out = pd.DataFrame({"prediction": np.asarray(names, dtype=object)[values.argmax(axis=1)] if len(values) else []})
-    for i, name in enumerate(names):
-        out[f"prob_{name}"] = values[:, i]
+def predictions_frame(output: pd.DataFrame, files: list[str] | None = None) -> pd.DataFrame:
+    """prediction (the class the model decides on, under its operating point) and prob_<class> columns (plus file)."""
+    from dlpipe.tracking.model_logging import read_output
+
+    predicted, probs = read_output(output)
+    out = pd.DataFrame({"prediction": predicted})
+    for name in probs.columns:
+        out[f"prob_{name}"] = probs[name].to_numpy(dtype=float)
     if files is not None:
         out.insert(0, "file", files)
     return out

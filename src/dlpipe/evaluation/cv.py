@@ -15,8 +15,9 @@ from lightning.pytorch.callbacks import Callback
 
 from dlpipe.config import TrainerParams
 from dlpipe.data.prepared import PreparedData
+from dlpipe.evaluation.calibration import calibrated_probs, fit_temperature, logits_of
 from dlpipe.metric_names import SCALAR_METRICS
-from dlpipe.training.fit import ModelSpec, evaluate, fit, predict_proba
+from dlpipe.training.fit import ModelSpec, evaluate, fit
 
 PROB_DIGITS = 6  # out-of-fold probabilities are stored rounded (JSON artifacts and reports)
 
@@ -33,6 +34,7 @@ class FoldResult:
     val: dict[str, float] = field(default_factory=dict)  # the kept model on the inner validation slice
     idx: list[int] = field(default_factory=list)  # dataset indices of the scored fold
     probs: list[list[float]] = field(default_factory=list)  # out-of-fold class probabilities, rows of idx
+    temperature: float = 1.0  # train.calibration: temperature fitted on the inner validation slice
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,7 +61,10 @@ def run_fold(
     result = fit(spec, split.fit, data.dataset.class_names, trainer_params, seed, max_epochs=max_epochs,
                  callbacks=callbacks)  # fmt: skip
     report = evaluate(result.module, split.scored, trainer_params)
-    probs = predict_proba(result.module, split.scored.X).numpy().round(PROB_DIGITS)
+    temperature = 1.0
+    if spec.train.calibration == "temperature":
+        temperature = fit_temperature(logits_of(result.module, split.fit.val.X), split.fit.val.y)
+    probs = calibrated_probs(logits_of(result.module, split.scored.X), temperature).round(PROB_DIGITS)
     return FoldResult(
         fold=k,
         metrics={m: report[m] for m in SCALAR_METRICS},
@@ -71,6 +76,7 @@ def run_fold(
         val=result.val,
         idx=[int(i) for i in split.scored.idx],
         probs=probs.tolist(),
+        temperature=temperature,
     )
 
 

@@ -1,25 +1,38 @@
-"""Model selection: the leaderboard, the winner on cross-validation (never the test set) and whether its lead is
-statistically meaningful (corrected resampled paired t-test over the folds).
+"""Model selection: the leaderboard, the champion on cross-validation (never the test set), and what the folds say
+about its lead.
 
-Selection metrics: `accuracy`, `{precision,recall,f1}_{macro,weighted}`, and `{precision,recall,f1}_positive`
-(the per-class metric of `selection.positive_class`, for binary tasks). A cv report (`reports/cv/<arch>.json`)
-holds per-fold scalar metrics in `per_fold`; per-class per-fold values come from `per_fold_per_class`
-({fold_k: {class: {precision, recall, f1}}}) which the select stage fills in from the fold runs when absent.
+The leaderboard holds every deep model and every baseline (`kind`), ranked on the CV mean of the selection metric.
+The champion is a deep model: the best one (`selection.rule: best`), or the smallest deep model practically
+equivalent to the best (`smallest_within_rope`: its probability of being worse than the best by more than
+`selection.rope` is at most 1 - `selection.equivalence`, by the Bayesian correlated t-test). The Pareto front over
+(CV selection metric, latency, parameters) is marked. Reported beside the choice: the corrected resampled t-test and
+the Bayesian test against the runner-up, and against the best baseline.
+
+Selection metrics: `accuracy`, `{precision,recall,f1}_{macro,weighted}`, and `{precision,recall,f1}_positive` (the
+per-class metric of `selection.positive_class`). A report (`reports/cv/<arch>.json`, a baseline in
+`reports/baselines.json`) holds per-fold scalar metrics in `per_fold` and per-class ones in `per_fold_per_class`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from dlpipe.errors import DataError
-from dlpipe.metric_names import LABELS, SCALAR_METRICS, is_positive_metric, per_class_name
+from dlpipe.evaluation.pareto import pareto_front
+from dlpipe.evaluation.statistics import (
+    TTest,
+    corrected_resampled_ttest,
+    correlated_bayesian_ttest,
+    kfold_test_train_ratio,
+)
+from dlpipe.metric_names import LABELS, SCALAR_METRICS, is_positive_metric, label, per_class_name
 
-LEADERBOARD_METRICS = SCALAR_METRICS  # every metric shown as CV mean +/- std and on the test set
+LEADERBOARD_METRICS = SCALAR_METRICS  # every metric kept in the CSV as CV mean/std and test value
+__all__ = ["TTest", "corrected_resampled_ttest", "kfold_test_train_ratio"]
 
 
 def _fold_keys(report: dict) -> list[str]:
@@ -29,81 +42,65 @@ def _fold_keys(report: dict) -> list[str]:
 def fold_values(cv_report: dict, metric: str, positive_class: str | None = None) -> np.ndarray:
     """The per-fold values of `metric` in a cv report, in fold order."""
     keys = _fold_keys(cv_report)
+    name = cv_report.get("architecture") or cv_report.get("name")
     if not is_positive_metric(metric):
         try:
             return np.array([float(cv_report["per_fold"][k][metric]) for k in keys])
         except KeyError:
-            raise DataError(f"cv report of {cv_report.get('architecture')!r} has no per-fold {metric!r}") from None
-    base = per_class_name(metric)
+            raise DataError(f"cv report of {name!r} has no per-fold {metric!r}") from None
     per_class = cv_report.get("per_fold_per_class")
     if not per_class or positive_class is None:
-        raise DataError(
-            f"cv report of {cv_report.get('architecture')!r}: {metric!r} needs per-fold per-class metrics "
-            f"(per_fold_per_class) and selection.positive_class"
-        )
+        raise DataError(f"cv report of {name!r}: {metric!r} needs per-fold per-class metrics "
+                        "(per_fold_per_class) and selection.positive_class")  # fmt: skip
     try:
-        return np.array([float(per_class[k][positive_class][base]) for k in keys])
+        return np.array([float(per_class[k][positive_class][per_class_name(metric)]) for k in keys])
     except KeyError:
-        raise DataError(
-            f"cv report of {cv_report.get('architecture')!r}: no per-fold {base!r} of class {positive_class!r}"
-        ) from None
+        raise DataError(f"cv report of {name!r}: no per-fold {per_class_name(metric)!r} of class "
+                        f"{positive_class!r}") from None  # fmt: skip
 
 
 def test_value(test_report: dict, metric: str, positive_class: str | None = None) -> float:
-    """The value of `metric` in a test report (reports/test/<arch>.json)."""
+    """The value of `metric` in a test report."""
     if is_positive_metric(metric):
         return float(test_report["per_class"][positive_class][per_class_name(metric)])
     return float(test_report[metric])
 
 
-@dataclass
-class TTest:
-    """Corrected resampled paired t-test (Nadeau & Bengio 2003) of `a - b` over k folds."""
-
-    k: int
-    mean_difference: float
-    std_difference: float
-    t: float
-    p_value: float
-    dof: int
-    test_train_ratio: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+def averaging_of(metric: str) -> str:
+    """The averaging whose test precision/recall/F1 the compact leaderboard shows for `metric`."""
+    if is_positive_metric(metric):
+        return "positive"
+    return "weighted" if metric.endswith("_weighted") else "macro"
 
 
-def corrected_resampled_ttest(a: np.ndarray, b: np.ndarray, test_train_ratio: float) -> TTest:
-    """Two-sided test that the paired per-fold scores `a` and `b` differ.
-
-    t = mean(d) / sqrt((1/k + n_test/n_train) * var(d)), d = a - b, var with ddof=1, k - 1 degrees of freedom.
-    The correction term n_test/n_train accounts for the overlap of training sets between folds (1/(k-1) for
-    k-fold cross-validation). Identical differences on every fold give t = +/-inf and p = 0 (or t = 0, p = 1 when
-    they are all zero).
-    """
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired scores must be two 1-d arrays of equal length, got {a.shape} and {b.shape}")
-    k = len(a)
-    if k < 2:
-        raise ValueError("the t-test needs at least 2 folds")
-    d = a - b
-    mean = float(d.mean())
-    var = float(d.var(ddof=1))
-    dof = k - 1
-    if var <= 0.0:
-        t = 0.0 if mean == 0.0 else math.copysign(math.inf, mean)
-        p = 1.0 if mean == 0.0 else 0.0
-    else:
-        t = mean / math.sqrt((1.0 / k + test_train_ratio) * var)
-        p = float(2.0 * stats.t.sf(abs(t), dof))
-    return TTest(k, mean, math.sqrt(max(var, 0.0)), float(t), p, dof, float(test_train_ratio))
-
-
-def kfold_test_train_ratio(fold_sizes: list[int] | np.ndarray) -> float:
-    """n_test / n_train averaged over folds, from the number of samples in each fold."""
-    sizes = np.asarray(fold_sizes, dtype=float)
-    total = sizes.sum()
-    return float(np.mean(sizes / (total - sizes)))
+def _row(name: str, kind: str, cv: dict, test: dict, metric: str, positive: str | None) -> dict:
+    values = fold_values(cv, metric, positive)
+    oof = cv.get("oof") or {}
+    row: dict = {
+        "architecture": name,
+        "kind": kind,
+        "selection_metric": metric,
+        "cv_mean": float(values.mean()),
+        "cv_std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        "folds": len(values),
+    }
+    for m in LEADERBOARD_METRICS:
+        row[f"cv_{m}_mean"] = cv["mean"].get(m, math.nan)
+        row[f"cv_{m}_std"] = cv["std"].get(m, math.nan)
+    for m in LEADERBOARD_METRICS:
+        row[f"test_{m}"] = test.get(m, math.nan)
+    if positive is not None and test.get("per_class", {}).get(positive):
+        for m in ("precision", "recall", "f1"):
+            row[f"test_{m}_positive"] = float(test["per_class"][positive][m])
+    row["test_selection"] = test_value(test, metric, positive) if test else math.nan
+    row["average_precision"] = oof.get("average_precision", math.nan)
+    row["ece"] = oof.get("ece", math.nan)
+    row["n_params"] = test.get("n_params", math.nan)
+    row["train_seconds"] = test.get("train_seconds", test.get("fit_seconds", math.nan))
+    row["latency_ms_per_sample"] = test.get("latency_ms_per_sample", math.nan)
+    row["cv_run_id"] = cv.get("mlflow_run_id") or ""
+    row["train_run_id"] = test.get("mlflow_run_id") or ""
+    return row
 
 
 def build_leaderboard(
@@ -111,36 +108,20 @@ def build_leaderboard(
     test_reports: dict[str, dict],
     metric: str,
     positive_class: str | None = None,
+    baselines: dict[str, dict] | None = None,
 ) -> pd.DataFrame:
-    """One row per architecture, ranked on the CV mean of `metric` (ties: lower std, fewer params, name).
-
-    Columns: rank, architecture, selection_metric, cv_mean, cv_std (of the selection metric), cv_<m>_mean/std and
-    test_<m> for every scalar metric, test_selection, n_params, train_seconds, latency_ms_per_sample.
-    """
-    rows = []
-    for arch, cv in cv_reports.items():
-        test = test_reports.get(arch, {})
-        values = fold_values(cv, metric, positive_class)
-        row: dict = {
-            "architecture": arch,
-            "selection_metric": metric,
-            "cv_mean": float(values.mean()),
-            "cv_std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-            "folds": len(values),
-        }
-        for m in LEADERBOARD_METRICS:
-            row[f"cv_{m}_mean"] = cv["mean"].get(m, math.nan)
-            row[f"cv_{m}_std"] = cv["std"].get(m, math.nan)
-        for m in LEADERBOARD_METRICS:
-            row[f"test_{m}"] = test.get(m, math.nan)
-        row["test_selection"] = test_value(test, metric, positive_class) if test else math.nan
-        row["n_params"] = test.get("n_params", math.nan)
-        row["train_seconds"] = test.get("train_seconds", math.nan)
-        row["latency_ms_per_sample"] = test.get("latency_ms_per_sample", math.nan)
-        rows.append(row)
+    """One row per model (deep models, then baselines), ranked on the CV mean of `metric` (ties: lower std, fewer
+    params, name). Deep rows on the Pareto front over (CV mean, latency, parameters) have `pareto` True."""
+    rows = [_row(a, "deep", cv, test_reports.get(a, {}), metric, positive_class) for a, cv in cv_reports.items()]
+    for name, report in (baselines or {}).items():
+        rows.append(_row(name, "baseline", report, report.get("test", {}), metric, positive_class))
     if not rows:
-        raise DataError("no architectures to compare")
+        raise DataError("no models to compare")
     frame = pd.DataFrame(rows)
+    deep = frame["kind"] == "deep"
+    objectives = frame.loc[deep, ["cv_mean", "latency_ms_per_sample", "n_params"]].to_numpy(dtype=float)
+    frame["pareto"] = False
+    frame.loc[deep, "pareto"] = pareto_front(objectives, [True, False, False]) if deep.any() else []
     frame["_params_key"] = frame["n_params"].fillna(math.inf)
     frame = frame.sort_values(["cv_mean", "cv_std", "_params_key", "architecture"],
                               ascending=[False, True, True, True], kind="mergesort")  # fmt: skip
@@ -150,87 +131,170 @@ def build_leaderboard(
 
 
 def choose_winner(leaderboard: pd.DataFrame) -> str:
-    """The top-ranked architecture (the highest CV mean of the selection metric)."""
-    return str(leaderboard.iloc[0]["architecture"])
+    """The top-ranked deep model (the highest CV mean of the selection metric)."""
+    deep = leaderboard[leaderboard["kind"] == "deep"] if "kind" in leaderboard else leaderboard
+    if deep.empty:
+        raise DataError("no deep model on the leaderboard to select")
+    return str(deep.iloc[0]["architecture"])
 
 
-def significance(
-    cv_reports: dict[str, dict],
-    leaderboard: pd.DataFrame,
-    metric: str,
-    positive_class: str | None,
-    test_train_ratio: float,
-    alpha: float,
-) -> dict:
-    """Is the winner's lead over the runner-up meaningful across folds? (corrected resampled t-test)."""
+def compare(a: dict, b: dict, metric: str, positive: str | None, ratio: float, rope: float) -> dict[str, Any]:
+    """Both tests of model a against model b on the same folds (a - b)."""
+    if _fold_keys(a) != _fold_keys(b):
+        names = [r.get("architecture") or r.get("name") for r in (a, b)]
+        raise DataError(f"cv reports of {names[0]!r} and {names[1]!r} cover different folds; run both again")
+    x, y = fold_values(a, metric, positive), fold_values(b, metric, positive)
+    return {"t_test": corrected_resampled_ttest(x, y, ratio).to_dict(),
+            "bayes": correlated_bayesian_ttest(x, y, ratio, rope).to_dict()}  # fmt: skip
+
+
+def choose_by_rule(leaderboard: pd.DataFrame, cv_reports: dict[str, dict], selection: Any, ratio: float,
+                   positive: str | None) -> tuple[str, dict]:  # fmt: skip
+    """The champion under `selection.rule`, with the comparisons behind the choice."""
+    best = choose_winner(leaderboard)
+    if selection.rule == "best":
+        return best, {}
+    deep = leaderboard[leaderboard["kind"] == "deep"]
+    candidates = []
+    for _, row in deep.iterrows():
+        arch = str(row["architecture"])
+        if arch == best:
+            candidates.append((row, None))
+            continue
+        result = compare(cv_reports[best], cv_reports[arch], selection.metric, positive, ratio, selection.rope)
+        if result["bayes"]["p_right"] <= 1.0 - selection.equivalence:  # not practically worse than the best
+            candidates.append((row, result["bayes"]))
+    row, bayes = min(candidates, key=lambda c: (_num(c[0]["n_params"]), _num(c[0]["latency_ms_per_sample"]),
+                                                -c[0]["cv_mean"]))  # fmt: skip
+    return str(row["architecture"]), {"best": best, "equivalent_to_best": bayes}
+
+
+def _num(value: Any) -> float:
+    value = float(value)
+    return math.inf if math.isnan(value) else value
+
+
+def verdict(leaderboard: pd.DataFrame, cv_reports: dict[str, dict], baselines: dict[str, dict] | None,
+            selection: Any, ratio: float) -> dict:  # fmt: skip
+    """The champion, and how it compares with the runner-up and with the best baseline (both tests)."""
+    metric, positive = selection.metric, selection.positive_class
+    winner, rule = choose_by_rule(leaderboard, cv_reports, selection, ratio, positive)
+    out: dict = {"winner": winner, "metric": metric, "rule": selection.rule, "rope": selection.rope,
+                 "alpha": selection.alpha, "runner_up": None, "significant": None, "p_value": None, "t": None,
+                 "bayes": None, "baseline": None, **({"rule_detail": rule} if rule else {})}  # fmt: skip
+    deep = [str(a) for a in leaderboard.loc[leaderboard["kind"] == "deep", "architecture"] if str(a) != winner]
+    if deep:
+        runner = deep[0]
+        result = compare(cv_reports[winner], cv_reports[runner], metric, positive, ratio, selection.rope)
+        t = result["t_test"]
+        out |= {"runner_up": runner, **t, "significant": bool(t["p_value"] < selection.alpha),
+                "bayes": result["bayes"]}  # fmt: skip
+    base = leaderboard[leaderboard["kind"] == "baseline"]
+    if not base.empty and baselines:
+        name = str(base.iloc[0]["architecture"])
+        result = compare(cv_reports[winner], baselines[name], metric, positive, ratio, selection.rope)
+        t, b = result["t_test"], result["bayes"]
+        out["baseline"] = {"name": name, "mean_difference": t["mean_difference"], "p_value": t["p_value"],
+                           "significant": bool(t["p_value"] < selection.alpha), "bayes": b,
+                           "beats": bool(t["mean_difference"] > 0 and t["p_value"] < selection.alpha)}  # fmt: skip
+    return out
+
+
+def significance(cv_reports: dict[str, dict], leaderboard: pd.DataFrame, metric: str, positive_class: str | None,
+                 test_train_ratio: float, alpha: float) -> dict:  # fmt: skip
+    """Is the top deep model's lead over the runner-up meaningful across folds? (corrected resampled t-test)."""
     winner = choose_winner(leaderboard)
     out: dict = {"winner": winner, "metric": metric, "alpha": alpha, "runner_up": None, "significant": None,
                  "p_value": None, "t": None}  # fmt: skip
-    if len(leaderboard) < 2:
+    deep = leaderboard[leaderboard["kind"] == "deep"] if "kind" in leaderboard else leaderboard
+    if len(deep) < 2:
         return out
-    runner = str(leaderboard.iloc[1]["architecture"])
-    a_keys, b_keys = _fold_keys(cv_reports[winner]), _fold_keys(cv_reports[runner])
-    if a_keys != b_keys:
+    runner = str(deep.iloc[1]["architecture"])
+    if _fold_keys(cv_reports[winner]) != _fold_keys(cv_reports[runner]):
         raise DataError(f"cv reports of {winner!r} and {runner!r} cover different folds; run cv for both again")
-    test = corrected_resampled_ttest(
-        fold_values(cv_reports[winner], metric, positive_class),
-        fold_values(cv_reports[runner], metric, positive_class),
-        test_train_ratio,
-    )
+    a = fold_values(cv_reports[winner], metric, positive_class)
+    test = corrected_resampled_ttest(a, fold_values(cv_reports[runner], metric, positive_class), test_train_ratio)
     out |= {"runner_up": runner, **test.to_dict(), "significant": bool(test.p_value < alpha)}
     return out
 
 
-def _fmt(value: float, digits: int = 4) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+# --- text -------------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.{digits}f}"
+
+
+def compact_table(leaderboard: pd.DataFrame, winner: str | None = None) -> pd.DataFrame:
+    """What a researcher reads first: rank, model, the selection metric's CV mean ± std, the test accuracy and
+    precision/recall/F1 of its averaging, parameters and latency (everything else is in the CSV)."""
+    metric = str(leaderboard.iloc[0]["selection_metric"]) if len(leaderboard) else "f1_macro"
+    avg = averaging_of(metric)
+    names = []
+    for _, row in leaderboard.iterrows():
+        name = str(row["architecture"]) + (" (baseline)" if row["kind"] == "baseline" else "")
+        name += " ◆" if bool(row.get("pareto")) else ""
+        names.append(f"**{name}**" if row["architecture"] == winner and row["kind"] == "deep" else name)
+    table = pd.DataFrame({"rank": leaderboard["rank"], "model": names})
+    table[f"CV {label(metric)}"] = [f"{_fmt(m)} ± {_fmt(s)}" for m, s in
+                                    zip(leaderboard["cv_mean"], leaderboard["cv_std"], strict=True)]  # fmt: skip
+    table["test acc"] = [_fmt(v) for v in leaderboard["test_accuracy"]]
+    for short, m in (("P", "precision"), ("R", "recall"), ("F1", "f1")):
+        column = f"test_{m}_{avg}"
+        table[f"test {short}"] = [_fmt(v) for v in leaderboard.get(column, pd.Series([math.nan] * len(table)))]
+    table["params"] = [("" if math.isnan(float(v)) else f"{int(v):,}") for v in leaderboard["n_params"]]
+    table["ms/sample"] = [_fmt(v, 3) for v in leaderboard["latency_ms_per_sample"].astype(float)]
+    return table
 
 
 def leaderboard_markdown(leaderboard: pd.DataFrame, selection: dict | None = None) -> str:
-    """A readable table: CV mean +/- std per metric, test metrics, size and speed; the selection verdict below."""
+    """The compact table and the selection verdict below it."""
     metric = str(leaderboard.iloc[0]["selection_metric"]) if len(leaderboard) else ""
-    table = pd.DataFrame({"rank": leaderboard["rank"], "architecture": leaderboard["architecture"]})
-    if is_positive_metric(metric):
-        table[f"CV {LABELS[metric]} *"] = [
-            f"{_fmt(m)} ± {_fmt(s)}" for m, s in zip(leaderboard["cv_mean"], leaderboard["cv_std"], strict=True)
-        ]
-    for m in LEADERBOARD_METRICS:
-        table[f"CV {LABELS[m]}{' *' if m == metric else ''}"] = [
-            f"{_fmt(a)} ± {_fmt(b)}"
-            for a, b in zip(leaderboard[f"cv_{m}_mean"], leaderboard[f"cv_{m}_std"], strict=True)
-        ]
-    for m in LEADERBOARD_METRICS:
-        table[f"test {LABELS[m]}"] = [_fmt(v) for v in leaderboard[f"test_{m}"]]
-    if is_positive_metric(metric):
-        table[f"test {LABELS[metric]}"] = [_fmt(v) for v in leaderboard["test_selection"]]
-    table["parameters"] = [("" if math.isnan(v) else f"{int(v):,}") for v in leaderboard["n_params"].astype(float)]
-    table["training (s)"] = [_fmt(v, 1) for v in leaderboard["train_seconds"].astype(float)]
-    table["latency (ms/sample, CPU)"] = [_fmt(v, 3) for v in leaderboard["latency_ms_per_sample"].astype(float)]
+    winner = selection["winner"] if selection else None
+    avg = {"macro": "macro-averaged", "weighted": "weighted", "positive": "of the positive class"}[averaging_of(metric)]
     lines = [
         "# Leaderboard",
         "",
-        f"Ranked on the cross-validated {LABELS.get(metric, metric)} (*), mean ± std over folds; "
-        "test columns: the held-out test set, evaluated once per model.",
+        f"Ranked on the cross-validated {LABELS.get(metric, metric)} (mean ± std over folds); test columns: the "
+        f"held-out test set, seen once per model (P/R/F1 {avg}); ◆ on the Pareto front (CV score, latency, "
+        "parameters); **champion** in bold. Every column: reports/leaderboard.csv.",
         "",
-        table.to_markdown(index=False),
+        compact_table(leaderboard, winner).to_markdown(index=False),
         "",
     ]
     if selection:
-        lines.append(selection_sentence(selection))
-        lines.append("")
+        lines += [selection_sentence(selection), ""]
     return "\n".join(lines)
 
 
 def selection_sentence(selection: dict) -> str:
-    metric = selection["metric"]
-    text = f"Winner: **{selection['winner']}** on the cross-validated {LABELS.get(metric, metric)}"
+    metric = label(selection["metric"])
+    text = f"Champion: **{selection['winner']}** on the cross-validated {metric}"
+    detail = selection.get("rule_detail") or {}
+    if selection.get("rule") == "smallest_within_rope" and detail.get("best") != selection["winner"]:
+        b = detail.get("equivalent_to_best") or {}
+        text += (f", the smallest model practically equivalent to the best ({detail.get('best')}; P(worse by more "
+                 f"than {selection['rope']}) = {b.get('p_right', 0):.3f})")  # fmt: skip
     if selection.get("runner_up") is None:
-        return text + " (the only candidate)."
-    verdict = "significant" if selection["significant"] else "not significant"
-    return (
-        f"{text}; its lead of {selection['mean_difference']:+.4f} over {selection['runner_up']} is {verdict} at "
-        f"alpha={selection['alpha']} (corrected resampled t-test over {selection['k']} folds: "
-        f"t={selection['t']:.3f}, p={selection['p_value']:.4f})."
-    )
+        text += " (the only deep model)."
+    else:
+        verdict = "significant" if selection["significant"] else "not significant"
+        text += (f"; its lead of {selection['mean_difference']:+.4f} over {selection['runner_up']} is {verdict} at "
+                 f"alpha={selection['alpha']} (corrected resampled t-test over {selection['k']} folds: "
+                 f"t={selection['t']:.3f}, p={selection['p_value']:.4f})")  # fmt: skip
+        if selection.get("bayes"):
+            b = selection["bayes"]
+            text += (f"; Bayesian correlated t-test, rope ±{selection['rope']}: P(better) {b['p_right']:.3f}, "
+                     f"P(equivalent) {b['p_rope']:.3f}, P(worse) {b['p_left']:.3f}")  # fmt: skip
+        text += "."
+    base = selection.get("baseline")
+    if base:
+        outcome = "beats" if base["beats"] else "does not beat"
+        text += (f" It {outcome} the best baseline, {base['name']} ({base['mean_difference']:+.4f}, "
+                 f"p={base['p_value']:.4f}; P(better by more than the rope) {base['bayes']['p_right']:.3f}).")
+    return text
 
 
 def score_predictions(y_true: np.ndarray, y_pred: np.ndarray, metric: str, class_names: list[str],
@@ -246,8 +310,8 @@ def score_predictions(y_true: np.ndarray, y_pred: np.ndarray, metric: str, class
     if average == "positive":
         if positive_class not in class_names:
             raise DataError(f"selection.positive_class: {positive_class!r} is not a class ({', '.join(class_names)})")
-        label = class_names.index(positive_class)
-        values = precision_recall_fscore_support(y_true, y_pred, labels=[label], average=None, zero_division=0)
+        label_index = class_names.index(positive_class)
+        values = precision_recall_fscore_support(y_true, y_pred, labels=[label_index], average=None, zero_division=0)
         return float(values[index][0])
     values = precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
     return float(values[index])

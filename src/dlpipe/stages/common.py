@@ -67,6 +67,20 @@ class StageContext:
         for run_id in close_orphaned_runs(self.experiment_id, f"dlpipe {stage}"):
             log.warning("%s: run %s was left RUNNING by a killed process; ended it KILLED", stage, run_id)
 
+    def check_against_data(self) -> None:
+        """Params that name classes or need a binary task, checked against the prepared data (exit 2)."""
+        from dlpipe.errors import ConfigError
+        from dlpipe.metric_names import is_positive_metric
+
+        sel, names = self.params.selection, self.data.dataset.class_names
+        needs_class = is_positive_metric(sel.metric) or sel.operating_point != "argmax"
+        if needs_class and sel.positive_class not in names:
+            raise ConfigError(f"selection.positive_class: {sel.positive_class!r} is not a class of "
+                              f"{self.params.data.name}; allowed: {', '.join(names)}")  # fmt: skip
+        if sel.operating_point != "argmax" and len(names) != 2:
+            raise ConfigError(f"selection.operating_point: {sel.operating_point!r} is a threshold for binary tasks; "
+                              f"{self.params.data.name} has {len(names)} classes; allowed: argmax")  # fmt: skip
+
     def spec_hash(self, spec: ModelSpec, stage: str, **extra: Any) -> str:
         """Identifies a result: everything that changes it (model, training, data, split, seed, precision)."""
         p = self.params

@@ -21,7 +21,9 @@ import pandas as pd
 
 from dlpipe.config import Params, flatten
 from dlpipe.evaluation import plots
+from dlpipe.evaluation.calibration import expected_calibration_error, reliability_bins
 from dlpipe.evaluation.cv import FoldResult, aggregate, out_of_fold, run_fold
+from dlpipe.evaluation.operating_point import OperatingPoint, choose
 from dlpipe.io import write_json, write_text
 from dlpipe.metric_names import SCALAR_METRICS, label
 from dlpipe.paths import ProjectPaths
@@ -159,8 +161,9 @@ def summary_unit(job: SummaryJob) -> dict:
 
 
 def finish(ctx: StageContext, p: CvPlan, folds: list[FoldResult], summary: dict) -> dict:
-    """Write reports/cv/<arch>.json and the out-of-fold file."""
-    out = {"architecture": p.arch, "params_hash": p.phash, "mlflow_run_id": p.parent_run_id, **summary}
+    """Write reports/cv/<arch>.json (with what the out-of-fold predictions say) and the out-of-fold file."""
+    out = {"architecture": p.arch, "params_hash": p.phash, "mlflow_run_id": p.parent_run_id, **summary,
+           "oof": oof_summary(ctx, folds)}  # fmt: skip
     if is_global_zero():
         write_oof(ctx, p.arch, folds)
         write_json(ctx.paths.cv_report(p.arch), out)
@@ -168,6 +171,30 @@ def finish(ctx: StageContext, p: CvPlan, folds: list[FoldResult], summary: dict)
     log.info("cv %s: %s %.4f +/- %.4f over %d folds", p.arch, label(m), summary["mean"][m], summary["std"][m],
              len(folds))  # fmt: skip
     return out
+
+
+def oof_summary(ctx: StageContext, folds: list[FoldResult]) -> dict:
+    """Calibration, average precision and the operating point, from the out-of-fold probabilities."""
+    from sklearn.metrics import average_precision_score
+
+    sel = ctx.params.selection
+    names = ctx.data.dataset.class_names
+    _, _, target, probs = out_of_fold(folds, ctx.data.y_numpy)
+    positive = names.index(sel.positive_class) if sel.positive_class in names else len(names) - 1
+    if len(names) == 2:
+        ap = average_precision_score(target == positive, probs[:, positive])
+        point = choose(sel.operating_point, target == positive, probs[:, positive], names[positive])
+    else:
+        ap = average_precision_score(np.eye(len(names))[target], probs, average="macro")
+        point = OperatingPoint("argmax", None, None)
+    return {
+        "samples": len(target),
+        "average_precision": float(ap),
+        "ece": expected_calibration_error(probs, target),
+        "reliability": reliability_bins(probs, target),
+        "temperature": [f.temperature for f in folds],
+        "operating_point": point.to_dict(),
+    }
 
 
 def write_oof(ctx: StageContext, arch: str, folds: list[FoldResult]) -> None:

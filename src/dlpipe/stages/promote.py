@@ -81,7 +81,7 @@ def model_input(model, test: TestSet) -> np.ndarray | pd.DataFrame:
 
 def model_scorer(name: str, metric: str, positive_class: str | None, test: TestSet) -> Callable[[ModelVersion], float]:
     """score(version): `metric` of the registered version's predictions on `test`."""
-    from dlpipe.tracking.model_logging import load
+    from dlpipe.tracking.model_logging import load, read_output
 
     def score(version: ModelVersion) -> float:
         try:
@@ -92,13 +92,13 @@ def model_scorer(name: str, metric: str, positive_class: str | None, test: TestS
                 f"{name} version {version.version} cannot be evaluated on the current test set "
                 f"({' '.join(str(exc).split())[:300]}); use --force to promote without comparing"
             ) from None
-        columns = [str(c) for c in probs.columns]
+        predicted_names, class_probs = read_output(probs)
+        columns = [str(c) for c in class_probs.columns]
         if sorted(columns) != sorted(test.class_names):
             raise RegistryError(
                 f"{name} version {version.version} predicts classes {columns} but the test set has "
                 f"{test.class_names}; use --force to promote without comparing"
             )
-        predicted_names = np.asarray(columns, dtype=object)[probs.to_numpy().argmax(axis=1)]
         index = {c: i for i, c in enumerate(test.class_names)}
         y_pred = np.array([index[c] for c in predicted_names], dtype=np.int64)
         value = score_predictions(test.y, y_pred, metric, test.class_names, positive_class)

@@ -1,20 +1,26 @@
-"""select: the leaderboard over every architecture, the winner on cross-validation, registration and promotion.
+"""select: the leaderboard over every model and baseline, the champion on cross-validation, registration and
+promotion, and the study's summary run in MLflow.
 
-The winner has the best CV mean of `selection.metric` (never a test-set number); whether its lead over the
-runner-up is meaningful is judged with the corrected resampled paired t-test over the folds. Its logged model
-becomes a new version of `registry.model_name` with alias `challenger`; with `registry.auto_promote` the
-`champion` alias moves to it when it beats the current champion on the held-out test set (see stages.promote).
+The champion is chosen on the CV mean of `selection.metric` (never a test-set number), by `selection.rule` (see
+`evaluation.selection`); its lead over the runner-up and over the best baseline is judged with the corrected
+resampled t-test and the Bayesian correlated t-test over the folds. Its logged model becomes a new version of
+`registry.model_name` with alias `challenger`; with `registry.auto_promote` the `champion` alias moves to it when it
+beats the current champion on the held-out test set (see stages.promote).
 
-Outputs: reports/leaderboard.csv and .md, reports/selection.json (winner, test, registry outcome),
-reports/metrics.json (the winner's test metrics, flat, for `dvc metrics`), reports/plots/confusion.csv
-(actual,predicted of the winner on the test set) and reports/plots/comparison.csv (architecture, CV mean and test
-value of the selection metric), for `dvc plots`.
+The `select` MLflow run is the study's summary: it links (tags `runs.<arch>.<stage>` and the logged lineage.json)
+the exact tune, cv and train runs whose numbers are on the leaderboard, and logs the leaderboard and plots.
+
+Outputs: reports/leaderboard.csv (every column) and .md (the compact table), reports/selection.json (the verdict,
+the registry outcome, the runs behind it), reports/metrics.json (for `dvc metrics show` / `dvc exp show`: the
+champion, every architecture's CV selection metric, the registered version and the select run), and for
+`dvc plots`: reports/plots/{comparison,confusion,pr,roc,calibration}.csv.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -23,8 +29,8 @@ import pandas as pd
 from dlpipe.config import Params, params_hash
 from dlpipe.errors import DataError
 from dlpipe.evaluation import selection as sel
-from dlpipe.io import read_json, write_json, write_text
-from dlpipe.metric_names import SCALAR_METRICS
+from dlpipe.io import check_writable, read_json, write_json, write_text
+from dlpipe.metric_names import SCALAR_METRICS, label
 from dlpipe.paths import ProjectPaths
 from dlpipe.stages import promote as promote_stage
 from dlpipe.stages.common import StageContext
@@ -32,135 +38,213 @@ from dlpipe.tracking import registry
 from dlpipe.tracking.runs import is_global_zero, log_metrics, log_params, set_tags, tracked_run
 
 log = logging.getLogger(__name__)
+STAGE = "select"
+CURVE_POINTS = 2000  # per class in the PR/ROC plot files
 
 
-def output_paths(paths: ProjectPaths) -> dict[str, Path]:
-    return {
-        "leaderboard_csv": paths.leaderboard_csv,
-        "leaderboard_md": paths.leaderboard_md,
-        "selection": paths.selection,
-        "metrics": paths.metrics,
-        "confusion": paths.plots / "confusion.csv",
-        "comparison": paths.plots / "comparison.csv",
-    }
+@dataclass
+class StudyReports:
+    """What the study and baselines stages wrote, for the architectures and baselines params list."""
+
+    cv: dict[str, dict]
+    test: dict[str, dict]
+    tuning: dict[str, dict]
+    baselines: dict[str, dict]
 
 
-def load_reports(params: Params, paths: ProjectPaths, dataset_hash: str | None = None) -> tuple[dict, dict]:
-    """The cv and test reports of every architecture in params (DataError naming the stage to run if missing)."""
-    cv_reports, test_reports = {}, {}
+def load_reports(params: Params, paths: ProjectPaths, dataset_hash: str | None = None) -> StudyReports:
+    """Every report select needs (DataError naming the stage to run if one is missing or stale)."""
+    cv, test, tuning = {}, {}, {}
     for arch in params.architectures:
-        cv_path, test_path = paths.cv_report(arch), paths.test_report(arch)
-        for path in (cv_path, test_path):
+        for path in (paths.cv_report(arch), paths.test_report(arch)):
             if not path.is_file():
                 raise DataError(f"{path}: missing; run the study stage first (dvc repro study)")
-        cv_reports[arch], test_reports[arch] = read_json(cv_path), read_json(test_path)
-        got = test_reports[arch].get("dataset_hash")
+        cv[arch], test[arch] = read_json(paths.cv_report(arch)), read_json(paths.test_report(arch))
+        got = test[arch].get("dataset_hash")
         if dataset_hash and got and got != dataset_hash:
-            raise DataError(f"{test_path}: trained on another version of the dataset; run train@{arch} again")
-    return cv_reports, test_reports
+            raise DataError(f"{paths.test_report(arch)}: trained on another version of the dataset; run the study "
+                            "stage again")  # fmt: skip
+        tuning_path = paths.tuning_report(arch)
+        tuning[arch] = read_json(tuning_path) if tuning_path.is_file() else {}
+    baselines: dict[str, dict] = {}
+    if params.baselines.models:
+        if not paths.baselines_report.is_file():
+            raise DataError(f"{paths.baselines_report}: missing; run the baselines stage first (dvc repro baselines)")
+        found = read_json(paths.baselines_report)
+        baselines = {name: found[name] for name in params.baselines.models if name in found}
+    return StudyReports(cv, test, tuning, baselines)
 
 
 def run(params: Params, paths: ProjectPaths) -> dict:
+    check_writable(paths.reports, paths.plots)
     ctx = StageContext.load(params, paths)
-    ctx.close_orphans("select")
-    metric, positive = params.selection.metric, params.selection.positive_class
-    cv_reports, test_reports = load_reports(params, paths, ctx.dataset_hash)
-    board = sel.build_leaderboard(cv_reports, test_reports, metric, positive)
-    fold_sizes = np.bincount(ctx.data.splits.fold, minlength=ctx.data.splits.folds)
-    verdict = sel.significance(cv_reports, board, metric, positive, sel.kfold_test_train_ratio(fold_sizes),
-                               params.selection.alpha)  # fmt: skip
-    winner = verdict["winner"]
-    wtest = test_reports[winner]
-    phash = params_hash("select", params.selection, params.architectures,
-                        {a: (cv_reports[a].get("params_hash"), test_reports[a].get("params_hash"))
-                         for a in params.architectures})  # fmt: skip
-    test_hash = promote_stage.test_set_hash(ctx.dataset_hash, ctx.data.splits.test_idx)
-    row = board.iloc[0]
-    summary = {
-        **verdict,
-        "positive_class": positive,
-        "cv_mean": float(row["cv_mean"]),
-        "cv_std": float(row["cv_std"]),
-        "test_value": float(row["test_selection"]),
-        "test_set_hash": test_hash,
-        "params_hash": phash,
-        "registry": None,
-    }
+    ctx.check_against_data()
+    ctx.close_orphans(STAGE)
+    reports = load_reports(params, paths, ctx.dataset_hash)
+    ratio = sel.kfold_test_train_ratio(np.bincount(ctx.data.splits.fold, minlength=ctx.data.splits.folds))
+    board = sel.build_leaderboard(reports.cv, reports.test, params.selection.metric, params.selection.positive_class,
+                                  reports.baselines)  # fmt: skip
+    board = with_run_ids(board, reports)
+    verdict = sel.verdict(board, reports.cv, reports.baselines, params.selection, ratio)
+    summary = summarize(ctx, reports, board, verdict)
     if not is_global_zero():
         return summary
-    out = output_paths(paths)
-    write_text(out["leaderboard_csv"], board.to_csv(index=False))
-    write_text(out["leaderboard_md"], sel.leaderboard_markdown(board, verdict))
-    write_json(out["metrics"], winner_metrics(wtest, row, metric, verdict))
-    _write_plots(paths, board, winner, out)
-
-    with tracked_run(run_name="select") as run_:
-        run_id = run_.info.run_id
-        set_tags(run_id, {**ctx.tags("select", None, phash), "winner": winner})
-        log_params(run_id, {"selection.metric": metric, "selection.positive_class": positive,
-                            "selection.alpha": params.selection.alpha,
-                            "architectures": ",".join(params.architectures)})  # fmt: skip
-        numbers = {"winner_cv_mean": summary["cv_mean"], "winner_cv_std": summary["cv_std"],
-                   **{f"winner_test_{m}": wtest[m] for m in SCALAR_METRICS}}  # fmt: skip
-        if verdict.get("p_value") is not None:
-            numbers |= {"p_value": verdict["p_value"], "t_statistic": verdict["t"]}
-        log_metrics(run_id, {k: v for k, v in numbers.items() if np.isfinite(v)})
-        for key in ("leaderboard_csv", "leaderboard_md"):
-            mlflow.log_artifact(str(out[key]))
-        summary["mlflow_run_id"] = run_id
-        if wtest.get("model_uri"):
-            summary["registry"] = register_and_promote(params, paths, winner, cv_reports[winner], wtest, summary)
-        else:
-            log.warning("select: %s has no logged model (mlflow.log_models false?); nothing registered", winner)
+    write_tables(paths, board, verdict)
+    write_plots(ctx, board, verdict["winner"])
+    with tracked_run(run_name=STAGE, tags={**ctx.tags(STAGE, None, summary["params_hash"]),
+                                           "winner": verdict["winner"]}) as run_:  # fmt: skip
+        summary["mlflow_run_id"] = run_.info.run_id
+        record_summary(run_.info.run_id, params, paths, summary, reports)
+        summary["registry"] = register(params, paths, reports, summary)
         mlflow.log_dict(summary, "selection.json")
-    write_json(out["selection"], summary)
+    write_json(paths.selection, summary)
+    write_json(paths.metrics, dvc_metrics(params, board, summary))
     log.info(sel.selection_sentence(verdict))
     return summary
 
 
-def leaderboard_text(params: Params, paths: ProjectPaths, csv: bool = False) -> str:
-    """The leaderboard from the current cv and test reports (nothing written, nothing registered)."""
-    from dlpipe.data.store import SPLITS_FILE, load_splits
-
-    metric, positive = params.selection.metric, params.selection.positive_class
-    cv_reports, test_reports = load_reports(params, paths)
-    board = sel.build_leaderboard(cv_reports, test_reports, metric, positive)
-    if csv:
-        return board.to_csv(index=False)
-    splits, _ = load_splits(paths.prepared / SPLITS_FILE)
-    ratio = sel.kfold_test_train_ratio(np.bincount(splits.fold, minlength=splits.folds))
-    verdict = sel.significance(cv_reports, board, metric, positive, ratio, params.selection.alpha)
-    return sel.leaderboard_markdown(board, verdict)
+def with_run_ids(board: pd.DataFrame, reports: StudyReports) -> pd.DataFrame:
+    board = board.copy()
+    board.insert(board.columns.get_loc("cv_run_id"), "tune_run_id",
+                 [reports.tuning.get(a, {}).get("mlflow_run_id") or "" for a in board["architecture"]])  # fmt: skip
+    return board
 
 
-def winner_metrics(test_report: dict, row: pd.Series, metric: str, verdict: dict) -> dict:
-    """Flat numbers for `dvc metrics show`: the winner's test metrics and its CV score."""
-    out = {m: float(test_report[m]) for m in SCALAR_METRICS}
-    if sel.is_positive_metric(metric):
-        out[metric] = float(row["test_selection"])
-    out[f"cv_{metric}_mean"] = float(row["cv_mean"])
-    out[f"cv_{metric}_std"] = float(row["cv_std"])
-    for key in ("n_params", "train_seconds", "latency_ms_per_sample"):
-        if key in test_report:
-            out[key] = test_report[key]
-    if verdict.get("p_value") is not None:
-        out["lead_p_value"] = float(verdict["p_value"])
+def summarize(ctx: StageContext, reports: StudyReports, board: pd.DataFrame, verdict: dict) -> dict:
+    """reports/selection.json: the verdict, the champion's numbers, the runs behind every row."""
+    params, winner = ctx.params, verdict["winner"]
+    row = board[(board["architecture"] == winner) & (board["kind"] == "deep")].iloc[0]
+    phash = params_hash(STAGE, params.selection, params.architectures, params.baselines,
+                        {a: (reports.cv[a].get("params_hash"), reports.test[a].get("params_hash"))
+                         for a in params.architectures})  # fmt: skip
+    return {
+        **verdict,
+        "positive_class": params.selection.positive_class,
+        "cv_mean": float(row["cv_mean"]),
+        "cv_std": float(row["cv_std"]),
+        "test_value": float(row["test_selection"]),
+        "operating_point": reports.test[winner].get("operating_point"),
+        "test_set_hash": promote_stage.test_set_hash(ctx.dataset_hash, ctx.data.splits.test_idx),
+        "params_hash": phash,
+        "runs": {a: runs_of(reports, a) for a in params.architectures},
+        "mlflow_run_id": None,
+        "registry": None,
+    }
+
+
+def runs_of(reports: StudyReports, arch: str) -> dict[str, str | None]:
+    """The MLflow runs whose numbers the leaderboard shows for `arch`."""
+    return {"tune": reports.tuning[arch].get("mlflow_run_id"), "cv": reports.cv[arch].get("mlflow_run_id"),
+            "train": reports.test[arch].get("mlflow_run_id")}  # fmt: skip
+
+
+def write_tables(paths: ProjectPaths, board: pd.DataFrame, verdict: dict) -> None:
+    write_text(paths.leaderboard_csv, board.to_csv(index=False))
+    write_text(paths.leaderboard_md, sel.leaderboard_markdown(board, verdict))
+
+
+def dvc_metrics(params: Params, board: pd.DataFrame, summary: dict) -> dict[str, Any]:
+    """What `dvc metrics show` and `dvc exp show` compare across experiments, narrow enough for a terminal: the
+    champion, every architecture's CV mean of the selection metric, the registered version and the select run."""
+    deep = board[board["kind"] == "deep"].set_index("architecture")["cv_mean"]
+    out: dict[str, Any] = {"champion": summary["winner"]}
+    out |= {arch: round(float(deep[arch]), 4) for arch in params.architectures}
+    out["version"] = (summary.get("registry") or {}).get("version")
+    out["select_run"] = summary["mlflow_run_id"]
     return out
 
 
-def _write_plots(paths: ProjectPaths, board: pd.DataFrame, winner: str, out: dict[str, Path]) -> None:
+# --- plots ----------------------------------------------------------------------------------------------------------
+
+
+def write_plots(ctx: StageContext, board: pd.DataFrame, winner: str) -> None:
+    """The files `dvc plots` draws: model comparison, the champion's test confusion, its out-of-fold PR and ROC
+    curves per class, and every architecture's reliability diagram."""
+    paths = ctx.paths
     pred_path = paths.test_predictions(winner)
     if not pred_path.is_file():
         raise DataError(f"{pred_path}: missing; run the study stage again (dvc repro study)")
-    write_text(out["confusion"], pred_path.read_text())
+    write_text(paths.plots / "confusion.csv", pred_path.read_text())
     comparison = pd.DataFrame({
         "architecture": board["architecture"],
-        "metric": board["selection_metric"],
+        "kind": board["kind"],
+        "metric": [label(m) for m in board["selection_metric"]],
         "cv_mean": board["cv_mean"],
         "cv_std": board["cv_std"],
+        "cv_low": board["cv_mean"] - board["cv_std"],
+        "cv_high": (board["cv_mean"] + board["cv_std"]).clip(upper=1.0),
         "test": board["test_selection"],
     })  # fmt: skip
-    write_text(out["comparison"], comparison.to_csv(index=False))
+    write_text(paths.plots / "comparison.csv", comparison.to_csv(index=False))
+    pr, roc = curves(ctx, winner)
+    write_text(paths.plots / "pr.csv", pr.to_csv(index=False))
+    write_text(paths.plots / "roc.csv", roc.to_csv(index=False))
+    rows = [{"architecture": arch, **b} for arch in ctx.params.architectures
+            for b in read_json(paths.cv_report(arch)).get("oof", {}).get("reliability", [])]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["architecture", "confidence", "accuracy", "count"])
+    write_text(paths.plots / "calibration.csv", frame.to_csv(index=False))
+
+
+def curves(ctx: StageContext, arch: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-class (one vs rest) precision-recall and ROC curves from the out-of-fold probabilities of `arch`; a
+    binary task shows its positive class only."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    oof = pd.read_csv(ctx.paths.oof_predictions(arch), dtype={"target": str})
+    names = ctx.data.dataset.class_names
+    shown = names
+    if len(names) == 2:
+        shown = [ctx.params.selection.positive_class or names[1]]
+    pr_parts, roc_parts = [], []
+    for name in shown:
+        truth, score = (oof["target"] == name).to_numpy(), oof[f"prob_{name}"].to_numpy()
+        precision, recall, _ = precision_recall_curve(truth, score)
+        fpr, tpr, _ = roc_curve(truth, score)
+        pr_parts.append(_thin(pd.DataFrame({"class": name, "recall": recall, "precision": precision})))
+        roc_parts.append(_thin(pd.DataFrame({"class": name, "fpr": fpr, "tpr": tpr})))
+    return pd.concat(pr_parts, ignore_index=True), pd.concat(roc_parts, ignore_index=True)
+
+
+def _thin(frame: pd.DataFrame) -> pd.DataFrame:
+    if len(frame) <= CURVE_POINTS:
+        return frame
+    keep = np.unique(np.linspace(0, len(frame) - 1, CURVE_POINTS).astype(int))
+    return frame.iloc[keep]
+
+
+# --- MLflow and the registry ----------------------------------------------------------------------------------------
+
+
+def record_summary(run_id: str, params: Params, paths: ProjectPaths, summary: dict, reports: StudyReports) -> None:
+    """The select run links the runs behind the leaderboard and carries the leaderboard and plots."""
+    links = {f"runs.{arch}.{stage}": rid for arch, stages in summary["runs"].items()
+             for stage, rid in stages.items() if rid}  # fmt: skip
+    set_tags(run_id, links)
+    log_params(run_id, {"selection": params.selection, "architectures": ",".join(params.architectures),
+                        "baselines": ",".join(reports.baselines)})  # fmt: skip
+    numbers = {"champion_cv_mean": summary["cv_mean"], "champion_cv_std": summary["cv_std"],
+               **{f"champion_test_{m}": reports.test[summary["winner"]][m] for m in SCALAR_METRICS}}  # fmt: skip
+    if summary.get("p_value") is not None:
+        numbers |= {"lead_p_value": summary["p_value"], "lead_t": summary["t"]}
+    if summary.get("bayes"):
+        numbers |= {f"lead_{k}": v for k, v in summary["bayes"].items() if k.startswith("p_")}
+    log_metrics(run_id, {k: v for k, v in numbers.items() if v is not None and np.isfinite(v)})
+    lineage = [{"architecture": arch, "stage": stage, "run_id": rid,
+                "params_hash": {"tune": reports.tuning[arch].get("study_name"), "cv": reports.cv[arch].get(
+                    "params_hash"), "train": reports.test[arch].get("params_hash")}[stage]}
+               for arch, stages in summary["runs"].items() for stage, rid in stages.items() if rid]  # fmt: skip
+    mlflow.log_dict({"runs": lineage}, "lineage.json")
+    for path in (paths.leaderboard_csv, paths.leaderboard_md):
+        mlflow.log_artifact(str(path))
+    mlflow.log_artifacts(str(paths.plots), "plots")
+
+
+def register(params: Params, paths: ProjectPaths, reports: StudyReports, summary: dict) -> dict | None:
+    winner = summary["winner"]
+    if not reports.test[winner].get("model_uri"):
+        log.warning("select: %s has no logged model (mlflow.log_models false?); nothing registered", winner)
+        return None
+    return register_and_promote(params, paths, winner, reports.cv[winner], reports.test[winner], summary)
 
 
 def register_and_promote(params: Params, paths: ProjectPaths, winner: str, cv_report: dict, test_report: dict,
@@ -184,6 +268,7 @@ def register_and_promote(params: Params, paths: ProjectPaths, winner: str, cv_re
         "train_run_id": test_report.get("mlflow_run_id", ""),
         "cv_run_id": cv_report.get("mlflow_run_id", ""),
         "select_run_id": summary.get("mlflow_run_id", ""),
+        "operating_point": (test_report.get("operating_point") or {}).get("rule", "argmax"),
     }
     if summary.get("p_value") is not None:
         tags["lead_p_value"] = f"{summary['p_value']:.6g}"
@@ -204,3 +289,12 @@ def register_and_promote(params: Params, paths: ProjectPaths, winner: str, cv_re
     champion = registry.get_alias(name, registry.CHAMPION)
     result["champion"] = int(champion.version) if champion else None
     return result
+
+
+def leaderboard_text(params: Params, paths: ProjectPaths, csv: bool = False) -> str:
+    """The leaderboard as select wrote it (nothing recomputed, nothing registered)."""
+    if not paths.leaderboard_csv.is_file():
+        raise DataError(f"{paths.leaderboard_csv}: missing; run the select stage first (dvc repro select)")
+    if csv:
+        return paths.leaderboard_csv.read_text()
+    return paths.leaderboard_md.read_text()

@@ -77,6 +77,7 @@ def run(params: Params, paths: ProjectPaths) -> dict[str, Any]:
         from dlpipe.stages.scheduler import Study
 
         ctx = StageContext.load(params, paths)
+        ctx.check_against_data()
         ctx.close_orphans(STAGE)
         failures = Study(ctx, pool).run()
     finally:

@@ -39,6 +39,9 @@ from torch import nn
 from dlpipe.config import Params
 from dlpipe.data.prepared import Part, TrainValSplit
 from dlpipe.evaluation import plots
+from dlpipe.evaluation.calibration import calibrated_probs, expected_calibration_error, fit_temperature, logits_of
+from dlpipe.evaluation.operating_point import OperatingPoint, decide
+from dlpipe.evaluation.reports import report_from_predictions
 from dlpipe.io import atomic_dir, check_writable, read_json, write_json, write_text
 from dlpipe.metric_names import SCALAR_METRICS
 from dlpipe.paths import ProjectPaths
@@ -73,11 +76,26 @@ class Trained:
     test: Part
     result: FitResult
     net: nn.Module  # the kept network on the CPU, in eval mode
+    temperature: float  # train.calibration: temperature fitted on the validation slice (1 = none)
+    decision: OperatingPoint  # chosen on the out-of-fold predictions of cross-validation
+
+    def test_probs(self) -> np.ndarray:
+        return calibrated_probs(logits_of(self.net, self.test.X), self.temperature)
+
+    def predicted_classes(self) -> np.ndarray:
+        return decide(self.test_probs(), self.decision, self.result.module.class_names)
+
+
+def operating_point(paths: ProjectPaths, arch: str) -> OperatingPoint:
+    """The decision rule cross-validation chose for `arch` (argmax when its report has none)."""
+    path = paths.cv_report(arch)
+    return OperatingPoint.from_dict(read_json(path).get("oof", {}).get("operating_point") if path.is_file() else None)
 
 
 def params_hash(ctx: StageContext, arch: str) -> str:
     return ctx.spec_hash(model_spec(ctx.params, ctx.paths, arch), STAGE, val_size=ctx.params.data.val_size,
-                         log_models=ctx.params.mlflow.log_models)  # fmt: skip
+                         log_models=ctx.params.mlflow.log_models,
+                         decision=operating_point(ctx.paths, arch).to_dict())  # fmt: skip
 
 
 def reusable(ctx: StageContext, arch: str) -> dict | None:
@@ -119,7 +137,7 @@ def train_unit(job: TrainJob) -> dict:
         summary = test_summary(ctx, trained, report, run_id)
         save_model(ctx, trained, summary)
         log_results(run_id, summary, trained.result.history, arch)
-        write_reports(ctx, arch, summary, predicted_classes(trained))
+        write_reports(ctx, arch, summary, trained.predicted_classes())
     mlflow.flush_async_logging()
     log.info("train %s: test accuracy %.4f f1_macro %.4f (%d params, %d epochs, %.1fs, %.3f ms/sample on CPU)",
              arch, summary["accuracy"], summary["f1_macro"], summary["n_params"], summary["epochs"],
@@ -132,17 +150,20 @@ def fit_final(ctx: StageContext, spec: ModelSpec, phash: str, callbacks: list) -
     split = ctx.data.holdout(params.data.val_size, params.seed)
     result = fit(spec, split, ctx.data.dataset.class_names, params.trainer, params.seed, callbacks=callbacks)
     net = copy.deepcopy(result.module.model).cpu().eval()
-    return Trained(spec, phash, split, ctx.data.test(split.normalizer), result, net)
-
-
-def predicted_classes(trained: Trained) -> np.ndarray:
-    with torch.no_grad():
-        return trained.net(trained.test.X.cpu()).argmax(dim=1).numpy()
+    temperature = 1.0
+    if spec.train.calibration == "temperature":
+        temperature = fit_temperature(logits_of(net, split.val.X), split.val.y)
+    return Trained(spec, phash, split, ctx.data.test(split.normalizer), result, net, temperature,
+                   operating_point(ctx.paths, spec.arch))  # fmt: skip
 
 
 def test_summary(ctx: StageContext, trained: Trained, report: dict, run_id: str | None) -> dict[str, Any]:
-    """reports/test/<arch>.json: identity, test metrics, size, speed, the run and (later) the logged model."""
+    """reports/test/<arch>.json: identity, test metrics (under the operating point), calibration, size, speed, the
+    run and (later) the logged model."""
     result = trained.result
+    probs, y = trained.test_probs(), trained.test.y.numpy()
+    if trained.decision.threshold is not None:  # the deployed decision, not the argmax, is what the test reports
+        report = report_from_predictions(y, trained.predicted_classes(), result.module.class_names)
     return {
         **identity(ctx, trained),
         "n_train": len(trained.split.train),
@@ -152,6 +173,10 @@ def test_summary(ctx: StageContext, trained: Trained, report: dict, run_id: str 
         "per_class": report["per_class"],
         "confusion_matrix": report["confusion_matrix"],
         "class_names": report["class_names"],
+        "operating_point": trained.decision.to_dict(),
+        "temperature": trained.temperature,
+        "ece": expected_calibration_error(probs, y),
+        "ece_uncalibrated": expected_calibration_error(calibrated_probs(logits_of(trained.net, trained.test.X)), y),
         "train_seconds": result.seconds,
         "epochs": result.epochs,
         **cpu_latency(trained.net, trained.test.X),
@@ -190,18 +215,22 @@ def save_model(ctx: StageContext, trained: Trained, summary: dict) -> None:
         "normalizer": {"mean": norm.mean.tolist(), "std": norm.std.tolist()},
         "seed": ctx.params.seed,
         "val_size": ctx.params.data.val_size,
+        "temperature": trained.temperature,
+        "operating_point": trained.decision.to_dict(),
         "torch_version": torch.__version__,
     }
     with atomic_dir(ctx.paths.model_dir(arch)) as out:
         torch.save(trained.net.state_dict(), out / "model.pt")
         program = out / model_logging.PROGRAM_FILE
-        model_logging.export_program(trained.net, norm, raw_test[:4], program)
-        check_exported(program, raw_test, predicted_classes(trained))
+        model_logging.export_program(trained.net, norm, raw_test[:4], program, trained.temperature)
+        check_exported(program, raw_test, trained)
         write_json(out / "params.json", meta)
         if ctx.params.mlflow.log_models:
             info = model_logging.log_classifier(
                 program, list(ds.class_names), ds.input_shape, ctx.data.raw(trained.split.train.idx[:5]).numpy(),
-                params={"architecture": arch, "params_hash": trained.phash}, tags={"architecture": arch},
+                name=arch, step=trained.result.best_epoch or 0, decision=trained.decision.to_dict(),
+                params={"architecture": arch, "params_hash": trained.phash},
+                tags={"architecture": arch, "dataset": ctx.params.data.name, "experiment": ctx.params.experiment_name},
                 feature_names=ds.feature_names,
             )  # fmt: skip
             summary["model_uri"], summary["model_id"] = info.model_uri, info.model_id
@@ -215,11 +244,14 @@ def write_reports(ctx: StageContext, arch: str, summary: dict, predicted: np.nda
     write_json(ctx.paths.test_report(arch), summary)
 
 
-def check_exported(path: Path, raw: torch.Tensor, predicted: np.ndarray) -> None:
-    """The exported program (raw input, normaliser inside) predicts what the evaluated network predicted."""
+def check_exported(path: Path, raw: torch.Tensor, trained: Trained) -> None:
+    """The exported program (raw input, normaliser and temperature inside) decides what the evaluated network
+    decided on every test sample."""
     program = torch.export.load(str(path)).module()
     with torch.no_grad():
-        exported = program(raw).argmax(dim=1).numpy()
+        probs = program(raw).numpy()
+    exported = decide(probs, trained.decision, trained.result.module.class_names)
+    predicted = trained.predicted_classes()
     disagree = int((exported != predicted).sum())
     if disagree:
         log.warning("exported model disagrees with the trained network on %d of %d test samples", disagree,
@@ -261,9 +293,9 @@ def log_results(run_id: str, summary: dict, history: list[dict], arch: str) -> N
     for name, per in summary["per_class"].items():
         metrics |= {f"test_{m}_class_{_metric_safe(name)}": v for m, v in per.items()}
     extra = {k: summary[k] for k in ("n_params", "train_seconds", "epochs", "latency_ms_per_sample",
-                                     "batch_ms_per_sample")}  # fmt: skip
+                                     "batch_ms_per_sample", "ece", "temperature")}  # fmt: skip
     log_metrics(run_id, {**metrics, **extra})
-    if summary["model_id"]:
+    if summary["model_id"]:  # the model page shows its test metrics beside the kept epoch's (linked at log time)
         mlflow.log_metrics({f"test_{m}": summary[m] for m in SCALAR_METRICS}, run_id=run_id,
                            model_id=summary["model_id"])  # fmt: skip
     fig = plots.confusion_matrix_figure(summary["confusion_matrix"], summary["class_names"],

@@ -25,7 +25,7 @@ import mlflow
 from dlpipe.config import Params, flatten, load_params
 from dlpipe.errors import ConfigError, DlpipeError
 from dlpipe.io import read_json, write_json
-from dlpipe.metric_names import is_positive_metric, monitor_for
+from dlpipe.metric_names import monitor_for
 from dlpipe.paths import ProjectPaths
 from dlpipe.stages.common import StageContext, worker_context
 from dlpipe.tracking.runs import closing_run, is_global_zero, latest_run, log_metrics, log_params, open_run, set_tags
@@ -88,7 +88,7 @@ def plan(ctx: StageContext, arch: str) -> TunePlan | dict[str, Any]:
         return record_untuned(params, paths, arch, space)
     if not is_global_zero():  # a DDP rank started after rank 0 tuned every architecture: read its result
         return read_json(paths.tuning_report(arch))
-    check_data(params, ctx)
+    ctx.check_against_data()
     handle = open_study(params, paths, arch, space, ctx.dataset_hash)
     counts = state_counts(handle.study)
     log.info("tune %s: study %s in %s (%d of %d trials finished)", arch, handle.name, handle.storage,
@@ -190,7 +190,7 @@ def worker(params: Params, paths: ProjectPaths, arch: str, index: int = 0, paren
     if not len(space):
         raise ConfigError(f"tune.space: the search space of {arch} is empty; there is no study to work on")
     ctx = StageContext.load(params, paths)
-    check_data(params, ctx)
+    ctx.check_against_data()
     handle = open_study(params, paths, arch, space, ctx.dataset_hash)
     log.info("tune %s: worker %s joins study %s in %s", arch, W.worker_id(index), handle.name, handle.storage)
     own = None
@@ -219,17 +219,6 @@ def worker_main(args: argparse.Namespace) -> int:
         raise_unknown_arch(args.arch, params)
     worker(params, paths, args.arch, args.worker_index, args.parent_run_id)
     return 0
-
-
-# --- checks -------------------------------------------------------------------------------------------------------
-
-
-def check_data(params: Params, ctx: StageContext) -> None:
-    sel = params.selection
-    names = ctx.data.dataset.class_names
-    if is_positive_metric(sel.metric) and sel.positive_class not in names:
-        raise ConfigError(f"selection.positive_class: {sel.positive_class!r} is not a class of "
-                          f"{params.data.name}; allowed: {', '.join(names)}")  # fmt: skip
 
 
 # --- report -------------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""Trained classifiers as runnable MLflow models: raw inputs in, class probabilities (one column per class) out.
+"""Trained classifiers as runnable MLflow models: raw inputs in; the predicted class and its probabilities out.
 
 The network, the training normaliser and the softmax are exported together with `torch.export` (`model.pt2`), and
 logged as a pyfunc from code (`pyfunc_model.py`, copied into the model), so loading or serving a model needs
-torch, numpy, pandas and mlflow but not dlpipe. Outputs: a column of probabilities per class name. Inputs:
+torch, numpy, pandas and mlflow but not dlpipe. Outputs: `prediction` (the class name, under the model's operating
+point: argmax, or a threshold on the positive class's probability) and `prob_<class>` per class. Inputs:
 - image models (and tabular models logged without feature names): a float32 tensor of the dataset's shape
   (N x C x H x W images in [0, 1], or N x F features), matched by position;
 - tabular models logged with `feature_names`: one named column per feature (ColSpec, double), so MLflow's schema
@@ -34,24 +35,28 @@ log = logging.getLogger(__name__)
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 PROGRAM_FILE = "model.pt2"
 META_FILE = "serving.json"
+PREDICTION = "prediction"  # the output column with the predicted class name (under the model's operating point)
 
 
 class ServingNet(nn.Module):
-    """Raw input -> normalise with the training statistics -> network -> class probabilities."""
+    """Raw input -> normalise with the training statistics -> network -> (temperature) -> class probabilities."""
 
-    def __init__(self, net: nn.Module, normalizer: Normalizer):
+    def __init__(self, net: nn.Module, normalizer: Normalizer, temperature: float = 1.0):
         super().__init__()
         self.net = net
         self.register_buffer("mean", normalizer.mean.detach().float().cpu().clone())
         self.register_buffer("std", normalizer.std.detach().float().cpu().clone())
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net((x - self.mean) / self.std), dim=1)
+        return torch.softmax(self.net((x - self.mean) / self.std) / self.temperature, dim=1)
 
 
-def export_program(net: nn.Module, normalizer: Normalizer, example: torch.Tensor, path: Path) -> None:
-    """Export `ServingNet(net, normalizer)` (CPU, eval mode, any batch size) to `path` and check it reloads."""
-    serving = ServingNet(net, normalizer).cpu().eval()
+def export_program(net: nn.Module, normalizer: Normalizer, example: torch.Tensor, path: Path,
+                   temperature: float = 1.0) -> None:  # fmt: skip
+    """Export `ServingNet(net, normalizer, temperature)` (CPU, eval mode, any batch size) to `path`; check it
+    reloads."""
+    serving = ServingNet(net, normalizer, temperature).cpu().eval()
     example = example[:4].float().cpu()
     if len(example) < 2:  # a batch of 1 would let the exporter specialise the batch size
         example = example.repeat(2, *([1] * (example.dim() - 1)))
@@ -89,7 +94,7 @@ def signature(
         inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *input_shape))])
     else:
         inputs = Schema([ColSpec("double", name) for name in names])  # double: JSON numbers arrive as float64/int64
-    outputs = Schema([ColSpec("float", str(name)) for name in class_names])
+    outputs = Schema([ColSpec("string", PREDICTION)] + [ColSpec("float", f"prob_{name}") for name in class_names])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -114,10 +119,14 @@ def log_classifier(
     params: dict[str, Any] | None = None,
     tags: dict[str, str] | None = None,
     feature_names: list[str] | None = None,
+    decision: dict[str, Any] | None = None,
+    step: int = 0,
 ) -> ModelInfo:
-    """Log an exported program (see `export_program`) as a pyfunc model of the active run.
+    """Log an exported program (see `export_program`) as a pyfunc model named `name` of the active run.
 
-    `feature_names` (tabular data only: X's column names, in order) makes the model take named columns.
+    `feature_names` (tabular data only: X's column names, in order) makes the model take named columns;
+    `decision` (an operating point: rule, threshold on P(positive_class)) decides the `prediction` column; the
+    run's metrics at `step` (e.g. the kept epoch) are linked to the model.
     """
     names = check_feature_names(feature_names, tuple(input_shape))
     example: np.ndarray | pd.DataFrame = np.asarray(input_example, dtype=np.float32)
@@ -125,7 +134,8 @@ def log_classifier(
         example = pd.DataFrame(example.reshape(len(example), -1).astype(np.float64), columns=names)
     with tempfile.TemporaryDirectory(prefix="dlpipe-model-") as tmp:
         meta = Path(tmp) / META_FILE
-        info = {"class_names": [str(c) for c in class_names], "input_shape": list(input_shape), "feature_names": names}
+        info = {"class_names": [str(c) for c in class_names], "input_shape": list(input_shape), "feature_names": names,
+                "decision": decision or {"rule": "argmax", "threshold": None, "positive_class": None}}  # fmt: skip
         meta.write_text(json.dumps(info))
         return mlflow.pyfunc.log_model(
             name=name,
@@ -136,7 +146,21 @@ def log_classifier(
             pip_requirements=requirements(),
             params={k: str(v) for k, v in (params or {}).items()} or None,
             tags=tags,
+            step=step,
         )
+
+
+def read_output(frame: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
+    """(predicted class names, probabilities with one column per class name) from a model's output. Models logged
+    before the `prediction` column existed output bare class-name columns: their prediction is the argmax."""
+    columns = [str(c) for c in frame.columns]
+    if PREDICTION in columns:
+        probs = frame[[c for c in frame.columns if str(c).startswith("prob_")]]
+        probs = probs.rename(columns=lambda c: str(c).removeprefix("prob_"))
+        return frame[PREDICTION].astype(str).to_numpy(dtype=object), probs
+    probs = frame.rename(columns=str)
+    names = np.asarray(columns, dtype=object)
+    return (names[probs.to_numpy().argmax(axis=1)] if len(probs) else names[:0]), probs
 
 
 def load(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
@@ -165,5 +189,8 @@ def feature_names_of(model: mlflow.pyfunc.PyFuncModel) -> list[str] | None:
 
 
 def class_names_of(model: mlflow.pyfunc.PyFuncModel) -> list[str] | None:
+    """The class names of a model's `prob_<class>` output columns."""
     schema = model.metadata.get_output_schema()
-    return None if schema is None else [str(n) for n in schema.input_names()]
+    if schema is None:
+        return None
+    return [str(n).removeprefix("prob_") for n in schema.input_names() if str(n).startswith("prob_")]

@@ -6,7 +6,8 @@ serves wherever those are installed. Its artifacts:
   N x C x H x W images in [0, 1] or N x F features) to class probabilities; the training normaliser is inside it.
 - `meta`: JSON with `class_names`, `input_shape` and, for tabular models, `feature_names` (the training columns).
 
-`predict` returns a DataFrame with one probability column per class name. Inputs may be any array-like of
+`predict` returns a DataFrame: `prediction` (the class name under the model's decision rule from `meta`: argmax,
+or a threshold on one class's probability) and `prob_<class>` per class name. Inputs may be any array-like of
 shape (N, *input_shape), or flattened to (N, prod(input_shape)) (a CSV row of pixels, a DataFrame). A model with
 feature names takes a DataFrame's columns by name, in any order (extra columns are ignored, as MLflow's schema
 enforcement does; a missing one is an error); only unnamed columns (0..F-1) are taken by position.
@@ -38,6 +39,9 @@ class DlpipeClassifier(PythonModel):
         self.input_shape = tuple(int(d) for d in meta["input_shape"])
         names = meta.get("feature_names")
         self.feature_names = None if names is None else [str(n) for n in names]
+        decision = meta.get("decision") or {}
+        self.threshold = decision.get("threshold")
+        self.positive = self.class_names.index(str(decision["positive_class"])) if self.threshold is not None else None
         self.program = torch.export.load(context.artifacts["program"]).module()
 
     def _as_array(self, model_input) -> np.ndarray:
@@ -75,7 +79,14 @@ class DlpipeClassifier(PythonModel):
         with torch.no_grad():
             parts = [self.program(x[i : i + BATCH]) for i in range(0, len(x), BATCH)]
         probs = torch.cat(parts).numpy() if parts else np.empty((0, len(self.class_names)), dtype=np.float32)
-        return pd.DataFrame(probs, columns=self.class_names)
+        if self.threshold is None:
+            chosen = probs.argmax(axis=1)
+        else:  # binary: the positive class when its probability reaches the threshold
+            chosen = np.where(probs[:, self.positive] >= self.threshold, self.positive, 1 - self.positive)
+        out = pd.DataFrame({"prediction": np.asarray(self.class_names, dtype=object)[chosen]})
+        for i, name in enumerate(self.class_names):
+            out[f"prob_{name}"] = probs[:, i]
+        return out
 
 
 mlflow.models.set_model(DlpipeClassifier())
