@@ -92,10 +92,12 @@ import json, sys
 import mlflow, numpy as np
 data = np.load(sys.argv[1])
 model = mlflow.pyfunc.load_model(sys.argv[2])
-probs = model.predict(data["X"])
+out = model.predict(data["X"])
+probs = out[[c for c in out.columns if c.startswith("prob_")]]
 print(json.dumps({
-    "columns": [str(c) for c in probs.columns],
-    "accuracy": float((probs.to_numpy().argmax(axis=1) == data["y"]).mean()),
+    "columns": [str(c) for c in out.columns],
+    "accuracy": float((out["prediction"].astype(int).to_numpy() == data["y"]).mean()),
+    "argmax_agrees": bool((probs.to_numpy().argmax(axis=1) == out["prediction"].astype(int).to_numpy()).all()),
     "row_sums": probs.to_numpy().sum(axis=1).tolist(),
     "dlpipe_imported": any(m == "dlpipe" or m.startswith("dlpipe.") for m in sys.modules),
 }))
@@ -108,7 +110,8 @@ def test_a_fresh_process_loads_the_champion_and_reproduces_the_test_accuracy(ser
                           env=served.env, cwd=tmp_path, capture_output=True, text=True, timeout=180)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["columns"] == [str(i) for i in range(10)]
+    assert out["columns"] == ["prediction"] + [f"prob_{i}" for i in range(10)]
+    assert out["argmax_agrees"]  # the digits model decides by argmax
     assert out["accuracy"] == pytest.approx(served.report["accuracy"], abs=1e-6)
     assert out["accuracy"] > 0.5
     assert np.allclose(out["row_sums"], 1.0, atol=1e-5)
@@ -168,9 +171,10 @@ def test_mlflow_models_serve_answers_invocations(served: Served, tmp_path: Path)
     with mlflow_serve(CHAMPION, served.env, tmp_path) as base:
         status, body = post(f"{base}/invocations", {"inputs": served.X.tolist()})
         assert status == 200, body
-        probs = pd.DataFrame(body["predictions"])
-        assert list(probs.columns) == [str(i) for i in range(10)] and len(probs) == len(served.y)
-        accuracy = float((probs.to_numpy().argmax(axis=1) == served.y).mean())
+        answer = pd.DataFrame(body["predictions"])
+        assert list(answer.columns) == ["prediction"] + [f"prob_{i}" for i in range(10)]
+        assert len(answer) == len(served.y)
+        accuracy = float((answer["prediction"].astype(int).to_numpy() == served.y).mean())
         assert accuracy == pytest.approx(served.report["accuracy"], abs=1e-6)
         status, body = post(f"{base}/invocations", {"inputs": [[0.0] * 60]})
         assert status == 400 and "(-1, 1, 8, 8)" in body.get("message", "")

@@ -125,10 +125,12 @@ def test_the_logged_model_has_a_named_column_signature(in_project: Wine) -> None
     assert model_logging.feature_names_of(model) == list(wine.features.columns)
     assert model_logging.input_shape_of(model) == (13,)
     reordered = wine.features[wine.features.columns[::-1]]
-    probs = model.predict(reordered)  # MLflow's schema enforcement reorders by name
-    assert (np.asarray(wine.class_names)[probs.to_numpy().argmax(axis=1)] == wine.expected).all()
+    out = model.predict(reordered)  # MLflow's schema enforcement reorders by name
+    assert (out["prediction"].to_numpy() == wine.expected).all()
     own = model.unwrap_python_model().predict(None, reordered)  # and so does the pyfunc itself, without MLflow
-    assert np.allclose(own.to_numpy(), probs.to_numpy(), atol=1e-6)
+    prob_columns = [f"prob_{c}" for c in wine.class_names]
+    assert list(own["prediction"]) == list(out["prediction"])
+    assert np.allclose(own[prob_columns].to_numpy(), out[prob_columns].to_numpy(), atol=1e-6)
 
 
 def test_reversed_columns_give_identical_predictions(in_project: Wine, tmp_path: Path, capsys) -> None:
@@ -201,7 +203,7 @@ def test_promotion_scores_a_named_column_model_on_the_test_set(in_project: Wine)
     test = promote_stage.load_test_set(params, paths)
     assert test is not None and test.feature_names == list(w.features.columns)
     score = promote_stage.model_scorer(NAME, "accuracy", None, test)
-    splits, _, subset = load_splits(paths.prepared / SPLITS_FILE)
+    splits, subset = load_splits(paths.prepared / SPLITS_FILE)
     rows = subset[splits.test_idx]  # CSV rows of the held-out test set
     truth = np.asarray(w.class_names, dtype=object)[load_saved_dataset(paths.raw).y.numpy()[rows]]
     expected = float((w.expected[rows] == truth).mean())  # the network's own accuracy on them
@@ -214,9 +216,9 @@ def test_served_model_takes_named_columns_in_any_order(wine: Wine, tmp_path: Pat
         payload = {"dataframe_split": {"columns": reversed_cols, "data": wine.features[reversed_cols].values.tolist()}}
         status, body = post(f"{base}/invocations", payload)
         assert status == 200, body
-        probs = pd.DataFrame(body["predictions"])
-        assert list(probs.columns) == wine.class_names
-        assert (np.asarray(wine.class_names)[probs.to_numpy().argmax(axis=1)] == wine.expected).all()
+        answer = pd.DataFrame(body["predictions"])
+        assert list(answer.columns) == ["prediction"] + [f"prob_{c}" for c in wine.class_names]
+        assert (answer["prediction"].to_numpy() == wine.expected).all()
         missing = [c for c in reversed_cols if c != "proline"]
         payload = {"dataframe_split": {"columns": missing, "data": wine.features[missing].values.tolist()}}
         status, body = post(f"{base}/invocations", payload)

@@ -5,7 +5,6 @@ scores), --force, --version, ties, and --rollback restoring earlier champions re
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from dlpipe import cli
 from dlpipe.config import Params, load_params
 from dlpipe.data.prepared import PreparedData
+from dlpipe.evaluation import selection as sel
 from dlpipe.io import read_json
 from dlpipe.paths import ProjectPaths
 from dlpipe.stages import cv, select, train
@@ -126,7 +126,15 @@ def test_train_runs_in_mlflow_with_epochs_test_metrics_and_a_logged_model(study:
         artifacts = {a.path for a in study.client.list_artifacts(run.info.run_id, "plots")}
         assert artifacts == {"plots/confusion_matrix.png", "plots/learning_curves.png"}
         model = study.client.get_logged_model(report["model_id"])
-        assert model.source_run_id == run.info.run_id and model.name == "model"
+        assert model.source_run_id == run.info.run_id and model.name == arch  # named after its architecture
+        # its page shows the kept epoch's validation metrics and the test metrics, not epoch 0's
+        linked = {m.key: m for m in model.metrics}
+        best = report["best_epoch"]
+        for key in ("val_loss", "val_accuracy"):
+            at_best = [h for h in study.client.get_metric_history(run.info.run_id, key) if h.step == best]
+            assert linked[key].value == pytest.approx(at_best[0].value) and linked[key].step == best
+        for m in SCALAR_METRICS:
+            assert linked[f"test_{m}"].value == pytest.approx(report[m])
 
 
 # --- select --------------------------------------------------------------------------------------------------------
@@ -135,25 +143,36 @@ def test_train_runs_in_mlflow_with_epochs_test_metrics_and_a_logged_model(study:
 def test_select_writes_the_leaderboard_metrics_and_plots(study: Study) -> None:
     cv_reports = {a: read_json(study.paths.cv_report(a)) for a in ARCHS}
     expected = max(ARCHS, key=lambda a: cv_reports[a]["mean"]["f1_macro"])
-    sel = study.selected
-    assert sel["winner"] == expected and sel["metric"] == "f1_macro"
-    assert sel["runner_up"] == next(a for a in ARCHS if a != expected)
-    assert 0.0 <= sel["p_value"] <= 1.0 and sel["significant"] == (sel["p_value"] < 0.05)
+    chosen = study.selected
+    assert chosen["winner"] == expected and chosen["metric"] == "f1_macro"
+    assert chosen["runner_up"] == next(a for a in ARCHS if a != expected)
+    assert 0.0 <= chosen["p_value"] <= 1.0 and chosen["significant"] == (chosen["p_value"] < 0.05)
     board = pd.read_csv(study.paths.reports / "leaderboard.csv")
     assert board.iloc[0]["architecture"] == expected
     assert board.set_index("architecture").loc[expected, "cv_f1_macro_mean"] == pytest.approx(
         cv_reports[expected]["mean"]["f1_macro"]
     )
     md = (study.paths.reports / "leaderboard.md").read_text()
-    assert "±" in md and f"p={sel['p_value']:.4f}" in md
+    assert "±" in md and f"p={chosen['p_value']:.4f}" in md
     metrics = read_json(study.paths.reports / "metrics.json")
-    assert metrics["f1_macro"] == pytest.approx(study.trained[expected]["f1_macro"])
-    assert all(isinstance(v, (int, float)) for v in metrics.values())
+    assert metrics["champion"] == expected and metrics["select_run"] == chosen["mlflow_run_id"]
+    assert {a: metrics[a] for a in ARCHS} == pytest.approx({a: cv_reports[a]["mean"]["f1_macro"] for a in ARCHS},
+                                                           abs=5e-5)  # fmt: skip
     confusion = pd.read_csv(study.paths.reports / "plots" / "confusion.csv")
     assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == 60
     comparison = pd.read_csv(study.paths.reports / "plots" / "comparison.csv")
     assert set(comparison["architecture"]) == set(ARCHS)
-    assert set(comparison.columns) == {"architecture", "metric", "cv_mean", "cv_std", "test"}
+    assert list(comparison.columns) == ["architecture", "kind", "metric", "cv_mean", "cv_std", "cv_low", "cv_high",
+                                        "test"]  # fmt: skip
+    for name, columns in (("pr", ["class", "recall", "precision"]), ("roc", ["class", "fpr", "tpr"]),
+                          ("calibration", ["architecture", "confidence", "accuracy", "count"])):  # fmt: skip
+        frame = pd.read_csv(study.paths.reports / "plots" / f"{name}.csv", dtype={"class": str})
+        assert list(frame.columns) == columns and len(frame) > 10
+    # the select run links exactly the runs whose numbers are on the leaderboard
+    tags = study.client.get_run(chosen["mlflow_run_id"]).data.tags
+    for _, row in board.iterrows():
+        assert tags[f"runs.{row['architecture']}.cv"] == row["cv_run_id"]
+        assert tags[f"runs.{row['architecture']}.train"] == row["train_run_id"]
     assert read_json(study.paths.reports / "selection.json")["winner"] == expected
 
 
@@ -189,19 +208,15 @@ def test_per_class_fold_metrics_are_in_the_cv_report_and_the_leaderboard_cli(stu
             # every class occurs in every validation fold, so macro F1 is the mean of the per-class F1s
             mean_f1 = np.mean([v["f1"] for v in per_class.values()])
             assert mean_f1 == pytest.approx(report["per_fold"][fold]["f1_macro"], abs=1e-5)
-    # recall of class "3" as the selection metric (the *_positive path), through the CLI
-    write_params(study.root, {"selection": {"metric": "recall_positive", "positive_class": "3"}},
-                 base=load_params_raw(study.root))  # fmt: skip
-    assert cli.main(["leaderboard", "--csv"]) == 0
-    board = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    # recall of class "3" as the selection metric (the *_positive path) ranks on the per-class fold values
+    board = sel.build_leaderboard(filled, {a: read_json(study.paths.test_report(a)) for a in ARCHS},
+                                  "recall_positive", "3")  # fmt: skip
     expected = {a: np.mean([f["3"]["recall"] for f in filled[a]["per_fold_per_class"].values()]) for a in ARCHS}
     assert board.set_index("architecture")["cv_mean"].to_dict() == pytest.approx(expected)
     assert board.iloc[0]["architecture"] == max(expected, key=expected.get)
-    write_params(study.root, {"selection": {"metric": "f1_macro", "positive_class": None}},
-                 base=load_params_raw(study.root))  # fmt: skip
-    assert cli.main(["leaderboard"]) == 0
+    assert cli.main(["leaderboard"]) == 0  # the leaderboard select wrote
     out = capsys.readouterr().out
-    assert out.startswith("# Leaderboard") and f"Winner: **{study.selected['winner']}**" in out
+    assert "Leaderboard" in out and study.selected["winner"] in out
 
 
 # --- promotion -----------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from dlpipe.data.store import DATASET_FILE, dataset_digest
 from dlpipe.io import read_json
 from dlpipe.paths import ProjectPaths
 from dlpipe.tracking import store
-from dlpipe.tracking.runs import close_orphaned_runs, git_commit, is_global_zero, standard_tags
+from dlpipe.tracking.runs import close_orphaned_runs, dvc_tags, git_commit, is_global_zero, standard_tags
 
 if TYPE_CHECKING:  # the training stack (Lightning) is imported by the stages that train, not by every stage
     from dlpipe.training.fit import ModelSpec
@@ -88,7 +88,14 @@ class StageContext:
         return params_hash(stage, RESULTS_PROTOCOL, *what)
 
     def tags(self, stage: str, arch: str | None, phash: str) -> dict[str, str]:
-        return standard_tags(stage, arch, phash, self.params.data.name, self.dataset_hash, self.commit)
+        return standard_tags(stage, arch, phash, self.params.data.name, self.dataset_hash, self.commit,
+                             {**dvc_tags(self.paths.root), **self.study_tags()})  # fmt: skip
+
+    def study_tags(self) -> dict[str, str]:
+        """The Optuna storage every run of the study can be traced to (its studies are named per architecture)."""
+        from dlpipe.tuning.study import redact, storage_location
+
+        return {"optuna.storage": redact(storage_location(self.params, self.paths))}
 
     def log_dataset(self, run_id: str, context: str = "training") -> None:
         """Record the dataset as an input of `run_id` (every run that trains or evaluates on it)."""

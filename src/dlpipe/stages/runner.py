@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import warnings
@@ -16,10 +17,20 @@ from dlpipe.paths import ProjectPaths
 log = logging.getLogger("dlpipe")
 
 
+# Libraries' chatter a user cannot act on: device banners and tips, "study created/loaded", "validating the
+# input example", registry notices; their warnings and errors still show.
+QUIET_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "optuna", "mlflow", "alembic")
+
+
 def setup_logging(level: int = logging.INFO) -> None:
+    """One line per event from dlpipe; third-party progress bars and notices off (stages and workers call it)."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):  # device banners and tips
+    for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # "Downloading artifacts" bars
+    import optuna  # its own handler resets its logger's level on first use: set it through its API
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning on torch 2.15, harmless
 
 

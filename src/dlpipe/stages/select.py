@@ -176,9 +176,14 @@ def write_plots(ctx: StageContext, board: pd.DataFrame, winner: str) -> None:
         "test": board["test_selection"],
     })  # fmt: skip
     write_text(paths.plots / "comparison.csv", comparison.to_csv(index=False))
-    pr, roc = curves(ctx, winner)
-    write_text(paths.plots / "pr.csv", pr.to_csv(index=False))
-    write_text(paths.plots / "roc.csv", roc.to_csv(index=False))
+    if paths.oof_predictions(winner).is_file():
+        pr, roc = curves(ctx, winner)
+        write_text(paths.plots / "pr.csv", pr.to_csv(index=False))
+        write_text(paths.plots / "roc.csv", roc.to_csv(index=False))
+    else:  # a report without out-of-fold predictions: the other plots still stand
+        log.warning("select: %s has no out-of-fold predictions; no PR/ROC curves", paths.oof_predictions(winner))
+        for name in ("pr.csv", "roc.csv"):
+            (paths.plots / name).unlink(missing_ok=True)
     rows = [{"architecture": arch, **b} for arch in ctx.params.architectures
             for b in read_json(paths.cv_report(arch)).get("oof", {}).get("reliability", [])]  # fmt: skip
     frame = pd.DataFrame(rows, columns=["architecture", "confidence", "accuracy", "count"])

@@ -47,6 +47,7 @@ from dlpipe.tuning.tracking import TrialTracker, log_study_plots
 
 log = logging.getLogger(__name__)
 STAGE = "tune"
+REPORT_ARTIFACT = "tuning_report.json"
 
 
 @dataclass
@@ -94,13 +95,27 @@ def plan(ctx: StageContext, arch: str) -> TunePlan | dict[str, Any]:
     log.info("tune %s: study %s in %s (%d of %d trials finished)", arch, handle.name, handle.storage,
              counts["COMPLETE"] + counts["PRUNED"], params.tune.n_trials)  # fmt: skip
     parent = latest_run(ctx.experiment_id, stage=STAGE, architecture=arch, params_hash=handle.hash)
+    done = finished_count(handle.study.get_trials(deepcopy=False)) >= params.tune.n_trials
+    if done and parent is not None and parent.info.status == "FINISHED":
+        reused = finished_report(parent, params.tune.n_trials)
+        if reused is not None:  # nothing to run or to log: the finished study's summary stands
+            log.info("tune %s: study %s finished in run %s, reusing it", arch, handle.name, parent.info.run_id)
+            return finish(ctx, reused)
     tags = {**ctx.tags(STAGE, arch, handle.hash), "study_name": handle.name}
     run_id = open_run(ctx.experiment_id, f"tune-{arch}", tags, resume=parent.info.run_id if parent else None)
     if parent is None:
         log_params(run_id, parent_params(params, arch, space, handle))
         ctx.log_dataset(run_id)
-    runners = 0 if finished_count(handle.study.get_trials(deepcopy=False)) >= params.tune.n_trials else 1
-    return TunePlan(arch, space, handle, run_id, runners and params.tune.workers)
+    return TunePlan(arch, space, handle, run_id, 0 if done else params.tune.workers)
+
+
+def finished_report(parent: Any, budget: int) -> dict[str, Any] | None:
+    """The report a finished tune run logged, when it covered the same budget (None: summarise again)."""
+    try:
+        report = mlflow.artifacts.load_dict(f"{parent.info.artifact_uri}/{REPORT_ARTIFACT}")
+    except Exception:  # artifact missing: summarise again
+        return None
+    return report if report.get("n_trials") == budget and report.get("mlflow_run_id") == parent.info.run_id else None
 
 
 def record_untuned(params: Params, paths: ProjectPaths, arch: str, space: SearchSpace) -> dict[str, Any]:
@@ -310,4 +325,4 @@ def log_summary(run_id: str, handle: StudyHandle, out: dict[str, Any]) -> None:
         client.log_text(run_id, frame.to_csv(index=False), "trials.csv")
     except Exception as exc:  # an empty study or a pandas hiccup: the table is a convenience
         log.warning("tune: no trials table: %s", exc)
-    client.log_dict(run_id, out, "tuning_report.json")
+    client.log_dict(run_id, out, REPORT_ARTIFACT)

@@ -33,23 +33,52 @@ def is_global_zero() -> bool:
 
 
 def git_commit(root: Path) -> str:
+    """HEAD's commit, with `+dirty` when tracked files differ from it ("unknown" outside git)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return "unknown"
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=30)  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
+def dvc_tags(root: Path) -> dict[str, str]:
+    """Where a run stands in DVC: the experiment (`dvc exp run` sets DVC_EXP_NAME and DVC_EXP_BASELINE_REV), the
+    stage running it, and the DVC hashes of the data it read (from dvc.lock), so a run leads back to its experiment."""
+    tags = {}
+    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
+                     ("DVC_STAGE", "dvc.stage")):  # fmt: skip
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    try:
+        import yaml
+
+        lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
+    except (OSError, ValueError):
+        return tags
+    for stage, out in (("fetch", "data/raw"), ("prepare", "data/prepared/splits.npz")):
+        for entry in (lock.get("stages", {}).get(stage, {}) or {}).get("outs", []) or []:
+            if entry.get("path") == out and entry.get("md5"):
+                tags[f"dvc.{stage}_md5"] = str(entry["md5"])
+    return tags
 
 
 def standard_tags(
-    stage: str, arch: str | None, params_hash: str, dataset: str, dataset_hash: str, commit: str
-) -> dict[str, str]:
+    stage: str, arch: str | None, params_hash: str, dataset: str, dataset_hash: str, commit: str,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:  # fmt: skip
     tags = {
         "stage": stage,
         "params_hash": params_hash,
         "dataset": dataset,
         "dataset_hash": dataset_hash,
-        "git_commit": commit,
-        "mlflow.source.git.commit": commit,
+        "git_commit": commit.removesuffix("+dirty"),
+        "git_dirty": str(commit.endswith("+dirty")).lower(),
+        "mlflow.source.git.commit": commit.removesuffix("+dirty"),
+        **(extra or {}),
     }
     if arch:
         tags["architecture"] = arch
