@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from dlpipe import profile
+
 log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 30.0  # how long interrupted workers get to end their runs before they are killed
@@ -216,6 +218,24 @@ class ProcessPool:
             w.conn.close()
 
 
+def visible_devices() -> list[str]:
+    """The GPUs this process may hand out: $CUDA_VISIBLE_DEVICES, else every CUDA device torch sees."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # no CUDA runtime: no GPUs
+        return []
+
+
+def worker_env(index: int, devices: list[str]) -> dict[str, str]:
+    """The environment worker `index` adds: GPU `index % len(devices)` only (nothing without GPUs)."""
+    return {"CUDA_VISIBLE_DEVICES": devices[index % len(devices)]} if devices else {}
+
+
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -224,8 +244,16 @@ def _worker_main(conn: Connection, index: int, env: dict[str, str], init: Callab
     os.environ.update(env)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    profile.worker_started()
     if init is not None:
         init(index)
+    try:
+        _serve(conn)
+    finally:
+        profile.dump_now()  # a worker process ends without atexit handlers
+
+
+def _serve(conn: Connection) -> None:
     while True:
         try:
             job = conn.recv()

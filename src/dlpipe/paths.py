@@ -66,6 +66,11 @@ class ProjectPaths:
         return self.models / arch
 
     @property
+    def tuned_params(self) -> Path:
+        """Every architecture's tuned hyperparameters, as a params file DVC shows beside params.yaml."""
+        return self.reports / "tuned.yaml"
+
+    @property
     def baselines_report(self) -> Path:
         return self.reports / "baselines.json"
 

@@ -528,12 +528,11 @@ def test_rendezvous_waits_for_every_worker_of_a_launch(tmp_path: Path):
 
 
 def test_each_worker_sees_one_gpu_round_robin():
-    assert W.worker_env(3, ["0", "1"], {})["CUDA_VISIBLE_DEVICES"] == "1"
-    assert W.worker_env(2, ["4", "5", "6"], {})["CUDA_VISIBLE_DEVICES"] == "6"
-    assert "CUDA_VISIBLE_DEVICES" not in W.worker_env(0, [], {})
-    cmd = W.worker_command("mlp", Path("/p.yaml"), 1, "run1", "tok:2")
-    assert cmd[1:4] == ["-m", "dlpipe.cli", "tune-worker"]
-    assert cmd[cmd.index("--worker-index") + 1] == "1" and cmd[cmd.index("--rendezvous") + 1] == "tok:2"
+    from dlpipe.parallel import worker_env
+
+    assert worker_env(3, ["0", "1"])["CUDA_VISIBLE_DEVICES"] == "1"
+    assert worker_env(2, ["4", "5", "6"])["CUDA_VISIBLE_DEVICES"] == "6"
+    assert "CUDA_VISIBLE_DEVICES" not in worker_env(0, [])
 
 
 def test_trial_epochs_are_the_trials_own_max_epochs_capped_by_tune_max_epochs():

@@ -17,6 +17,7 @@ from dlpipe.config import TrainerParams
 from dlpipe.data.prepared import PreparedData
 from dlpipe.evaluation.calibration import calibrated_probs, fit_temperature, logits_of
 from dlpipe.metric_names import SCALAR_METRICS
+from dlpipe.profile import timed
 from dlpipe.training.fit import ModelSpec, evaluate, fit
 
 PROB_DIGITS = 6  # out-of-fold probabilities are stored rounded (JSON artifacts and reports)
@@ -58,13 +59,15 @@ def run_fold(
 ) -> FoldResult:
     """Train on the other folds (early stopping on an inner `val_size` slice of them), score fold `k` once."""
     split = data.fold(k, val_size, seed)
-    result = fit(spec, split.fit, data.dataset.class_names, trainer_params, seed, max_epochs=max_epochs,
-                 callbacks=callbacks)  # fmt: skip
-    report = evaluate(result.module, split.scored, trainer_params)
-    temperature = 1.0
-    if spec.train.calibration == "temperature":
-        temperature = fit_temperature(logits_of(result.module, split.fit.val.X), split.fit.val.y)
-    probs = calibrated_probs(logits_of(result.module, split.scored.X), temperature).round(PROB_DIGITS)
+    with timed("fit"):
+        result = fit(spec, split.fit, data.dataset.class_names, trainer_params, seed, max_epochs=max_epochs,
+                     callbacks=callbacks)  # fmt: skip
+    with timed("evaluate"):
+        report = evaluate(result.module, split.scored, trainer_params)
+        temperature = 1.0
+        if spec.train.calibration == "temperature":
+            temperature = fit_temperature(logits_of(result.module, split.fit.val.X), split.fit.val.y)
+        probs = calibrated_probs(logits_of(result.module, split.scored.X), temperature).round(PROB_DIGITS)
     return FoldResult(
         fold=k,
         metrics={m: report[m] for m in SCALAR_METRICS},

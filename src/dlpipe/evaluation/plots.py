@@ -41,5 +41,24 @@ def learning_curves_figure(history: list[dict[str, float]], title: str = "Learni
     return fig
 
 
+def fold_curves_figure(histories: dict[int, list[dict[str, float]]], title: str = "Learning curves") -> Figure:
+    """Every fold's train and validation loss and accuracy in one picture (train dashed, validation solid)."""
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (fold, history) in enumerate(sorted(histories.items())):
+        epochs = [row["epoch"] for row in history]
+        colour = colours[i % len(colours)]
+        for key, ax in (("loss", loss_ax), ("accuracy", acc_ax)):
+            for split, style in (("train", "--"), ("val", "-")):
+                values = [row.get(f"{split}_{key}") for row in history]
+                if any(v is not None for v in values):
+                    ax.plot(epochs, values, style, color=colour, label=f"fold {fold} {split}")
+    for key, ax in (("loss", loss_ax), ("accuracy", acc_ax)):
+        ax.set(xlabel="epoch", ylabel=key, title=f"{title}: {key}")
+    acc_ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
 def close(fig: Figure) -> None:
     plt.close(fig)

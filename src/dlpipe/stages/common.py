@@ -16,6 +16,7 @@ from dlpipe.data.prepared import PreparedData
 from dlpipe.data.store import DATASET_FILE, dataset_digest
 from dlpipe.io import read_json
 from dlpipe.paths import ProjectPaths
+from dlpipe.profile import timed
 from dlpipe.tracking import store
 from dlpipe.tracking.runs import close_orphaned_runs, dvc_tags, git_commit, is_global_zero, standard_tags
 
@@ -54,10 +55,12 @@ class StageContext:
     @classmethod
     def load(cls, params: Params, paths: ProjectPaths, tracking: bool = True) -> StageContext:
         """Data, hashes and (with `tracking`) the MLflow experiment."""
-        data = PreparedData.load(paths.raw, paths.prepared, params.data.normalize)
+        with timed("data"):
+            data = PreparedData.load(paths.raw, paths.prepared, params.data.normalize)
         ctx = cls(params, paths, data, dataset_digest(paths.raw), git_commit(paths.root))
         if tracking:
-            ctx.experiment_id = store.configure(params.mlflow.tracking_uri, paths.root, params.experiment_name)
+            with timed("setup"):
+                ctx.experiment_id = store.configure(params.mlflow.tracking_uri, paths.root, params.experiment_name)
         return ctx
 
     def close_orphans(self, stage: str) -> None:

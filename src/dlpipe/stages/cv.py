@@ -27,6 +27,7 @@ from dlpipe.evaluation.operating_point import OperatingPoint, choose
 from dlpipe.io import write_json, write_text
 from dlpipe.metric_names import SCALAR_METRICS, label
 from dlpipe.paths import ProjectPaths
+from dlpipe.profile import timed
 from dlpipe.stages.common import StageContext, model_spec, worker_context
 from dlpipe.tracking.callbacks import EpochMetricsLogger
 from dlpipe.tracking.runs import (
@@ -129,11 +130,8 @@ def fold_unit(job: FoldJob) -> FoldResult:
         result = run_fold(spec, ctx.data, job.k, job.params.trainer, job.params.seed,
                           val_size=job.params.data.val_size, callbacks=[EpochMetricsLogger(run_id)])  # fmt: skip
         log_metrics(run_id, {**result.metrics, "epochs": result.epochs, "fit_seconds": result.seconds})
-        if result.history:
-            fig = plots.learning_curves_figure(result.history, f"{job.arch} fold {job.k}")
-            mlflow.log_figure(fig, "plots/learning_curves.png")
-            plots.close(fig)
-        mlflow.log_dict(result.to_dict(), FOLD_REPORT)  # last: its presence marks the fold reusable
+        with timed("logging"):
+            mlflow.log_dict(result.to_dict(), FOLD_REPORT)  # last: its presence marks the fold reusable
     mlflow.flush_async_logging()
     log.info("cv %s fold %d/%d: accuracy %.4f f1_macro %.4f (%d epochs, %.1fs)", job.arch, job.k + 1,
              ctx.data.splits.folds, result.metrics["accuracy"], result.metrics["f1_macro"], result.epochs,
@@ -156,7 +154,7 @@ def summary_unit(job: SummaryJob) -> dict:
     summary = aggregate(job.folds)
     if job.log and job.parent_run_id and is_global_zero():
         worker_context(job.params, job.paths)  # MLflow set up in this process
-        log_summary(job.parent_run_id, summary, job.arch)
+        log_summary(job.parent_run_id, summary, job.arch, {f.fold: f.history for f in job.folds if f.history})
     return summary
 
 
@@ -222,15 +220,20 @@ def finished_folds(experiment_id: str, parent_id: str, phash: str) -> dict[int, 
     return done
 
 
-def log_summary(run_id: str, summary: dict, arch: str) -> None:
+def log_summary(run_id: str, summary: dict, arch: str, histories: dict[int, list[dict]] | None = None) -> None:
     metrics = {f"mean_{m}": v for m, v in summary["mean"].items()}
     metrics |= {f"std_{m}": v for m, v in summary["std"].items()}
     log_metrics(run_id, metrics)
     client = mlflow.MlflowClient()
-    fig = plots.confusion_matrix_figure(summary["confusion_matrix"], summary["class_names"],
-                                        f"{arch}: confusion summed over folds")  # fmt: skip
-    client.log_figure(run_id, fig, "plots/confusion_matrix.png")
-    plots.close(fig)
+    with timed("figures"):
+        fig = plots.confusion_matrix_figure(summary["confusion_matrix"], summary["class_names"],
+                                            f"{arch}: confusion summed over folds")  # fmt: skip
+        client.log_figure(run_id, fig, "plots/confusion_matrix.png")
+        plots.close(fig)
+        if histories:  # one picture of every fold's curves (the per-epoch values are also each fold run's metrics)
+            fig = plots.fold_curves_figure(histories, arch)
+            client.log_figure(run_id, fig, "plots/learning_curves.png")
+            plots.close(fig)
     client.log_dict(run_id, summary, "cv_summary.json")
 
 

@@ -10,6 +10,7 @@ import sys
 import warnings
 from collections.abc import Callable
 
+from dlpipe import profile
 from dlpipe.config import Params, load_params
 from dlpipe.errors import DlpipeError
 from dlpipe.paths import ProjectPaths
@@ -74,6 +75,7 @@ def stage_main(
     if with_arch:
         parser.add_argument("--arch", required=True, help="architecture name")
     args = parser.parse_args(argv)
+    profile.stage_started()
     setup_logging()
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     prog = f"dlpipe {name}"

@@ -15,6 +15,7 @@ from typing import Any
 
 from dlpipe.errors import DlpipeError
 from dlpipe.parallel import Done, ProcessPool, SerialPool, Task
+from dlpipe.profile import timed
 from dlpipe.stages import cv, train, tune
 from dlpipe.stages.common import StageContext
 from dlpipe.tracking.runs import end_run
@@ -94,7 +95,9 @@ class Study:
             while self.ready or self.pool.busy:
                 while self.pool.free and self.ready:
                     self.pool.submit(self.ready.pop(0)[3])
-                self.handle(self.pool.next_done())
+                with timed("waiting"):  # this process idles while the workers train
+                    done = self.pool.next_done()
+                self.handle(done)
         except BaseException as exc:
             self.pool.stop()
             for state in self.archs.values():

@@ -23,12 +23,23 @@ from typing import Any
 from dlpipe.config import Params, TrainerParams
 from dlpipe.errors import BadInputError, DlpipeError
 from dlpipe.io import check_writable
-from dlpipe.parallel import ProcessPool, SerialPool
+from dlpipe.parallel import ProcessPool, SerialPool, visible_devices, worker_env
 from dlpipe.paths import ProjectPaths
 
 log = logging.getLogger(__name__)
 STAGE = "study"
 WORKER_MODULES = ("dlpipe.stages.tune", "dlpipe.stages.cv", "dlpipe.stages.train")  # imported once, by the forkserver
+
+
+def write_tuned_params(params: Params, paths: ProjectPaths) -> None:
+    """reports/tuned.yaml: {architecture: {train./model. key: value}} of the tuned params, so that `dvc exp show` and
+    `dvc params diff` show what Optuna chose beside what params.yaml set."""
+    import yaml
+
+    from dlpipe.io import read_json, write_text
+
+    tuned = {arch: read_json(paths.tuning_report(arch)).get("best_params", {}) for arch in params.architectures}
+    write_text(paths.tuned_params, yaml.safe_dump(tuned, sort_keys=True, default_flow_style=None))
 
 
 def pool_size(trainer: TrainerParams) -> int:
@@ -38,8 +49,6 @@ def pool_size(trainer: TrainerParams) -> int:
     if trainer.workers != "auto":
         return int(trainer.workers)
     if trainer.accelerator in ("auto", "gpu", "cuda"):
-        from dlpipe.tuning.workers import visible_devices
-
         gpus = visible_devices()
         if gpus:
             return len(gpus)
@@ -51,14 +60,10 @@ def make_pool(params: Params) -> ProcessPool | SerialPool:
     size = pool_size(params.trainer)
     if size <= 1:
         return SerialPool()
-    gpus: list[str] = []
-    if params.trainer.accelerator in ("auto", "gpu", "cuda"):
-        from dlpipe.tuning.workers import visible_devices
-
-        gpus = visible_devices()
-    env = (lambda i: {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]}) if gpus else None
-    log.info("study: %d worker processes%s", size, f" on GPUs {', '.join(gpus)}" if gpus else "")
-    return ProcessPool(size, WORKER_MODULES, init=functools.partial(init_worker, params.trainer.cpu_threads), env=env)
+    gpus = visible_devices() if params.trainer.accelerator in ("auto", "gpu", "cuda") else []
+    log.info("study: %d worker processes%s", size, f", one per GPU ({', '.join(gpus)})" if gpus else "")
+    init = functools.partial(init_worker, params.trainer.cpu_threads)
+    return ProcessPool(size, WORKER_MODULES, init=init, env=functools.partial(worker_env, devices=gpus))
 
 
 def init_worker(threads: int | None, index: int) -> None:
@@ -82,6 +87,8 @@ def run(params: Params, paths: ProjectPaths) -> dict[str, Any]:
         failures = Study(ctx, pool).run()
     finally:
         pool.close()
+    if not failures:
+        write_tuned_params(params, paths)
     if failures:
         listing = "; ".join(f"{arch}: {state.failed}" for arch, state in failures.items())
         if all(isinstance(state.error, BadInputError) for state in failures.values()):

@@ -27,6 +27,7 @@ from dlpipe.errors import ConfigError, DlpipeError
 from dlpipe.io import read_json, write_json
 from dlpipe.metric_names import monitor_for
 from dlpipe.paths import ProjectPaths
+from dlpipe.profile import timed
 from dlpipe.stages.common import StageContext, worker_context
 from dlpipe.tracking.runs import closing_run, is_global_zero, latest_run, log_metrics, log_params, open_run, set_tags
 from dlpipe.tuning import workers as W
@@ -318,7 +319,8 @@ def log_summary(run_id: str, handle: StudyHandle, out: dict[str, Any]) -> None:
         metrics[f"best_{out['metric']}"] = out["best_value"]
     log_metrics(run_id, metrics)
     set_tags(run_id, {"best_trial": str(out["best_trial"]), "stopped": out["stopped"]})
-    log_study_plots(handle.study, run_id)
+    with timed("figures"):
+        log_study_plots(handle.study, run_id)
     client = mlflow.MlflowClient()
     try:
         frame = handle.study.trials_dataframe()

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from dlpipe.config import flatten
 from dlpipe.processes import Owner
+from dlpipe.profile import timed
 
 MAX_BATCH = 100  # MLflow's limit of params/tags per log_batch call
 SEARCH_PAGE = 200
@@ -102,7 +103,8 @@ def tracked_run(**start_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
     KeyboardInterrupt it was, so enclosing runs end KILLED and stages exit 130.
     """
     start_kwargs["tags"] = {**(start_kwargs.get("tags") or {}), **Owner.current().to_tags()}
-    run = mlflow.start_run(**start_kwargs)
+    with timed("logging"):
+        run = mlflow.start_run(**start_kwargs)
     try:
         yield run
     except KeyboardInterrupt:
@@ -118,7 +120,8 @@ def tracked_run(**start_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
     else:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+        with timed("logging"):
+            mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
 def open_run(experiment_id: str, name: str, tags: dict[str, str], resume: str | None = None) -> str:
@@ -183,22 +186,25 @@ def log_params(run_id: str, flat: dict[str, Any]) -> None:
     """
     client = MlflowClient()
     items = [Param(k, "null" if v is None else str(v)) for k, v in sorted(flatten(flat).items())]
-    for i in range(0, len(items), MAX_BATCH):
-        client.log_batch(run_id, params=items[i : i + MAX_BATCH], synchronous=True)
+    with timed("logging"):
+        for i in range(0, len(items), MAX_BATCH):
+            client.log_batch(run_id, params=items[i : i + MAX_BATCH], synchronous=True)
 
 
 def set_tags(run_id: str, tags: dict[str, str]) -> None:
     client = MlflowClient()
     items = [RunTag(k, str(v)) for k, v in tags.items()]
-    for i in range(0, len(items), MAX_BATCH):
-        client.log_batch(run_id, tags=items[i : i + MAX_BATCH], synchronous=True)
+    with timed("logging"):
+        for i in range(0, len(items), MAX_BATCH):
+            client.log_batch(run_id, tags=items[i : i + MAX_BATCH], synchronous=True)
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0, synchronous: bool = True) -> None:
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-    for i in range(0, len(batch), 1000):
-        MlflowClient().log_batch(run_id, metrics=batch[i : i + 1000], synchronous=synchronous)
+    with timed("logging"):
+        for i in range(0, len(batch), 1000):
+            MlflowClient().log_batch(run_id, metrics=batch[i : i + 1000], synchronous=synchronous)
 
 
 def finished_child_runs(experiment_id: str, parent_run_id: str, **tags: str) -> list[mlflow.entities.Run]:

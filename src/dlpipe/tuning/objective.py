@@ -30,6 +30,7 @@ from dlpipe.data.prepared import PreparedData, TrainValSplit
 from dlpipe.data.splits import carve_validation
 from dlpipe.evaluation.cv import run_fold
 from dlpipe.metric_names import SCALAR_METRICS, bounded, monitor_for, per_class_name
+from dlpipe.profile import timed
 from dlpipe.training.fit import ModelSpec, evaluate, fit
 from dlpipe.tuning.space import SearchSpace
 from dlpipe.tuning.study import epochs_per_fit
@@ -178,9 +179,11 @@ class Objective:
         reporters.append(reporter)
         split = self.holdout
         p = self.params
-        result = fit(spec, split, self.data.dataset.class_names, self.trainer, p.seed, max_epochs=self.epochs_for(spec),
-                     callbacks=[reporter])  # fmt: skip
-        report = evaluate(result.module, split.val, self.trainer)
+        with timed("fit"):
+            result = fit(spec, split, self.data.dataset.class_names, self.trainer, p.seed,
+                         max_epochs=self.epochs_for(spec), callbacks=[reporter])  # fmt: skip
+        with timed("evaluate"):
+            report = evaluate(result.module, split.val, self.trainer)
         return selection_value(report, self.metric, self.positive_class), float(result.val.get("val_loss", math.nan))
 
     def _folds_value(self, trial: optuna.Trial, spec: ModelSpec, reporters: list[EpochReporter],

@@ -1,6 +1,7 @@
-"""The trial loop every worker runs, and the worker processes of `tune.workers`.
+"""The trial loop every worker runs.
 
-Any number of workers (processes here, `dlpipe tune-worker` on other machines) share one study through its
+Any number of workers (the study stage's worker processes, `dlpipe tune-worker` on other machines) share one
+study through its
 storage. Each runs trials until the study has `tune.n_trials` finished (COMPLETE + PRUNED) trials, and never
 more: a worker starts a trial only while finished + running trials are below the budget, and a trial created in
 a race for the last slot (a running trial with a lower number took it) is closed at once as FAIL with the
@@ -15,8 +16,8 @@ one whose heartbeat is older than `STALE_SECONDS` is failed by a waiting worker 
 block the study forever. FAIL trials are retried until `max_failures(budget)` of them (interrupted, surplus,
 stale and orphaned trials do not count); then the worker stops.
 
-Parallel workers are processes, not Optuna's `n_jobs` threads. On a machine with G GPUs worker i sees only GPU
-i % G (`CUDA_VISIBLE_DEVICES`), one trial per device.
+Parallel workers are processes (dlpipe.parallel), not Optuna's `n_jobs` threads; on a GPU machine each sees one
+GPU, one trial per device.
 """
 
 from __future__ import annotations
@@ -24,15 +25,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -305,77 +301,3 @@ def run_trials(runner: TrialRunner, *, timeout: float | None = None, poll: float
             continue
         waiting = False
         runner.run_next()
-
-
-# --- worker processes ---------------------------------------------------------------------------------------------
-
-
-def visible_devices() -> list[str]:
-    """The GPUs this process may hand out: $CUDA_VISIBLE_DEVICES, else every CUDA device torch sees."""
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [d.strip() for d in listed.split(",") if d.strip()]
-    try:
-        import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:
-        return []
-
-
-def worker_env(index: int, devices: list[str], base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment of worker `index`: GPU `index % len(devices)` only (no change without GPUs)."""
-    env = dict(os.environ if base is None else base)
-    if devices:
-        env["CUDA_VISIBLE_DEVICES"] = devices[index % len(devices)]
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def worker_command(arch: str, params_file: Path, index: int, parent_run_id: str | None,
-                   rendezvous_spec: str | None = None) -> list[str]:  # fmt: skip
-    cmd = [sys.executable, "-m", "dlpipe.cli", "tune-worker", "--arch", arch, "--params", str(params_file),
-           "--worker-index", str(index)]  # fmt: skip
-    if parent_run_id:
-        cmd += ["--parent-run-id", parent_run_id]
-    if rendezvous_spec:
-        cmd += ["--rendezvous", rendezvous_spec]
-    return cmd
-
-
-def start_workers(
-    n: int, arch: str, params_file: Path, root: Path, parent_run_id: str | None
-) -> list[subprocess.Popen]:
-    """Start `n` `dlpipe tune-worker` processes for `arch` in project `root`."""
-    devices = visible_devices()
-    spec = f"{uuid.uuid4().hex}:{n}"
-    procs = []
-    for i in range(n):
-        env = worker_env(i, devices)
-        env["DLPIPE_ROOT"] = str(root)
-        procs.append(subprocess.Popen(worker_command(arch, params_file, i, parent_run_id, spec), env=env, cwd=root))
-        log.info("tune %s: started worker %d (pid %d%s)", arch, i, procs[-1].pid,
-                 f", GPU {env['CUDA_VISIBLE_DEVICES']}" if devices else "")  # fmt: skip
-    return procs
-
-
-def wait_workers(procs: list[subprocess.Popen]) -> list[int]:
-    """Wait for every worker; on Ctrl-C/SIGTERM stop them (SIGTERM, then SIGKILL after a grace period)."""
-    try:
-        return [p.wait() for p in procs]
-    except BaseException:
-        stop_workers(procs)
-        raise
-
-
-def stop_workers(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
