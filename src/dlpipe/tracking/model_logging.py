@@ -23,7 +23,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.models import Model, ModelSignature
+from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, Schema, TensorSpec
 from torch import nn
@@ -138,11 +138,8 @@ def log_classifier(
         info = {"class_names": [str(c) for c in class_names], "input_shape": list(input_shape), "feature_names": names,
                 "decision": decision or {"rule": "argmax", "threshold": None, "positive_class": None}}  # fmt: skip
         meta.write_text(json.dumps(info))
-        # Model.log rather than pyfunc.log_model, to skip MLflow's serving-input check: it loads the model again
-        # (seconds per model); the train stage checks the exported program on the whole test set instead.
-        return Model.log(
+        return mlflow.pyfunc.log_model(
             name=name,
-            flavor=mlflow.pyfunc,
             python_model=str(MODEL_CODE),
             artifacts={"program": str(program_path), "meta": str(meta)},
             signature=signature(input_shape, class_names, names),
@@ -151,7 +148,6 @@ def log_classifier(
             params={k: str(v) for k, v in (params or {}).items()} or None,
             tags=tags,
             step=step,
-            validate_serving_input=False,
         )
 
 
