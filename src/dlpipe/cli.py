@@ -168,8 +168,10 @@ def dvc_exp_show(root: Path, *options: str) -> list[dict]:
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
         errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")] or proc.stderr.splitlines()
-        raise BadInputError(f"dvc exp show{' ' + ' '.join(options) if options else ''}: "
-                            f"{(errors or ['failed'])[-1].removeprefix('ERROR: ')}")  # fmt: skip
+        raise BadInputError(
+            f"dvc exp show{' ' + ' '.join(options) if options else ''}: "
+            f"{(errors or ['failed'])[-1].removeprefix('ERROR: ')}"
+        )
     try:
         return json.loads(proc.stdout or "[]")
     except json.JSONDecodeError:
@@ -195,8 +197,10 @@ def _resolve_experiments(root: Path, names: list[str]) -> dict[str, dict]:
     unknown = [n for n, row in found.items() if row is None]
     if unknown:
         known = views.known_names(index)
-        raise views.UnknownExperiment(f"{', '.join(unknown)}: no such DVC experiment or revision; known: "
-                                      f"{', '.join(known) or 'none (run dvc exp run first)'}")  # fmt: skip
+        raise views.UnknownExperiment(
+            f"{', '.join(unknown)}: no such DVC experiment or revision; known: "
+            f"{', '.join(known) or 'none (run dvc exp run first)'}"
+        )
     return found
 
 
@@ -231,8 +235,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     try:
         import optuna_dashboard
     except ImportError:
-        raise BadInputError("optuna-dashboard is not installed: pip install 'dlpipe[dashboard]' "
-                            "(make install installs it)") from None  # fmt: skip
+        raise BadInputError(
+            "optuna-dashboard is not installed: pip install 'dlpipe[dashboard]' (make install installs it)"
+        ) from None
     from dlpipe.tuning.study import open_storage, redact, storage_location
 
     params, paths = _project(args)
@@ -240,13 +245,13 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if "://" not in location and not Path(location).is_file():
         raise BadInputError(f"{location}: no Optuna studies yet; run the study stage first (dvc repro study)")
     storage = open_storage(location)
-    print(f"dlpipe dashboard: {redact(location)} on http://{args.host}:{args.port}/ (Ctrl-C stops it)",
-          file=sys.stderr)  # fmt: skip
+    print(f"dlpipe dashboard: {redact(location)} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", file=sys.stderr)
     try:
         optuna_dashboard.run_server(storage, host=args.host, port=args.port)
     except OSError as exc:
-        raise BadInputError(f"--host {args.host} --port {args.port}: cannot listen there ({exc.strerror or exc}); "
-                            "choose another --port") from None  # fmt: skip
+        raise BadInputError(
+            f"--host {args.host} --port {args.port}: cannot listen there ({exc.strerror or exc}); choose another --port"
+        ) from None
     return 0
 
 

@@ -119,8 +119,16 @@ def _true(value: Any) -> bool:
     return str(value).strip().lower() in ("true", "1", "yes")
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Sequence[bool] | None = None) -> str:
-    """A plain-text table: columns two spaces apart, `right`-aligned where asked (numbers), no trailing spaces."""
+def table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    right: Sequence[bool] | None = None,
+    group: tuple[int, int, str] | None = None,
+) -> str:
+    """A plain-text table: columns two spaces apart, `right`-aligned where asked (numbers), no trailing spaces.
+
+    `group` (first, last, label): a line above the headers that spans columns first..last with the label.
+    """
     rows = [list(r) for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     right = right or [False] * len(headers)
@@ -129,7 +137,13 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Sequence
         parts = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)]
         return "  ".join(parts).rstrip()
 
-    return "\n".join([line(headers), *(line(r) for r in rows)]) + "\n"
+    lines = [line(headers), *(line(r) for r in rows)]
+    if group:
+        first, last, label = group
+        start = sum(widths[:first]) + 2 * first
+        span = sum(widths[first : last + 1]) + 2 * (last - first)
+        lines.insert(0, " " * start + f" {label} ".center(span, "-"))
+    return "\n".join(lines) + "\n"
 
 
 def wrap(text: str, width: int = WIDTH) -> str:
@@ -142,47 +156,48 @@ def metric_label(metric: str) -> str:
 
 
 def averaging(metric: str) -> str:
-    """macro or weighted: the averaging of the selection metric (macro for accuracy and one-class metrics)."""
+    """Whose test precision/recall/F1 the compact table shows: macro, weighted, or the positive class (as
+    evaluation.selection.averaging_of, which imports pandas)."""
+    if is_positive_metric(metric):
+        return "positive"
     return "weighted" if metric.endswith("_weighted") else "macro"
 
 
-# --------------------------------------------------------------------------------------------------- leaderboard
+def short_label(metric: str) -> str:
+    """F1 (macro), recall (pos): a column header."""
+    return f"{metric.removesuffix('_positive')} (pos)" if is_positive_metric(metric) else metric_label(metric)
 
 
-def leaderboard_compact(rows: list[dict[str, str]], metric: str | None = None) -> str:
-    """Rank, model, kind, CV mean ± std of the selection metric, test accuracy/precision/recall/F1 (the selection
-    metric's averaging), parameters, latency and Pareto membership: one line per model."""
+def leaderboard_compact(rows: list[dict[str, str]], metric: str | None = None, champion: str | None = None) -> str:
+    """Rank, model, kind, CV mean ± std of the selection metric, test accuracy and precision/recall/F1 of the
+    selection metric's averaging, parameters and latency: one line per model; the champion marked *, models on the
+    Pareto front ◆ (as in reports/leaderboard.md)."""
     metric = metric or (rows[0].get("selection_metric") if rows else None) or "f1_macro"
     avg = averaging(metric)
-    headers = ["#", "model", "kind", f"CV {metric_label(metric)}", "test acc", "test P", "test R", "test F1"]
-    if is_positive_metric(metric):
-        headers.append(f"test {metric.removesuffix('_positive')} (pos)")
-    headers += ["params", "ms/sample", "pareto"]
+    tests = ["accuracy", f"precision_{avg}", f"recall_{avg}", f"f1_{avg}"]
+    headers = ["#", "model", "kind", f"CV {short_label(metric)}", "acc", "P", "R", "F1", "params", "ms/sample"]
     body = []
     for row in rows:
-        cells = [
-            row.get("rank", ""),
-            row.get("architecture", ""),
-            row.get("kind") or "deep",
-            _mean_std(row.get("cv_mean"), row.get("cv_std")),
-            fmt(row.get("test_accuracy")),
-            fmt(row.get(f"test_precision_{avg}")),
-            fmt(row.get(f"test_recall_{avg}")),
-            fmt(row.get(f"test_f1_{avg}")),
-        ]
-        if is_positive_metric(metric):
-            cells.append(fmt(row.get("test_selection")))
-        cells += [_count(row.get("n_params")), fmt(row.get("latency_ms_per_sample")),
-                  "yes" if _true(row.get("pareto")) else ""]  # fmt: skip
+        kind = row.get("kind") or "deep"
+        name = row.get("architecture", "")
+        name += " *" if name == champion and kind == "deep" else ""
+        name += " ◆" if _true(row.get("pareto")) else ""
+        cells = [row.get("rank", ""), name, kind, _mean_std(row.get("cv_mean"), row.get("cv_std"))]
+        cells += [fmt(row.get(f"test_{m}")) for m in tests]
+        cells += [_count(row.get("n_params")), fmt(row.get("latency_ms_per_sample"))]
         body.append(cells)
-    right = [True, False, False] + [True] * (len(headers) - 4) + [False]
+    right = [True, False, False] + [True] * (len(headers) - 3)
     folds = {row.get("folds") for row in rows} - {None, ""}
     over = f" over {fmt(folds.pop())} folds" if len(folds) == 1 else " over the folds"
+    averages = "of the positive class" if avg == "positive" else f"{avg} averages"
     caption = (
-        f"Ranked on cross-validated {metric_label(metric)}, mean ± std{over}. Test: held-out test set, {avg} averages. "
-        "Latency: CPU."
+        f"Ranked on cross-validated {metric_label(metric)}, mean ± std{over}; test: the held-out test set "
+        f"(P, R, F1 {averages}); ms/sample: CPU latency. "
+        + ("* champion; " if champion else "")
+        + "◆ on the Pareto front (CV score, latency, parameters)."
     )
-    return wrap(caption) + "\n" + table(headers, body, right)
+    group = (4, 7, "test" if avg == "positive" else f"test, {avg}")
+    return wrap(caption) + "\n" + table(headers, body, right, group)
 
 
 def leaderboard_every_column(columns: list[str], rows: list[dict[str, str]]) -> str:
@@ -194,25 +209,54 @@ def leaderboard_every_column(columns: list[str], rows: list[dict[str, str]]) -> 
 
 
 def verdict(selection: Mapping[str, Any]) -> str:
-    """The winner and whether its lead over the runner-up is significant (from selection.json), one line."""
-    metric = str(selection.get("metric", ""))
-    text = f"Winner: {selection['winner']} on the cross-validated {metric_label(metric)}"
-    runner, p = selection.get("runner_up"), _number(selection.get("p_value"))
-    if runner is None:
-        return text + " (the only candidate)."
-    if p is None or selection.get("significant") is None:
-        return f"{text}, ahead of {runner}."
-    lead = _number(selection.get("mean_difference"))
-    lead_text = f"its lead of {lead:+.4f}" if lead is not None else "its lead"
-    test = "corrected resampled t-test"
-    if selection.get("k") is not None:
-        test += f" over {selection['k']} folds"
-    if _number(selection.get("t")) is not None:
-        test += f": t={float(selection['t']):.3f}, p={p:.4f}"
-    return (
-        f"{text}; {lead_text} over {runner} is {'significant' if selection['significant'] else 'not significant'} "
-        f"at alpha={selection.get('alpha')} ({test})."
+    """The champion and how it compares with the runner-up and the best baseline, from selection.json: the text of
+    evaluation.selection.selection_sentence without Markdown (that module imports pandas and scipy)."""
+    if selection.get("sentence"):
+        return str(selection["sentence"]).replace("**", "")
+    metric = metric_label(str(selection.get("metric", "")))
+    text = f"Champion: {selection['winner']} on the cross-validated {metric}"
+    detail = selection.get("rule_detail") or {}
+    if selection.get("rule") == "smallest_within_rope" and detail.get("best") not in (None, selection["winner"]):
+        p_right = _number((detail.get("equivalent_to_best") or {}).get("p_right")) or 0.0
+        text += (
+            f", the smallest model practically equivalent to the best ({detail['best']}; P(worse by more than "
+            f"{selection.get('rope')}) = {p_right:.3f})"
+        )
+    runner, p, lead = (
+        selection.get("runner_up"),
+        _number(selection.get("p_value")),
+        _number(selection.get("mean_difference")),
     )
+    if runner is None:
+        text += " (the only deep model)."
+    elif p is None or lead is None or selection.get("significant") is None:
+        text += f", ahead of {runner}."
+    else:
+        outcome = "significant" if selection["significant"] else "not significant"
+        text += f"; its lead of {lead:+.4f} over {runner} is {outcome} at alpha={selection.get('alpha')} (corrected "
+        text += (
+            f"resampled t-test over {selection.get('k')} folds: t={_number(selection.get('t')) or 0.0:.3f}, p={p:.4f})"
+        )
+        b = selection.get("bayes") or {}
+        if all(_number(b.get(k)) is not None for k in ("p_right", "p_rope", "p_left")):
+            text += (
+                f"; Bayesian correlated t-test, rope ±{selection.get('rope')}: P(better) {b['p_right']:.3f}, "
+                f"P(equivalent) {b['p_rope']:.3f}, P(worse) {b['p_left']:.3f}"
+            )
+        text += "."
+    base = selection.get("baseline") or {}
+    if (
+        base.get("name")
+        and _number(base.get("mean_difference")) is not None
+        and _number(base.get("p_value")) is not None
+    ):
+        outcome = "beats" if base.get("beats") else "does not beat"
+        text += (
+            f" It {outcome} the best baseline, {base['name']} ({base['mean_difference']:+.4f}, p={base['p_value']:.4f}"
+        )
+        p_right = _number((base.get("bayes") or {}).get("p_right"))
+        text += f"; P(better by more than the rope) {p_right:.3f})." if p_right is not None else ")."
+    return text
 
 
 def registry_line(selection: Mapping[str, Any]) -> str | None:
@@ -230,11 +274,16 @@ def registry_line(selection: Mapping[str, Any]) -> str | None:
     return f"Registered: {reg.get('name')} version {reg.get('version')} (alias {alias}); {tail}."
 
 
-def leaderboard_text(columns: list[str], rows: list[dict[str, str]], selection: Mapping[str, Any] | None = None,
-                     every_column: bool = False) -> str:  # fmt: skip
+def leaderboard_text(
+    columns: list[str],
+    rows: list[dict[str, str]],
+    selection: Mapping[str, Any] | None = None,
+    every_column: bool = False,
+) -> str:
     """The leaderboard for a terminal, with the verdict and the registry outcome below when selection is known."""
     metric = str(selection["metric"]) if selection and selection.get("metric") else None
-    text = leaderboard_every_column(columns, rows) if every_column else leaderboard_compact(rows, metric)
+    champion = str(selection["winner"]) if selection and selection.get("winner") else None
+    text = leaderboard_every_column(columns, rows) if every_column else leaderboard_compact(rows, metric, champion)
     if selection:
         lines = [verdict(selection), registry_line(selection)]
         text += "\n" + "".join(wrap(line) for line in lines if line)
@@ -262,8 +311,12 @@ def study_run_ids(selection: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(i for i in ids if i))
 
 
-def runs_text(selection: Mapping[str, Any], experiments: Mapping[str, str | None] | None,
-              ui_url: str = DEFAULT_UI_URL, champion: Mapping[str, Any] | None = None) -> str:  # fmt: skip
+def runs_text(
+    selection: Mapping[str, Any],
+    experiments: Mapping[str, str | None] | None,
+    ui_url: str = DEFAULT_UI_URL,
+    champion: Mapping[str, Any] | None = None,
+) -> str:
     """The champion, the select run and every architecture's tune/cv/train runs with MLflow UI links.
 
     `experiments`: run id -> experiment id from the store (None: the store does not have that run; the mapping
@@ -273,17 +326,23 @@ def runs_text(selection: Mapping[str, Any], experiments: Mapping[str, str | None
     lines = []
     reg = selection.get("registry") or {}
     if champion:
-        lines.append(f"champion: {champion['name']} version {champion['version']} (alias champion)  "
-                     f"{model_link(ui_url, champion['name'], champion['version'])}")  # fmt: skip
+        lines.append(
+            f"champion: {champion['name']} version {champion['version']} (alias champion)  "
+            f"{model_link(ui_url, champion['name'], champion['version'])}"
+        )
     elif reg.get("champion") is not None:
-        lines.append(f"champion: {reg['name']} version {reg['champion']} (alias champion, as of select)  "
-                     f"{model_link(ui_url, reg['name'], reg['champion'])}")  # fmt: skip
+        lines.append(
+            f"champion: {reg['name']} version {reg['champion']} (alias champion, as of select)  "
+            f"{model_link(ui_url, reg['name'], reg['champion'])}"
+        )
     else:
         lines.append("champion: none")
     if reg:
         alias = reg.get("alias") or "challenger"
-        lines.append(f"this study: {selection['winner']} registered as {reg['name']} version {reg['version']} "
-                     f"(alias {alias} at select)  {model_link(ui_url, reg['name'], reg['version'])}")  # fmt: skip
+        lines.append(
+            f"this study: {selection['winner']} registered as {reg['name']} version {reg['version']} "
+            f"(alias {alias} at select)  {model_link(ui_url, reg['name'], reg['version'])}"
+        )
     else:
         lines.append(f"this study: {selection['winner']} won; no model was registered")
     select_id = selection.get("mlflow_run_id")
@@ -302,7 +361,7 @@ def runs_text(selection: Mapping[str, Any], experiments: Mapping[str, str | None
     text = "\n".join(lines) + "\n"
     if body:
         text += "\n" + table(["", "architecture", "stage", "run id", "MLflow UI"], body)
-        text += "* the winner\n"
+        text += "* the champion\n"
     return text
 
 
@@ -329,8 +388,12 @@ def exp_show_index(exp_show: list[dict]) -> dict[str, dict]:
             metrics = files[key]["data"]
         else:
             error = (files[key].get("error") or {}).get("msg") or f"{METRICS_FILE} unreadable"
-        row = {"name": entry.get("name") or entry.get("rev"), "rev": entry.get("rev"), "metrics": metrics,
-               "error": error if metrics is None else None}  # fmt: skip
+        row = {
+            "name": entry.get("name") or entry.get("rev"),
+            "rev": entry.get("rev"),
+            "metrics": metrics,
+            "error": error if metrics is None else None,
+        }
         for k in (entry.get("name"), entry.get("rev")):
             if k:
                 index.setdefault(str(k), row)

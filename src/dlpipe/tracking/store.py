@@ -247,8 +247,14 @@ def relocate(root: Path, announce: bool = True) -> list[Relocation]:
             "make it writable, then run again"
         ) from None
     for r in done if announce else ():
-        log.warning("MLflow store %s: the project was moved or copied; artifact paths under %s now point to %s "
-                    "(%d rows rewritten)", r.db, r.old, r.new, r.rows)  # fmt: skip
+        log.warning(
+            "MLflow store %s: the project was moved or copied; artifact paths under %s now point to %s "
+            "(%d rows rewritten)",
+            r.db,
+            r.old,
+            r.new,
+            r.rows,
+        )
     return done
 
 
