@@ -246,6 +246,10 @@ def relocate(root: Path, announce: bool = True) -> list[Relocation]:
             f"{db}: names artifacts of another project's mlruns/ and cannot be rewritten to {mlruns} ({exc}); "
             "make it writable, then run again"
         ) from None
+    if done:  # MLflow keeps each run's and model's artifact repository per process, by id: drop the old paths
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        getattr(tracking_utils, "_artifact_repos_cache", {}).clear()
     for r in done if announce else ():
         log.warning(
             "MLflow store %s: the project was moved or copied; artifact paths under %s now point to %s "
