@@ -122,16 +122,17 @@ def _configured_tracking_uri(params_file: Path) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _store_view(selection: dict, paths, params_file: Path) -> tuple[dict | None, dict | None]:
-    """(run id -> experiment id, current champion {name, version}) from the MLflow store; (None, None) without one."""
+def _store_view(selection: dict, paths, params_file: Path) -> tuple[str | None, dict | None, dict | None]:
+    """(tracking URI, run id -> experiment id, current champion {name, version}) from the MLflow store; all None
+    without one."""
     from dlpipe import views
     from dlpipe.tracking import store
 
     try:
-        store.connect(_configured_tracking_uri(params_file), paths.root, "dlpipe runs")
+        uri = store.connect(_configured_tracking_uri(params_file), paths.root, "dlpipe runs")
     except store.NoStoreError as exc:
         print(f"dlpipe runs: note: {exc}; run ids shown without links", file=sys.stderr)
-        return None, None
+        return None, None, None
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -148,7 +149,7 @@ def _store_view(selection: dict, paths, params_file: Path) -> tuple[dict | None,
     if name:
         version = registry.get_alias(name, registry.CHAMPION)
         champion = {"name": name, "version": version.version} if version else None
-    return experiments, champion
+    return uri, experiments, champion
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -157,8 +158,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     paths = _paths()
     selection = views.read_selection(paths.selection)
-    experiments, champion = _store_view(selection, paths, Path(args.params) if args.params else paths.params)
-    print(views.runs_text(selection, experiments, args.ui_url, champion), end="")
+    uri, experiments, champion = _store_view(selection, paths, Path(args.params) if args.params else paths.params)
+    ui_url = args.ui_url or (uri if uri and uri.startswith(("http://", "https://")) else views.DEFAULT_UI_URL)
+    print(views.runs_text(selection, experiments, ui_url, champion), end="")
     return 0
 
 
@@ -290,7 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_leaderboard)
     p = sub.add_parser("runs", help="the study's champion and MLflow runs, with MLflow UI links")
     p.add_argument("--params", default=None, help="params file (default: params.yaml in the project root)")
-    p.add_argument("--ui-url", default="http://127.0.0.1:5000", help="MLflow UI base URL (default: %(default)s)")
+    p.add_argument(
+        "--ui-url",
+        default=None,
+        help="MLflow UI base URL (default: the tracking server when params "
+        "name one, else http://127.0.0.1:5000, where `make ui` serves)",
+    )
     p.set_defaults(func=cmd_runs)
     p = sub.add_parser("compare", help="two DVC experiments' leaderboards side by side (dvc exp show)")
     p.add_argument("a", metavar="A", help="DVC experiment name, revision or `workspace`")

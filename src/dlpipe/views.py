@@ -422,9 +422,14 @@ def known_names(index: Mapping[str, dict]) -> list[str]:
 
 
 def study_metrics(name: str, row: Mapping[str, Any]) -> dict[str, Any]:
-    """The metrics.json of one experiment (UnknownExperiment-like error, exit 2, when it has none)."""
+    """The metrics.json of one experiment (ReportMissing, exit 2, saying why when it has none)."""
     if row["metrics"] is None:
-        raise ReportMissing(f"{name}: no {METRICS_FILE} ({row['error']}); run the study in it (dvc exp run)")
+        error = str(row["error"])
+        if "No such file" in error and row["rev"] != "workspace":  # the commit lacks it: git ignores the file
+            hint = f"its commit has none: {METRICS_FILE} must be tracked by Git (not in .gitignore) for dvc exp show"
+        else:
+            hint = f"{error}; run the pipeline in it (dvc exp run)"
+        raise ReportMissing(f"{name}: no {METRICS_FILE} ({hint})")
     if not isinstance(row["metrics"], dict):
         raise ReportMissing(f"{name}: {METRICS_FILE} is not a JSON object")
     return row["metrics"]

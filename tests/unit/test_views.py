@@ -259,9 +259,12 @@ def test_exp_show_index_finds_names_revs_and_prefixes() -> None:
     assert views.find_experiment(index, "workspace")["metrics"]["version"] == 4
     assert views.find_experiment(index, "abc") is None and views.find_experiment(index, "nope") is None
     assert views.known_names(index) == ["workspace", "main", "exp-b", "broken"]
-    with pytest.raises(views.ReportMissing, match=r"broken: no reports/metrics.json \(no such file\)") as info:
+    with pytest.raises(views.ReportMissing, match=r"broken: no reports/metrics.json \(no such file; run") as info:
         views.study_metrics("broken", views.find_experiment(index, "broken"))
     assert info.value.exit_code == 2
+    ignored = {**views.find_experiment(index, "broken"), "error": "[Errno 2] No such file or directory: 'x'"}
+    with pytest.raises(views.ReportMissing, match=r"its commit has none: reports/metrics.json must be tracked by Git"):
+        views.study_metrics("broken", ignored)
 
 
 def test_compare_text_side_by_side() -> None:
