@@ -10,7 +10,10 @@ import argparse
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIServer, make_server
 
 from dlpipe.errors import BadInputError, DlpipeError
 
@@ -246,15 +249,35 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     location = storage_location(params, paths)
     if "://" not in location and not Path(location).is_file():
         raise BadInputError(f"{location}: no Optuna studies yet; run the study stage first (dvc repro study)")
-    storage = open_storage(location)
-    print(f"dlpipe dashboard: {redact(location)} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", file=sys.stderr)
+    app = optuna_dashboard.wsgi(open_storage(location))
     try:
-        optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+        server = make_server(args.host, args.port, app, server_class=_DashboardServer)
     except OSError as exc:
         raise BadInputError(
             f"--host {args.host} --port {args.port}: cannot listen there ({exc.strerror or exc}); choose another --port"
         ) from None
+    print(f"dlpipe dashboard: {redact(location)} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", file=sys.stderr)
+    serve_until_interrupted(server)
     return 0
+
+
+class _DashboardServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a browser's open connection does not keep the process alive
+
+
+def serve_until_interrupted(server: WSGIServer) -> None:
+    """Serve in a thread and wait in the main thread, where Ctrl-C lands: in a request handler, wsgiref's catch-all
+    would swallow it (optuna-dashboard's own run_server then keeps serving)."""
+    thread = threading.Thread(target=server.serve_forever, name="dashboard", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def build_parser() -> argparse.ArgumentParser:
