@@ -71,7 +71,11 @@ def test_dashboard_serves_the_projects_journal_on_loopback(project: Path) -> Non
         assert [t["state"] for t in detail["trials"]] == ["Complete"] * 3
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # never leave a server behind; the test fails below
+            _, err = proc.communicate()
     assert proc.returncode == 0  # Ctrl-C stops the server cleanly
     assert err.splitlines()[0] == (
         f"dlpipe dashboard: {project.resolve()}/optuna/journal.log on http://127.0.0.1:{port}/ (Ctrl-C stops it)"
