@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install repro test test-fast lint ui clean
+.PHONY: install repro test test-fast lint ui dashboard clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test-fast: install
 
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns/artifacts --host 127.0.0.1 --port 5000
+
+# optuna-dashboard on the study storage (tune.storage, else optuna/journal.log), on this machine only.
+DASHBOARD_PORT ?= 8080
+dashboard: install
+	$(BIN)/dlpipe dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
 clean:
 	rm -rf data/raw data/prepared reports models optuna .pytest_cache

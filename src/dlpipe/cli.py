@@ -1,12 +1,21 @@
-"""The `dlpipe` command: check, list (and, as the pipeline grows, promote, predict, ...)."""
+"""The `dlpipe` command: check, list, promote, predict, and the study's views (leaderboard, runs, compare).
+
+Parsing the command line imports nothing heavy: each command imports what it needs, so that `dlpipe leaderboard`
+(reports only) answers at once while `dlpipe promote` pays for torch and MLflow.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
+import threading
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIServer, make_server
 
-from dlpipe.errors import DlpipeError
-from dlpipe.stages.runner import fail
+from dlpipe.errors import BadInputError, DlpipeError
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -76,17 +85,199 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fail(prog: str, exc: BaseException) -> int:
+    """A dlpipe error as one line per problem on stderr; its exit code (as stages.runner.fail, without its imports)."""
+    code = exc.exit_code if isinstance(exc, DlpipeError) else 1
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        print(f"{prog}: error: {line}", file=sys.stderr)
+    return code
+
+
+def _paths():
+    from dlpipe.paths import ProjectPaths
+
+    return ProjectPaths.from_env()
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from dlpipe.evaluation.selection import is_positive_metric
-    from dlpipe.stages import select
+    """The select stage's leaderboard: reports/leaderboard.csv and the verdict in reports/selection.json."""
+    from dlpipe import views
+
+    paths = _paths()
+    columns, rows = views.read_leaderboard(paths.leaderboard_csv)
+    if args.csv:
+        sys.stdout.write(paths.leaderboard_csv.read_text())
+        return 0
+    selection = views.read_selection(paths.selection, required=False)
+    print(views.leaderboard_text(columns, rows, selection, every_column=args.all), end="")
+    return 0
+
+
+def _configured_tracking_uri(params_file: Path) -> str | None:
+    """params' mlflow.tracking_uri, read without validating the whole file (that would import torch)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(params_file.read_text()) if params_file.is_file() else None
+    except yaml.YAMLError:
+        raise BadInputError(f"{params_file}: not valid YAML; check it with `dlpipe check`") from None
+    value = ((raw or {}).get("mlflow") or {}).get("tracking_uri") if isinstance(raw, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def _store_view(selection: dict, paths, params_file: Path) -> tuple[str | None, dict | None, dict | None]:
+    """(tracking URI, run id -> experiment id, current champion {name, version}) from the MLflow store; all None
+    without one."""
+    from dlpipe import views
     from dlpipe.tracking import store
 
-    params, paths = _project(args)
-    metric = params.selection.metric
-    if is_positive_metric(metric):  # per-class fold metrics may come from the store: refuse rather than create it
-        store.connect(params.mlflow.tracking_uri, paths.root, f"dlpipe leaderboard (selection.metric {metric})")
-    print(select.leaderboard_text(params, paths, csv=args.csv), end="")
+    try:
+        uri = store.connect(_configured_tracking_uri(params_file), paths.root, "dlpipe runs")
+    except store.NoStoreError as exc:
+        print(f"dlpipe runs: note: {exc}; run ids shown without links", file=sys.stderr)
+        return None, None, None
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from dlpipe.tracking import registry
+
+    client, experiments = MlflowClient(), {}
+    for run_id in views.study_run_ids(selection):
+        try:
+            experiments[run_id] = client.get_run(run_id).info.experiment_id
+        except MlflowException:
+            experiments[run_id] = None
+    champion = None
+    name = (selection.get("registry") or {}).get("name")
+    if name:
+        version = registry.get_alias(name, registry.CHAMPION)
+        champion = {"name": name, "version": version.version} if version else None
+    return uri, experiments, champion
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """The current study's champion, select run and every architecture's runs, with MLflow UI links."""
+    from dlpipe import views
+
+    paths = _paths()
+    selection = views.read_selection(paths.selection)
+    uri, experiments, champion = _store_view(selection, paths, Path(args.params) if args.params else paths.params)
+    ui_url = args.ui_url or (uri if uri and uri.startswith(("http://", "https://")) else views.DEFAULT_UI_URL)
+    print(views.runs_text(selection, experiments, ui_url, champion), end="")
     return 0
+
+
+def dvc_exp_show(root: Path, *options: str) -> list[dict]:
+    """`dvc exp show --json [options]` in `root` (BadInputError with DVC's own error line when it fails)."""
+    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json", *options]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")] or proc.stderr.splitlines()
+        raise BadInputError(
+            f"dvc exp show{' ' + ' '.join(options) if options else ''}: "
+            f"{(errors or ['failed'])[-1].removeprefix('ERROR: ')}"
+        )
+    try:
+        return json.loads(proc.stdout or "[]")
+    except json.JSONDecodeError:
+        raise DlpipeError(f"dvc exp show --json printed no JSON: {proc.stdout[:200]!r}") from None
+
+
+def _resolve_experiments(root: Path, names: list[str]) -> dict[str, dict]:
+    """Each name's row of `dvc exp show`: this commit's experiments, else every commit's, else a Git revision."""
+    from dlpipe import views
+
+    index = views.exp_show_index(dvc_exp_show(root))
+    found = {n: views.find_experiment(index, n) for n in names}
+    if any(row is None for row in found.values()):
+        index = views.exp_show_index(dvc_exp_show(root, "--all-commits"))
+        found = {n: row or views.find_experiment(index, n) for n, row in found.items()}
+    for name in [n for n, row in found.items() if row is None]:
+        try:
+            baselines = [e for e in dvc_exp_show(root, "--rev", name, "-n", "1") if e.get("rev") != "workspace"]
+        except BadInputError:
+            continue
+        if baselines:
+            found[name] = views.exp_show_index(baselines[:1])[baselines[0]["rev"]]
+    unknown = [n for n, row in found.items() if row is None]
+    if unknown:
+        known = views.known_names(index)
+        raise views.UnknownExperiment(
+            f"{', '.join(unknown)}: no such DVC experiment or revision; known: "
+            f"{', '.join(known) or 'none (run dvc exp run first)'}"
+        )
+    return found
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Two DVC experiments' (or revisions') studies side by side, from their reports/metrics.json."""
+    from dlpipe import views
+
+    found = _resolve_experiments(_paths().root, [args.a, args.b])
+    metrics = {n: views.study_metrics(n, found[n]) for n in (args.a, args.b)}
+    print(views.compare_text(args.a, metrics[args.a], args.b, metrics[args.b]), end="")
+    return 0
+
+
+def cmd_relocate(args: argparse.Namespace) -> int:
+    """Point a moved or copied project's MLflow store at its own mlruns/ (configure and connect also do it)."""
+    from dlpipe.tracking import store
+
+    paths = _paths()
+    db = paths.mlruns / store.DB_NAME
+    if not db.is_file():
+        raise store.NoStoreError(f"no MLflow store at {db}: nothing to relocate")
+    done = store.relocate(paths.root, announce=False)
+    for r in done:
+        print(f"{r.db}: {r.rows} stored artifact paths moved from {r.old} to {r.new}")
+    if not done:
+        print(f"{db}: already records its artifacts under {paths.mlruns}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """optuna-dashboard on the study storage (tune.storage, else optuna/journal.log), on 127.0.0.1 by default."""
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise BadInputError(
+            "optuna-dashboard is not installed: pip install 'dlpipe[dashboard]' (make install installs it)"
+        ) from None
+    from dlpipe.tuning.study import open_storage, redact, storage_location
+
+    params, paths = _project(args)
+    location = storage_location(params, paths)
+    if "://" not in location and not Path(location).is_file():
+        raise BadInputError(f"{location}: no Optuna studies yet; run the study stage first (dvc repro study)")
+    app = optuna_dashboard.wsgi(open_storage(location))
+    try:
+        server = make_server(args.host, args.port, app, server_class=_DashboardServer)
+    except OSError as exc:
+        raise BadInputError(
+            f"--host {args.host} --port {args.port}: cannot listen there ({exc.strerror or exc}); choose another --port"
+        ) from None
+    print(f"dlpipe dashboard: {redact(location)} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", file=sys.stderr)
+    serve_until_interrupted(server)
+    return 0
+
+
+class _DashboardServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a browser's open connection does not keep the process alive
+
+
+def serve_until_interrupted(server: WSGIServer) -> None:
+    """Serve in a thread and wait in the main thread, where Ctrl-C lands: in a request handler, wsgiref's catch-all
+    would swallow it (optuna-dashboard's own run_server then keeps serving)."""
+    thread = threading.Thread(target=server.serve_forever, name="dashboard", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,10 +308,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="CSV file to write (default: standard output)")
     p.add_argument("--drop", action="append", default=None, help="CSV column to ignore (repeatable), e.g. target")
     p.set_defaults(func=cmd_predict)
-    p = sub.add_parser("leaderboard", help="the architectures ranked on the selection metric (from reports/)")
-    p.add_argument("--params", default=None, help="params file (default: params.yaml in the project root)")
-    p.add_argument("--csv", action="store_true", help="print CSV instead of a Markdown table")
+    p = sub.add_parser("leaderboard", help="the models ranked on the selection metric (reports/leaderboard.csv)")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--all", action="store_true", help="every column of the leaderboard, not the compact table")
+    shape.add_argument("--csv", action="store_true", help="print reports/leaderboard.csv as it is")
     p.set_defaults(func=cmd_leaderboard)
+    p = sub.add_parser("runs", help="the study's champion and MLflow runs, with MLflow UI links")
+    p.add_argument("--params", default=None, help="params file (default: params.yaml in the project root)")
+    p.add_argument(
+        "--ui-url",
+        default=None,
+        help="MLflow UI base URL (default: the tracking server when params "
+        "name one, else http://127.0.0.1:5000, where `make ui` serves)",
+    )
+    p.set_defaults(func=cmd_runs)
+    p = sub.add_parser("compare", help="two DVC experiments' leaderboards side by side (dvc exp show)")
+    p.add_argument("a", metavar="A", help="DVC experiment name, revision or `workspace`")
+    p.add_argument("b", metavar="B", help="DVC experiment name, revision or `workspace`")
+    p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("relocate", help="point a moved or copied project's MLflow store at its own mlruns/")
+    p.set_defaults(func=cmd_relocate)
+    p = sub.add_parser("dashboard", help="optuna-dashboard on the project's Optuna study storage")
+    p.add_argument("--params", default=None, help="params file (default: params.yaml in the project root)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    p.set_defaults(func=cmd_dashboard)
     return parser
 
 
@@ -129,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except DlpipeError as exc:
-        return fail(f"dlpipe {args.command}", exc)
+        return _fail(f"dlpipe {args.command}", exc)
     except KeyboardInterrupt:
         return 130
 

@@ -199,8 +199,15 @@ def test_real_lightning_interrupt_in_fit_ends_the_run_killed(local_store, keep_s
             raise KeyboardInterrupt
 
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 2)), batch_size=2)
-    trainer = L.Trainer(max_epochs=1, callbacks=[CtrlC()], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=1,
+        callbacks=[CtrlC()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     _, client, _ = local_store
     with pytest.raises(KeyboardInterrupt), tracked_run(run_name="fit") as run:
         trainer.fit(Tiny(), data)
@@ -347,3 +354,182 @@ def test_local_db_of_store_uris():
     assert store.local_db("sqlite:///:memory:") is None
     assert store.local_db("http://127.0.0.1:5000") is None
     assert store.local_db("postgresql://u@h/db") is None
+
+
+# --------------------------------------------------------------------------------------------------- relocation
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (relative path -> sha256): a byte-for-byte picture of it."""
+    from dlpipe.io import sha256_file
+
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def stored_locations(db: Path) -> dict[str, list[str]]:
+    """The values of every storage column of `db` (STORE_COLUMNS), per `table.column`."""
+    import sqlite3
+
+    out = {}
+    with sqlite3.connect(db) as con:
+        for table, column, keys in store.STORAGE_COLUMNS:
+            where = f" WHERE key IN ({', '.join(repr(k) for k in keys)})" if keys else ""
+            out[f"{table}.{column}"] = sorted(str(r[0]) for r in con.execute(f"SELECT {column} FROM {table}{where}"))
+    return out
+
+
+@pytest.fixture
+def recorded_project(tmp_path: Path, mlflow_template_db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project whose store holds an experiment, a run with an artifact, a logged model, a registered version and
+    two trace tags (one naming an artifact location), all under the project's own mlruns/."""
+    import sqlite3
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = (tmp_path / "orig").resolve()
+    uri = install_mlflow_store(root, mlflow_template_db)
+    exp_id = store.configure(None, root, "dlpipe/digits")
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(exp_id, tags={"mlflow.source.name": str(root / "pipelines" / "cv.py")})
+    client.log_text(run.info.run_id, "fold scores", "cv_summary.txt")
+    client.set_terminated(run.info.run_id)
+    model = client.create_logged_model(exp_id, name="perceptron", source_run_id=run.info.run_id)
+    client.log_model_artifact(model.model_id, str(root / "mlruns" / "mlflow.db"))  # any file will do
+    client.create_registered_model("dlpipe-digits")
+    client.create_model_version("dlpipe-digits", f"models:/{model.model_id}", run.info.run_id, model_id=model.model_id)
+    with sqlite3.connect(root / "mlruns" / "mlflow.db") as con:  # traces: only their tags hold a location
+        trace_location = f"{client.get_experiment(exp_id).artifact_location}/traces/tr-1/artifacts"
+        con.execute(
+            "INSERT INTO trace_tags (key, value, request_id) VALUES ('mlflow.artifactLocation', ?, 'tr-1')",
+            (trace_location,),
+        )
+        con.execute("INSERT INTO trace_tags (key, value, request_id) VALUES ('note', ?, 'tr-1')", (trace_location,))
+    return root
+
+
+def test_a_copied_store_is_rewritten_to_the_copy_and_the_original_is_untouched(
+    recorded_project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    original = recorded_project
+    before = tree_hashes(original)
+    copy = (tmp_path / "a copy (moved)").resolve()  # a space and brackets: percent-encoded in file URIs
+    shutil.copytree(original, copy)
+    with caplog.at_level("WARNING", logger="dlpipe.tracking.store"):
+        exp_id = store.configure(None, copy, "dlpipe/digits")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"MLflow store {copy}/mlruns/mlflow.db: the project was moved or copied; artifact paths under "
+        f"{original}/mlruns now point to {copy}/mlruns (5 rows rewritten)"
+    ]
+    stored = stored_locations(copy / "mlruns" / "mlflow.db")
+    own = (copy / "mlruns").as_uri()
+    for column in (
+        "experiments.artifact_location",
+        "runs.artifact_uri",
+        "logged_models.artifact_location",
+        "model_versions.storage_location",
+        "trace_tags.value",
+    ):
+        values = [v for v in stored[column] if "/mlruns/artifacts/" in v]  # not the template's Default experiment
+        assert len(values) == 1 and values[0].startswith(own + "/"), (column, values)
+        assert not any(v.startswith((str(original), original.as_uri())) for v in stored[column]), (column, values)
+    assert stored["model_versions.source"] == [f"models:/{stored['logged_models.artifact_location'][0].split('/')[-2]}"]
+    import sqlite3
+
+    with sqlite3.connect(copy / "mlruns" / "mlflow.db") as con:
+        kept = dict(con.execute("SELECT key, value FROM trace_tags"))["note"]  # not a storage tag: left as it was
+        source = con.execute("SELECT value FROM tags WHERE key = 'mlflow.source.name'").fetchone()[0]  # provenance
+    assert kept.startswith(original.as_uri()) and source == str(original / "pipelines" / "cv.py")
+
+    # reads and writes go to the copy: the run's artifact, the registered model's files, a new artifact
+    client = MlflowClient(tracking_uri=store.local_store_uri(copy))
+    run = client.search_runs([exp_id])[0]
+    assert client.download_artifacts(run.info.run_id, "cv_summary.txt", str(tmp_path)).endswith("cv_summary.txt")
+    assert client.get_model_version_download_uri("dlpipe-digits", "1").startswith(own)
+    client.log_text(run.info.run_id, "new", "after_the_copy.txt")
+    assert len(list((copy / "mlruns" / "artifacts").rglob("after_the_copy.txt"))) == 1
+    assert tree_hashes(original) == before
+    assert store.relocate(copy) == []  # in place now: nothing to do, nothing logged
+
+
+def test_a_moved_project_is_relocated_from_its_dvc_temp_copies_and_connect(
+    recorded_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dvc exp run --temp` in a moved project: the temp copy records into the project (relocated), never itself."""
+    moved = (tmp_path / "moved").resolve()
+    recorded_project.rename(moved)
+    temp = moved / TEMP
+    temp.mkdir(parents=True)
+    store.connect(None, temp, "dlpipe runs")  # connect (read-only commands) relocates as well
+    db = moved / "mlruns" / "mlflow.db"
+    stored = stored_locations(db)
+    assert stored["experiments.artifact_location"][-1] == (moved / "mlruns" / "artifacts" / "dlpipe_digits").as_uri()
+    assert not (temp / "mlruns").exists()
+    before = tree_hashes(moved / "mlruns")
+    assert store.configure(None, temp, "dlpipe/digits")  # the same store from a temp copy: left as it is
+    assert tree_hashes(moved / "mlruns") == before
+    assert not recorded_project.exists()  # nothing recreated the old location
+
+
+def test_a_store_in_place_is_not_rewritten_from_a_dvc_temp_copy(recorded_project: Path) -> None:
+    before = tree_hashes(recorded_project / "mlruns")
+    assert store.relocate(recorded_project / TEMP) == []
+    assert store.relocate(recorded_project) == []
+    assert tree_hashes(recorded_project / "mlruns") == before
+
+
+def test_a_hard_linked_copy_is_refused_and_neither_store_changes(recorded_project: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    copy = tmp_path / "linked"
+    shutil.copytree(recorded_project, copy, copy_function=os.link)  # `cp -al`: both names, one file
+    before = tree_hashes(recorded_project)
+    with pytest.raises(store.StoreRelocationError) as info:
+        store.configure(None, copy, "dlpipe/digits")
+    assert info.value.exit_code == 2 and len(str(info.value).splitlines()) == 1
+    assert "hard-linked to another file" in str(info.value) and f"cp {copy.resolve()}/mlruns/mlflow.db" in str(
+        info.value
+    )
+    assert tree_hashes(recorded_project) == before
+
+
+def test_a_shared_mlruns_behind_a_symlink_is_left_alone(recorded_project: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "mlruns").symlink_to(recorded_project / "mlruns")  # two checkouts sharing one store on purpose
+    before = tree_hashes(recorded_project / "mlruns")
+    assert store.relocate(other) == []
+    assert tree_hashes(recorded_project / "mlruns") == before
+
+
+def test_a_store_named_in_params_is_never_rewritten(recorded_project: Path, tmp_path: Path) -> None:
+    import shutil
+
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(recorded_project / "mlruns", elsewhere / "mlruns")
+    before = tree_hashes(elsewhere)
+    project = tmp_path / "proj"
+    project.mkdir()
+    store.configure(f"sqlite:///{elsewhere / 'mlruns' / 'mlflow.db'}", project, "dlpipe/digits")
+    assert tree_hashes(elsewhere) == before  # a shared store keeps the artifact locations it was given
+
+
+def test_relocate_command(recorded_project: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from dlpipe import cli
+
+    copy = (tmp_path / "copy").resolve()
+    shutil.copytree(recorded_project, copy)
+    monkeypatch.setenv("DLPIPE_ROOT", str(copy))
+    assert cli.main(["relocate"]) == 0
+    out, _ = capsys.readouterr()
+    assert out == (
+        f"{copy}/mlruns/mlflow.db: 5 stored artifact paths moved from {recorded_project}/mlruns to {copy}/mlruns\n"
+    )
+    assert cli.main(["relocate"]) == 0
+    assert capsys.readouterr().out == f"{copy}/mlruns/mlflow.db: already records its artifacts under {copy}/mlruns\n"
+    monkeypatch.setenv("DLPIPE_ROOT", str(tmp_path / "none"))
+    assert cli.main(["relocate"]) == 2
+    assert "no MLflow store at" in capsys.readouterr().err

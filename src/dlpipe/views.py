@@ -1,0 +1,470 @@
+"""What the study's command-line views print: pure functions from the select stage's reports to text.
+
+- the leaderboard (`reports/leaderboard.csv`, the verdict from `reports/selection.json`): a compact table, every
+  column, or the CSV as it is;
+- the study's runs (`reports/selection.json`) with MLflow UI links;
+- two DVC experiments side by side (`dvc exp show --json`, each one's `reports/metrics.json`).
+
+Standard library and dlpipe.metric_names only: `dlpipe leaderboard` must answer at once, without torch, Lightning or
+MLflow (the CLI looks up what the store knows and hands it in).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import textwrap
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dlpipe.errors import BadInputError
+from dlpipe.metric_names import LABELS, is_positive_metric
+
+SELECT_STAGE = "dvc repro select"
+DEFAULT_UI_URL = "http://127.0.0.1:5000"
+METRICS_FILE = "reports/metrics.json"
+# metrics.json keys that are not an architecture's CV value
+STUDY_KEYS = ("champion", "version", "select_run", "metric")
+MISSING = "-"
+WIDTH = 120  # the compact leaderboard and its prose fit a terminal this wide
+
+
+class ReportMissing(BadInputError):
+    """A report a view reads is absent or unreadable: the stage that writes it has not run."""
+
+
+class UnknownExperiment(BadInputError):
+    """`dlpipe compare` was given a name that `dvc exp show` does not list."""
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+
+def read_leaderboard(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The columns and rows of reports/leaderboard.csv, in rank order (ReportMissing naming the stage to run)."""
+    if not path.is_file():
+        raise ReportMissing(f"{path}: missing; run the study and the select stage first ({SELECT_STAGE})")
+    reader = csv.DictReader(io.StringIO(path.read_text()))
+    rows = list(reader)
+    columns = list(reader.fieldnames or [])
+    if "architecture" not in columns:
+        raise ReportMissing(f"{path}: no 'architecture' column (not a dlpipe leaderboard); run {SELECT_STAGE} again")
+    return columns, rows
+
+
+def read_selection(path: Path, required: bool = True) -> dict | None:
+    """reports/selection.json; None when it is absent and not `required`."""
+    if not path.is_file():
+        if not required:
+            return None
+        raise ReportMissing(f"{path}: missing; the study has not been selected yet: run {SELECT_STAGE}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ReportMissing(
+            f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); run {SELECT_STAGE} again"
+        ) from None
+    if not isinstance(data, dict) or not data.get("winner"):
+        raise ReportMissing(f"{path}: names no winner; run {SELECT_STAGE} again")
+    return data
+
+
+# --------------------------------------------------------------------------------------------------- formatting
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A float with `digits` decimals; an int (or integer text) as it is; empty or NaN as '-'; text as it is."""
+    if value is None or value == "":
+        return MISSING
+    number = _number(value)
+    if number is None or isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("+-").isdigit()):
+        return str(int(number))
+    return f"{number:.{digits}f}"
+
+
+def _integral(values: Iterable[Any]) -> bool:
+    numbers = [_number(v) for v in values if v not in (None, "")]
+    return bool(numbers) and all(n is not None and n.is_integer() for n in numbers)
+
+
+def _count(value: Any) -> str:
+    number = _number(value)
+    return MISSING if number is None else f"{int(number):,}"
+
+
+def _mean_std(mean: Any, std: Any) -> str:
+    if _number(mean) is None:
+        return MISSING
+    return fmt(mean) if _number(std) is None else f"{fmt(mean)} ± {fmt(std)}"
+
+
+def _text(value: Any) -> str:
+    return MISSING if value is None or value == "" else str(value)
+
+
+def _true(value: Any) -> bool:
+    return str(value).strip().lower() in ("true", "1", "yes")
+
+
+def table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    right: Sequence[bool] | None = None,
+    group: tuple[int, int, str] | None = None,
+) -> str:
+    """A plain-text table: columns two spaces apart, `right`-aligned where asked (numbers), no trailing spaces.
+
+    `group` (first, last, label): a line above the headers that spans columns first..last with the label.
+    """
+    rows = [list(r) for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    right = right or [False] * len(headers)
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)]
+        return "  ".join(parts).rstrip()
+
+    lines = [line(headers), *(line(r) for r in rows)]
+    if group:
+        first, last, label = group
+        start = sum(widths[:first]) + 2 * first
+        span = sum(widths[first : last + 1]) + 2 * (last - first)
+        lines.insert(0, " " * start + f" {label} ".center(span, "-"))
+    return "\n".join(lines) + "\n"
+
+
+def wrap(text: str, width: int = WIDTH) -> str:
+    """Prose lines for a terminal: at most `width` characters, ending in a newline."""
+    return textwrap.fill(text, width, break_on_hyphens=False) + "\n"
+
+
+def metric_label(metric: str) -> str:
+    return LABELS.get(metric, metric)
+
+
+def averaging(metric: str) -> str:
+    """Whose test precision/recall/F1 the compact table shows: macro, weighted, or the positive class (as
+    evaluation.selection.averaging_of, which imports pandas)."""
+    if is_positive_metric(metric):
+        return "positive"
+    return "weighted" if metric.endswith("_weighted") else "macro"
+
+
+def short_label(metric: str) -> str:
+    """F1 (macro), recall (pos): a column header."""
+    return f"{metric.removesuffix('_positive')} (pos)" if is_positive_metric(metric) else metric_label(metric)
+
+
+def leaderboard_compact(rows: list[dict[str, str]], metric: str | None = None, champion: str | None = None) -> str:
+    """Rank, model, kind, CV mean ± std of the selection metric, test accuracy and precision/recall/F1 of the
+    selection metric's averaging, parameters and latency: one line per model; the champion marked *, models on the
+    Pareto front ◆ (as in reports/leaderboard.md)."""
+    metric = metric or (rows[0].get("selection_metric") if rows else None) or "f1_macro"
+    avg = averaging(metric)
+    tests = ["accuracy", f"precision_{avg}", f"recall_{avg}", f"f1_{avg}"]
+    headers = ["#", "model", "kind", f"CV {short_label(metric)}", "acc", "P", "R", "F1", "params", "ms/sample"]
+    body = []
+    for row in rows:
+        kind = row.get("kind") or "deep"
+        name = row.get("architecture", "")
+        name += " *" if name == champion and kind == "deep" else ""
+        name += " ◆" if _true(row.get("pareto")) else ""
+        cells = [row.get("rank", ""), name, kind, _mean_std(row.get("cv_mean"), row.get("cv_std"))]
+        cells += [fmt(row.get(f"test_{m}")) for m in tests]
+        cells += [_count(row.get("n_params")), fmt(row.get("latency_ms_per_sample"))]
+        body.append(cells)
+    right = [True, False, False] + [True] * (len(headers) - 3)
+    folds = {row.get("folds") for row in rows} - {None, ""}
+    over = f" over {fmt(folds.pop())} folds" if len(folds) == 1 else " over the folds"
+    averages = "of the positive class" if avg == "positive" else f"{avg} averages"
+    caption = (
+        f"Ranked on cross-validated {metric_label(metric)}, mean ± std{over}; test: the held-out test set "
+        f"(P, R, F1 {averages}); ms/sample: CPU latency. "
+        + ("* champion; " if champion else "")
+        + "◆ on the Pareto front (CV score, latency, parameters)."
+    )
+    group = (4, 7, "test" if avg == "positive" else f"test, {avg}")
+    return wrap(caption) + "\n" + table(headers, body, right, group)
+
+
+def leaderboard_every_column(columns: list[str], rows: list[dict[str, str]]) -> str:
+    """Every column of the CSV, numbers rounded to 4 decimals."""
+    whole = {c for c in columns if _integral(row.get(c) for row in rows)}  # counts written as 1234.0 beside NaN
+    body = [[_count(row.get(c)).replace(",", "") if c in whole else fmt(row.get(c)) for c in columns] for row in rows]
+    right = [all(_number(row.get(c)) is not None or not row.get(c) for row in rows) for c in columns]
+    return table(columns, body, right)
+
+
+def verdict(selection: Mapping[str, Any]) -> str:
+    """The champion and how it compares with the runner-up and the best baseline, from selection.json: the text of
+    evaluation.selection.selection_sentence without Markdown (that module imports pandas and scipy)."""
+    if selection.get("sentence"):
+        return str(selection["sentence"]).replace("**", "")
+    metric = metric_label(str(selection.get("metric", "")))
+    text = f"Champion: {selection['winner']} on the cross-validated {metric}"
+    detail = selection.get("rule_detail") or {}
+    if selection.get("rule") == "smallest_within_rope" and detail.get("best") not in (None, selection["winner"]):
+        p_right = _number((detail.get("equivalent_to_best") or {}).get("p_right")) or 0.0
+        text += (
+            f", the smallest model practically equivalent to the best ({detail['best']}; P(worse by more than "
+            f"{selection.get('rope')}) = {p_right:.3f})"
+        )
+    runner, p, lead = (
+        selection.get("runner_up"),
+        _number(selection.get("p_value")),
+        _number(selection.get("mean_difference")),
+    )
+    if runner is None:
+        text += " (the only deep model)."
+    elif p is None or lead is None or selection.get("significant") is None:
+        text += f", ahead of {runner}."
+    else:
+        outcome = "significant" if selection["significant"] else "not significant"
+        text += f"; its lead of {lead:+.4f} over {runner} is {outcome} at alpha={selection.get('alpha')} (corrected "
+        text += (
+            f"resampled t-test over {selection.get('k')} folds: t={_number(selection.get('t')) or 0.0:.3f}, p={p:.4f})"
+        )
+        b = selection.get("bayes") or {}
+        if all(_number(b.get(k)) is not None for k in ("p_right", "p_rope", "p_left")):
+            text += (
+                f"; Bayesian correlated t-test, rope ±{selection.get('rope')}: P(better) {b['p_right']:.3f}, "
+                f"P(equivalent) {b['p_rope']:.3f}, P(worse) {b['p_left']:.3f}"
+            )
+        text += "."
+    base = selection.get("baseline") or {}
+    if (
+        base.get("name")
+        and _number(base.get("mean_difference")) is not None
+        and _number(base.get("p_value")) is not None
+    ):
+        outcome = "beats" if base.get("beats") else "does not beat"
+        text += (
+            f" It {outcome} the best baseline, {base['name']} ({base['mean_difference']:+.4f}, p={base['p_value']:.4f}"
+        )
+        p_right = _number((base.get("bayes") or {}).get("p_right"))
+        text += f"; P(better by more than the rope) {p_right:.3f})." if p_right is not None else ")."
+    return text
+
+
+def registry_line(selection: Mapping[str, Any]) -> str | None:
+    reg = selection.get("registry")
+    if not reg:
+        return None
+    alias = reg.get("alias") or "challenger"
+    champion = reg.get("champion")
+    if champion is None:
+        tail = "no champion"
+    elif champion == reg.get("version"):
+        tail = "it is the champion"
+    else:
+        tail = f"champion: version {champion}"
+    return f"Registered: {reg.get('name')} version {reg.get('version')} (alias {alias}); {tail}."
+
+
+def leaderboard_text(
+    columns: list[str],
+    rows: list[dict[str, str]],
+    selection: Mapping[str, Any] | None = None,
+    every_column: bool = False,
+) -> str:
+    """The leaderboard for a terminal, with the verdict and the registry outcome below when selection is known."""
+    metric = str(selection["metric"]) if selection and selection.get("metric") else None
+    champion = str(selection["winner"]) if selection and selection.get("winner") else None
+    text = leaderboard_every_column(columns, rows) if every_column else leaderboard_compact(rows, metric, champion)
+    if selection:
+        lines = [verdict(selection), registry_line(selection)]
+        text += "\n" + "".join(wrap(line) for line in lines if line)
+    return text
+
+
+# --------------------------------------------------------------------------------------------------- runs
+
+
+def run_link(ui_url: str, experiment_id: str | None, run_id: str | None) -> str:
+    if not run_id or experiment_id is None:
+        return ""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def model_link(ui_url: str, name: str, version: Any) -> str:
+    return f"{ui_url.rstrip('/')}/#/models/{name}/versions/{version}"
+
+
+def study_run_ids(selection: Mapping[str, Any]) -> list[str]:
+    """Every run id selection.json names: the select run, then each architecture's tune, cv and train runs."""
+    ids = [selection.get("mlflow_run_id")]
+    for stages in (selection.get("runs") or {}).values():
+        ids += [(stages or {}).get(s) for s in ("tune", "cv", "train")]
+    return list(dict.fromkeys(i for i in ids if i))
+
+
+def runs_text(
+    selection: Mapping[str, Any],
+    experiments: Mapping[str, str | None] | None,
+    ui_url: str = DEFAULT_UI_URL,
+    champion: Mapping[str, Any] | None = None,
+) -> str:
+    """The champion, the select run and every architecture's tune/cv/train runs with MLflow UI links.
+
+    `experiments`: run id -> experiment id from the store (None: the store does not have that run; the mapping
+    itself None: no store to ask, so no links). `champion`: {name, version} of alias champion in the registry now.
+    """
+    experiments = experiments or {}
+    lines = []
+    reg = selection.get("registry") or {}
+    if champion:
+        lines.append(
+            f"champion: {champion['name']} version {champion['version']} (alias champion)  "
+            f"{model_link(ui_url, champion['name'], champion['version'])}"
+        )
+    elif reg.get("champion") is not None:
+        lines.append(
+            f"champion: {reg['name']} version {reg['champion']} (alias champion, as of select)  "
+            f"{model_link(ui_url, reg['name'], reg['champion'])}"
+        )
+    else:
+        lines.append("champion: none")
+    if reg:
+        alias = reg.get("alias") or "challenger"
+        lines.append(
+            f"this study: {selection['winner']} registered as {reg['name']} version {reg['version']} "
+            f"(alias {alias} at select)  {model_link(ui_url, reg['name'], reg['version'])}"
+        )
+    else:
+        lines.append(f"this study: {selection['winner']} won; no model was registered")
+    select_id = selection.get("mlflow_run_id")
+    lines.append(
+        f"select run: {select_id or MISSING}  {run_link(ui_url, experiments.get(select_id), select_id)}".rstrip()
+    )
+    body = []
+    for arch, stages in (selection.get("runs") or {}).items():
+        mark = "*" if arch == selection.get("winner") else ""
+        for i, stage in enumerate(("tune", "cv", "train")):
+            rid = (stages or {}).get(stage)
+            link = run_link(ui_url, experiments.get(rid), rid) if rid else ""
+            if rid and experiments and experiments.get(rid) is None:
+                link = "(not in the MLflow store)"
+            body.append([mark if i == 0 else "", arch if i == 0 else "", stage, rid or "(not run)", link])
+    text = "\n".join(lines) + "\n"
+    if body:
+        text += "\n" + table(["", "architecture", "stage", "run id", "MLflow UI"], body)
+        text += "* the champion\n"
+    return text
+
+
+# --------------------------------------------------------------------------------------------------- compare
+
+
+def exp_show_index(exp_show: list[dict]) -> dict[str, dict]:
+    """Rows of `dvc exp show --json` (workspace, baseline commits, their experiments) keyed by name and by rev.
+
+    Each value: {"name", "rev", "metrics": the data of reports/metrics.json or None, "error": why not}.
+    """
+    index: dict[str, dict] = {}
+
+    def add(entry: dict) -> None:
+        data = entry.get("data") or {}
+        metrics, error = None, entry.get("error")
+        files = data.get("metrics") or {}
+        key = (
+            METRICS_FILE if METRICS_FILE in files else next((k for k in files if k.endswith(f"/{METRICS_FILE}")), None)
+        )
+        if key is None:
+            error = error or f"no {METRICS_FILE} in its metrics"
+        elif "data" in files[key]:
+            metrics = files[key]["data"]
+        else:
+            error = (files[key].get("error") or {}).get("msg") or f"{METRICS_FILE} unreadable"
+        row = {
+            "name": entry.get("name") or entry.get("rev"),
+            "rev": entry.get("rev"),
+            "metrics": metrics,
+            "error": error if metrics is None else None,
+        }
+        for k in (entry.get("name"), entry.get("rev")):
+            if k:
+                index.setdefault(str(k), row)
+
+    for baseline in exp_show or []:
+        add(baseline)
+        for exp in baseline.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                add({**rev, "name": rev.get("name") or exp.get("name")})
+    return index
+
+
+def find_experiment(index: Mapping[str, dict], name: str) -> dict | None:
+    """An exact name or rev, else a unique rev prefix of at least 4 characters."""
+    if name in index:
+        return index[name]
+    if len(name) >= 4:
+        found = {id(r): r for k, r in index.items() if r["rev"] and str(r["rev"]).startswith(name)}
+        if len(found) == 1:
+            return next(iter(found.values()))
+    return None
+
+
+def known_names(index: Mapping[str, dict]) -> list[str]:
+    return list(dict.fromkeys(r["name"] for r in index.values() if r["name"]))
+
+
+def study_metrics(name: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The metrics.json of one experiment (ReportMissing, exit 2, saying why when it has none)."""
+    if row["metrics"] is None:
+        error = str(row["error"])
+        if "No such file" in error and row["rev"] != "workspace":  # the commit lacks it: git ignores the file
+            hint = f"its commit has none: {METRICS_FILE} must be tracked by Git (not in .gitignore) for dvc exp show"
+        else:
+            hint = f"{error}; run the pipeline in it (dvc exp run)"
+        raise ReportMissing(f"{name}: no {METRICS_FILE} ({hint})")
+    if not isinstance(row["metrics"], dict):
+        raise ReportMissing(f"{name}: {METRICS_FILE} is not a JSON object")
+    return row["metrics"]
+
+
+def architecture_values(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Each architecture's CV value of the selection metric: the numeric keys that are not study keys."""
+    out = {}
+    for key, value in metrics.items():
+        if key in STUDY_KEYS or isinstance(value, bool):
+            continue
+        number = _number(value)
+        if number is not None:
+            out[key] = number
+    return out
+
+
+def compare_text(a: str, metrics_a: Mapping[str, Any], b: str, metrics_b: Mapping[str, Any]) -> str:
+    """architecture | A | B | B - A (the CV value of the selection metric), then champion, version and select run."""
+    va, vb = architecture_values(metrics_a), architecture_values(metrics_b)
+    champ_a, champ_b = metrics_a.get("champion"), metrics_b.get("champion")
+
+    def cell(values: dict[str, float], arch: str, champion: Any) -> str:
+        return (fmt(values[arch]) + (" *" if arch == champion else "")) if arch in values else MISSING
+
+    archs = sorted(set(va) | set(vb), key=lambda x: (-max(va.get(x, -math.inf), vb.get(x, -math.inf)), x))
+    body = []
+    for arch in archs:
+        diff = f"{vb[arch] - va[arch]:+.4f}" if arch in va and arch in vb else MISSING
+        body.append([arch, cell(va, arch, champ_a), cell(vb, arch, champ_b), diff])
+    body.append(["", "", "", ""])
+    for key, label in (("champion", "champion"), ("version", "registered version"), ("select_run", "select run")):
+        body.append([label, _text(metrics_a.get(key)), _text(metrics_b.get(key)), ""])
+    metric = metrics_a.get("metric") or metrics_b.get("metric")
+    what = f"the cross-validated {metric_label(str(metric))}" if metric else "the cross-validated selection metric"
+    caption = f"{a} vs {b}: {what} (mean over folds) per architecture; * the champion.\n\n"
+    headers = ["architecture", a, b, f"{b} - {a}"]
+    return caption + table(headers, body, [False, True, True, True])
