@@ -38,6 +38,7 @@ test-fast: install
 	$(BIN)/pytest -m "not slow"
 
 ui: install
+	-$(BIN)/dlpipe relocate  # a moved or copied project: its store first points at its own mlruns/
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns/artifacts --host 127.0.0.1 --port 5000
 
 # optuna-dashboard on the study storage (tune.storage, else optuna/journal.log), on this machine only.

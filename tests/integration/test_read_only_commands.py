@@ -55,9 +55,10 @@ def test_read_only_commands_refuse_and_create_nothing(project: Path, capsys, mon
     assert_refused_without_store(project, *run_cli(capsys, *args))
 
 
-def test_leaderboard_with_a_positive_metric_refuses_and_creates_nothing(project: Path, capsys, monkeypatch) -> None:
+def test_leaderboard_without_a_study_refuses_and_creates_nothing(project: Path, capsys, monkeypatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     write_params(project, {"selection": {"metric": "recall_positive", "positive_class": "3"}})
     code, out, err = run_cli(capsys, "leaderboard")
-    assert_refused_without_store(project, code, out, err)
-    assert "dlpipe leaderboard (selection.metric recall_positive)" in err
+    assert code == 2 and out == ""
+    assert "reports/leaderboard.csv" in err and "dvc repro select" in err and len(err.strip().splitlines()) == 1
+    assert not (project / "mlruns").exists()

@@ -86,7 +86,7 @@ def run(params: Params, paths: ProjectPaths) -> dict:
                                   reports.baselines)  # fmt: skip
     board = with_run_ids(board, reports)
     verdict = sel.verdict(board, reports.cv, reports.baselines, params.selection, ratio)
-    summary = summarize(ctx, reports, board, verdict)
+    summary = {**summarize(ctx, reports, board, verdict), "sentence": sel.selection_sentence(verdict)}
     if not is_global_zero():
         return summary
     write_tables(paths, board, verdict)
