@@ -1,29 +1,31 @@
 """`fit`: train one model on one train/validation split and return the best epoch's model and history.
 
 Cross-validation, tuning and the final training all call this; they differ only in the split they pass and the
-callbacks they add (MLflow logging, Optuna pruning).
+callbacks they add (MLflow logging, Optuna pruning). `evaluate` scores a model on a part (fold or test set) with
+Lightning's test loop (exact under DDP); `predict_proba` runs in-process.
 """
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback
 from pydantic import BaseModel
 
 from dlpipe.config import TrainerParams, TrainParams
 from dlpipe.data.prepared import Part, TrainValSplit
+from dlpipe.interrupts import interrupts_kept
 from dlpipe.models import build_model
 from dlpipe.training.batching import TensorLoader
+from dlpipe.training.metrics import metric_values
 from dlpipe.training.module import Classifier
-from dlpipe.training.trainer import make_trainer
+from dlpipe.training.trainer import BestWeights, find_callback, make_eval_trainer, make_trainer, no_nan_fill
+
+__all__ = ["EVAL_BATCH", "FitResult", "History", "ModelSpec", "evaluate", "fit", "interrupts_kept", "predict_proba"]
 
 EVAL_BATCH = 1024
 
@@ -42,13 +44,13 @@ class ModelSpec:
 
 
 class History(Callback):
-    """Collects every epoch's logged metrics (train_* and val_*) as plain floats."""
+    """Collects every epoch's logged metrics (train_* and val_*) as Python floats (see `metric_value`)."""
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, float]] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        row = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
+        row = metric_values(trainer.callback_metrics, ("train_", "val_"))
         self.epochs.append({"epoch": trainer.current_epoch, **row})
 
 
@@ -62,17 +64,6 @@ class DataToDevice(Callback):
         if pl_module.device.type != "cpu":
             for loader in self.loaders:
                 loader.to(pl_module.device)
-
-
-@contextlib.contextmanager
-def interrupts_kept() -> Iterator[None]:
-    """Lightning turns Ctrl-C (and our SIGTERM) inside a Trainer call into sys.exit(1): make it an interrupt again."""
-    try:
-        yield
-    except SystemExit as exc:
-        if isinstance(exc.__context__, KeyboardInterrupt):
-            raise KeyboardInterrupt from exc
-        raise
 
 
 @dataclass
@@ -103,54 +94,34 @@ def fit(
     max_epochs: int | None = None,
     callbacks: list[Callback] | None = None,
 ) -> FitResult:
-    """Train `spec` on `split.train`, early-stop on `split.val`, keep and re-validate the best epoch."""
+    """Train `spec` on `split.train`, early-stop on `split.val`; the returned module holds the best epoch's weights
+    (on every DDP rank) and `val` that epoch's validation metrics."""
     L.seed_everything(seed, workers=True, verbose=False)
     input_shape = tuple(split.train.X.shape[1:])
     module = spec.build(input_shape, len(class_names), class_names)
     train_loader, val_loader = loaders_for(split, spec.train, seed)
     history = History()
     cbs: list[Callback] = [history, *(callbacks or [])]
-    if trainer_params.data_on_device:
-        cbs.append(DataToDevice([train_loader, val_loader]))
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="dlpipe-ckpt-") as ckpt_dir:
-        trainer = make_trainer(trainer_params, spec.train, max_epochs=max_epochs, callbacks=cbs,
-                               checkpoint_dir=Path(ckpt_dir))  # fmt: skip
-        with interrupts_kept():
-            trainer.fit(module, train_loader, val_loader)
-        best_epoch = _restore_best(trainer, module)
-        seconds = time.perf_counter() - start
-        val = trainer.validate(module, val_loader, verbose=False)[0]
-    return FitResult(module, history.epochs, {k: float(v) for k, v in val.items()}, best_epoch,
-                     len(history.epochs), seconds)  # fmt: skip
+    trainer = make_trainer(trainer_params, spec.train, max_epochs=max_epochs, callbacks=cbs)
+    if trainer_params.data_on_device and not isinstance(trainer.accelerator, CPUAccelerator):
+        trainer.callbacks.append(DataToDevice([train_loader, val_loader]))
+    with interrupts_kept(), no_nan_fill():
+        trainer.fit(module, train_loader, val_loader)
+    best = find_callback(trainer, BestWeights)
+    assert isinstance(best, BestWeights) and best.epoch is not None  # fit always validates
+    seconds = time.perf_counter() - start
+    # the kept weights are the best epoch's: its validation metrics are theirs (no second validation pass)
+    return FitResult(module, history.epochs, dict(best.metrics), best.epoch, len(history.epochs), seconds)
 
 
-def _restore_best(trainer: L.Trainer, module: Classifier) -> int | None:
-    """Load the best checkpoint's weights into `module`; returns the best epoch (None without checkpoint)."""
-    ckpt = trainer.checkpoint_callback
-    path = getattr(ckpt, "best_model_path", "")
-    if not path or not Path(path).is_file():
-        return None
-    state = torch.load(path, map_location=module.device, weights_only=False)
-    module.load_state_dict(state["state_dict"])
-    return int(state["epoch"])
-
-
-def evaluate(module: Classifier, part: Part, trainer_params: TrainerParams) -> dict:
+def evaluate(
+    module: Classifier, part: Part, trainer_params: TrainerParams, *, callbacks: list[Callback] | None = None
+) -> dict:
     """Evaluate on `part` (e.g. the held-out test set): scalar, per-class metrics and confusion matrix."""
     loader = TensorLoader(part.X, part.y, EVAL_BATCH)
-    trainer = L.Trainer(
-        accelerator=trainer_params.accelerator,
-        devices=trainer_params.devices,
-        strategy=trainer_params.strategy,
-        num_nodes=trainer_params.num_nodes,
-        precision=trainer_params.precision,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-    )
-    with interrupts_kept():
+    trainer = make_eval_trainer(trainer_params, callbacks=callbacks)
+    with interrupts_kept(), no_nan_fill():
         trainer.test(module, loader, verbose=False)
     assert module.test_report is not None
     return module.test_report
