@@ -1,5 +1,6 @@
-"""The Lightning Trainer factory (devices, strategy, precision, gradient clipping, early stopping, keeping the best
-epoch's weights) and `apply_cpu_threads`, the process-wide CPU thread setting that entry points apply once."""
+"""The Lightning Trainer factories (devices, strategy, precision, gradient clipping, early stopping, keeping the best
+epoch's weights in memory), and torch's process settings: `apply_cpu_threads`, which entry points apply once per
+process, and `no_nan_fill`, scoped to a Trainer call."""
 
 from __future__ import annotations
 
