@@ -21,9 +21,8 @@ from dlpipe.data.prepared import Part, TrainValSplit
 from dlpipe.interrupts import interrupts_kept
 from dlpipe.models import build_model
 from dlpipe.training.batching import TensorLoader
-from dlpipe.training.metrics import metric_values
 from dlpipe.training.module import Classifier
-from dlpipe.training.trainer import BestWeights, find_callback, make_eval_trainer, make_trainer, no_nan_fill
+from dlpipe.training.trainer import BestWeights, History, find_callback, make_eval_trainer, make_trainer, no_nan_fill
 
 __all__ = ["EVAL_BATCH", "FitResult", "History", "ModelSpec", "evaluate", "fit", "interrupts_kept", "predict_proba"]
 
@@ -41,17 +40,6 @@ class ModelSpec:
     def build(self, input_shape: tuple[int, ...], num_classes: int, class_names: list[str]) -> Classifier:
         net = build_model(self.arch, self.model, input_shape, num_classes)
         return Classifier(net, self.train, num_classes, class_names, input_shape)
-
-
-class History(Callback):
-    """Collects every epoch's logged metrics (train_* and val_*) as Python floats (see `metric_value`)."""
-
-    def __init__(self) -> None:
-        self.epochs: list[dict[str, float]] = []
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        row = metric_values(trainer.callback_metrics, ("train_", "val_"))
-        self.epochs.append({"epoch": trainer.current_epoch, **row})
 
 
 class DataToDevice(Callback):
@@ -100,19 +88,17 @@ def fit(
     input_shape = tuple(split.train.X.shape[1:])
     module = spec.build(input_shape, len(class_names), class_names)
     train_loader, val_loader = loaders_for(split, spec.train, seed)
-    history = History()
-    cbs: list[Callback] = [history, *(callbacks or [])]
     start = time.perf_counter()
-    trainer = make_trainer(trainer_params, spec.train, max_epochs=max_epochs, callbacks=cbs)
+    trainer = make_trainer(trainer_params, spec.train, max_epochs=max_epochs, callbacks=callbacks)
     if trainer_params.data_on_device and not isinstance(trainer.accelerator, CPUAccelerator):
         trainer.callbacks.append(DataToDevice([train_loader, val_loader]))
     with interrupts_kept(), no_nan_fill():
         trainer.fit(module, train_loader, val_loader)
-    best = find_callback(trainer, BestWeights)
+    best = find_callback(trainer, BestWeights)  # also the history
     assert isinstance(best, BestWeights) and best.epoch is not None  # fit always validates
     seconds = time.perf_counter() - start
     # the kept weights are the best epoch's: its validation metrics are theirs (no second validation pass)
-    return FitResult(module, history.epochs, dict(best.metrics), best.epoch, len(history.epochs), seconds)
+    return FitResult(module, best.epochs, dict(best.metrics), best.epoch, len(best.epochs), seconds)
 
 
 def evaluate(

@@ -101,7 +101,7 @@ class Classifier(L.LightningModule):
             # and losses are handed to torchmetrics once, on the last batch. Updating seven metrics every step cost
             # more than a small MLP's whole step. (Micro accuracy counts matches, O(N); the macro metrics' confusion
             # counts take an N x C^2 tensor in deterministic mode, too big for a whole epoch at once.)
-            self._train_outputs.append((logits.detach().argmax(dim=1), y, data_loss.detach()))
+            self._train_outputs.append((logits.argmax(dim=1), y, data_loss.detach()))
             if trainer.is_last_batch:
                 self._log_train_epoch()
         return loss

@@ -16,7 +16,7 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.trainer.states import TrainerFn
 
 from dlpipe.config import TrainerParams, TrainParams
-from dlpipe.training.metrics import metric_value
+from dlpipe.training.metrics import metric_value, metric_values
 
 
 def apply_cpu_threads(trainer: TrainerParams) -> None:
@@ -57,8 +57,20 @@ def progress_bar_enabled(trainer: TrainerParams) -> bool:
     return sys.stderr.isatty() if trainer.progress_bar is None else trainer.progress_bar
 
 
-class BestWeights(Callback):
-    """Keeps the weights of the best epoch on the monitor in memory and loads them into the module when training ends.
+class History(Callback):
+    """Collects every epoch's logged metrics (train_* and val_*) as Python floats (see `metric_value`)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        row = metric_values(trainer.callback_metrics, ("train_", "val_"))
+        self.epochs.append({"epoch": trainer.current_epoch, **row})
+
+
+class BestWeights(History):
+    """A `History` that also keeps the weights of the best epoch on the monitor in memory and loads them into the
+    module when training ends. (One callback for both: Lightning calls every callback ~7 times a training step.)
 
     "Best" is what `ModelCheckpoint(monitor, mode, save_top_k=1)` kept: the first epoch, then every epoch that strictly
     improves the monitor; a NaN counts as the worst value (it never improves, and any number improves on it). The
@@ -69,6 +81,7 @@ class BestWeights(Callback):
     """
 
     def __init__(self, monitor: str, mode: str):
+        super().__init__()
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
         self.monitor = monitor
@@ -119,7 +132,7 @@ def make_trainer(
     keep_best: bool = True,
 ) -> L.Trainer:
     """A Trainer from params. With validation: early stopping (when enabled) and, with `keep_best`, a `BestWeights`
-    callback on the early-stopping monitor (`trainer.callbacks`). Sets no process-wide state (see
+    callback on the early-stopping monitor, which also records the History. Sets no process-wide state (see
     `apply_cpu_threads`); Lightning's `deterministic=True` does switch on torch's deterministic algorithms."""
     cbs: list[Callback] = list(callbacks or [])
     es = train.early_stopping
