@@ -36,7 +36,6 @@ SMALL_MLP = {"hidden": [64]}
 CHANCE = 0.1
 
 
-
 @pytest.fixture(scope="module")
 def digits() -> Problem:
     return problem("digits")
