@@ -98,7 +98,9 @@ def fit(
     with interrupts_kept(), no_nan_fill():
         trainer.fit(module, train_loader, val_loader)
     best = find_callback(trainer, BestWeights)  # also the history
-    assert isinstance(best, BestWeights) and best.epoch is not None  # fit always validates
+    assert isinstance(best, BestWeights)
+    if best.epoch is None:  # ddp_spawn trains in child processes: their callbacks' records stay there
+        raise RuntimeError(f"fit: no epoch recorded in this process (strategy {trainer_params.strategy!r}); use ddp")
     seconds = time.perf_counter() - start
     # the kept weights are the best epoch's: its validation metrics are theirs (no second validation pass)
     return FitResult(module, best.epochs, dict(best.metrics), best.epoch, len(best.epochs), seconds)
