@@ -22,7 +22,11 @@ def penalised_weights(model: nn.Module) -> list[nn.Parameter]:
 
 
 class Classifier(L.LightningModule):
-    """Cross-entropy classification with L1/L2 penalties, torchmetrics metrics and configurable optimisation."""
+    """Cross-entropy classification with L1/L2 penalties, torchmetrics metrics and configurable optimisation.
+
+    Logged per epoch (DDP-synced): `train_loss` and `train_accuracy` (over the epoch's training batches), `val_loss`
+    and `val_<m>` for every m in SCALAR_METRICS. `trainer.test` leaves the evaluation report in `test_report`.
+    """
 
     def __init__(
         self,
