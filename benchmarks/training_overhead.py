@@ -2,28 +2,31 @@
 
 For the MLP and the CNN of dlpipe's registry (default params) on MNIST-sized synthetic data (N x 1 x 28 x 28,
 10 classes), one table compares three loops that train the same network from the same initial weights (same seed)
-with the same optimizer (Adam, lr 1e-3) and batch size:
+with the same optimizer (Adam, lr 1e-3) and batch size, in four loops:
 
 - `dlpipe`: `dlpipe.training.fit.fit` (Lightning Trainer, TensorLoader, torchmetrics), early stopping off, validating
   on a tiny split (512 samples) after each epoch, keeping the best epoch's weights, at its defaults (deterministic
   algorithms on; the plain loops leave them off);
 - `tutorial`: `for xb, yb in DataLoader(TensorDataset(X, y), batch_size, shuffle=True)` with `loss.item()` each
   step, as tutorials write it; the shuffle's sampler gets a generator seeded like dlpipe's (see below);
-- `plain-best`: the leanest loop: one gather of the epoch's permutation, contiguous slices, `zero_grad(set_to_none)`,
-  the loss accumulated on the tensor side (no per-step host sync).
+- `plain-best`: the leanest loop found: each batch's rows of the epoch's permutation taken with `index_select`,
+  `zero_grad(set_to_none)`, the loss accumulated on the tensor side (no per-step host sync);
+- `plain-gather`: the same, but one gather of the whole epoch into a fresh tensor, then contiguous slices (the
+  previous plain-best: the fresh 63 MB tensor of a 20000-sample epoch costs ~40 ms of page faults, ~10% of a small
+  MLP's epoch).
 
 One row per model, the loops side by side: epoch seconds (mean over epochs, the fastest of --repeats interleaved runs;
-dlpipe's from epoch start to epoch end, its tiny validation included) with samples/s, each loop's time relative to
-plain-best, and the mean training loss of epoch 1. Before timing, each loop runs once untimed on a small slice
-(`warm_up`, and a tiny `fit`), so that no one-time cost of the process (lazy initialisation, first-call caches) lands
-in a timed epoch. With --clock cpu the times are the process's CPU seconds instead of wall seconds: steadier on a
-shared machine.
+dlpipe's from epoch start to epoch end, its tiny validation included), each loop's time relative to plain-best, and
+the mean training loss of epoch 1 (plain-best's, with the largest relative difference of the other loops). Before
+timing, each loop runs once untimed on a small slice (`warm_up`, and a tiny `fit`), so that no one-time cost of the
+process (lazy initialisation, first-call caches) lands in a timed epoch. With --clock cpu the times are the
+process's CPU seconds instead of wall seconds: steadier on a shared machine.
 
 All loops run in one process, after `import lightning`: Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1, and on a
 machine without a GPU every Adam step then retries loading NVML (torch's CUDA graph-capture check, ~50 us a step).
 That cost is in every loop alike, so it is part of the baseline here, not of dlpipe's overhead.
 
-Correctness check (exit status 1 when it fails): all three loops start from identical weights and, in epoch 1, see
+Correctness check (exit status 1 when it fails): all four loops start from identical weights and, in epoch 1, see
 identical batches (the permutation `randperm(n, Generator().manual_seed(seed))` that dlpipe's TensorLoader draws for
 epoch 0), so their epoch-1 mean losses may differ only by floating-point noise: LOSS_RTOL = 1e-3 relative (they agree
 to ~1e-6 in practice). Comparing loops that shuffle independently would need a far looser bound: over six shuffles
@@ -114,7 +117,7 @@ def warm_up(arch: str, X: torch.Tensor, y: torch.Tensor, bs: int, steps: int = 2
 
 def tutorial_loop(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, bs: int, seed: int) -> Run:
     dataset = TensorDataset(X, y)
-    # shuffle=True is RandomSampler(dataset); seeded, its first permutation is the one dlpipe and plain-best use
+    # shuffle=True is RandomSampler(dataset); seeded, its first permutation is the one dlpipe and the plain loops use
     sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
     loader = DataLoader(dataset, batch_size=bs, sampler=sampler)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
@@ -135,7 +138,10 @@ def tutorial_loop(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: in
     return Run("", "tutorial", times, losses, len(y))
 
 
-def best_plain_loop(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, bs: int, seed: int) -> Run:
+def plain_loop(
+    model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, bs: int, seed: int, *, gather_epoch: bool = False
+) -> Run:
+    """plain-best (per-batch `index_select`), or with `gather_epoch` plain-gather (one gather, then slices)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     model.train()
     n = len(y)
@@ -143,10 +149,15 @@ def best_plain_loop(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: 
     for epoch in range(epochs):
         start = now()
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))  # TensorLoader's order
-        Xs, ys = X[perm], y[perm]
+        if gather_epoch:
+            Xs, ys = X[perm], y[perm]
         total = torch.zeros(())
         for i in range(0, n, bs):
-            xb, yb = Xs[i : i + bs], ys[i : i + bs]
+            if gather_epoch:
+                xb, yb = Xs[i : i + bs], ys[i : i + bs]
+            else:
+                idx = perm[i : i + bs]
+                xb, yb = X.index_select(0, idx), y.index_select(0, idx)
             loss = F.cross_entropy(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -154,7 +165,7 @@ def best_plain_loop(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: 
             total += loss.detach() * len(yb)
         losses.append(float(total) / n)
         times.append(now() - start)
-    return Run("", "plain-best", times, losses, n)
+    return Run("", "plain-gather" if gather_epoch else "plain-best", times, losses, n)
 
 
 class EpochClock(Callback):
@@ -193,28 +204,29 @@ def warm_up_dlpipe(arch: str, split: TrainValSplit, bs: int) -> float:
     return now() - start
 
 
-LOOPS = ("plain-best", "tutorial", "dlpipe")
+LOOPS = ("plain-best", "plain-gather", "tutorial", "dlpipe")
 
 
 def print_table(runs: list[Run]) -> str:
-    """One row per model: each loop's epoch seconds (samples/s), its time relative to plain-best, its epoch-1 loss."""
+    """One row per model: each loop's epoch seconds, its time relative to plain-best, the epoch-1 loss."""
     by = {(r.model, r.loop): r for r in runs}
     models = list(dict.fromkeys(r.model for r in runs))
-    cell = 19
+    others = LOOPS[1:]
+    w = 13
     lines = [
-        f"{'':<6} {'epoch s (samples/s)':<{3 * cell}} {'time / plain-best':<22} {'loss, epoch 1'}",
+        f"{'':<6} {'epoch seconds':<{w * len(LOOPS)}} {'time / plain-best':<{w * len(others)}} epoch-1 loss",
         f"{'model':<6} "
-        + "".join(f"{loop:<{cell}}" for loop in LOOPS)
-        + f"{'tutorial':>10} {'dlpipe':>10}  "
-        + " ".join(f"{loop:>10}" for loop in LOOPS),
+        + "".join(f"{loop:>{w}}" for loop in LOOPS)
+        + "".join(f"{loop:>{w}}" for loop in others)
+        + "   plain-best (max rel. diff)",
     ]
     for model in models:
-        rs = [by[model, loop] for loop in LOOPS]
-        best = rs[0].seconds
-        times = "".join(f"{f'{r.seconds:.3f} ({r.n / r.seconds:.0f})':<{cell}}" for r in rs)
-        ratios = f"{rs[1].seconds / best:>9.3f}x {rs[2].seconds / best:>9.3f}x"
-        losses = " ".join(f"{r.losses[0]:>10.4f}" for r in rs)
-        lines.append(f"{model:<6} {times}{ratios}  {losses}")
+        rs = {loop: by[model, loop] for loop in LOOPS}
+        best = rs["plain-best"]
+        times = "".join(f"{rs[loop].seconds:>{w}.3f}" for loop in LOOPS)
+        ratios = "".join(f"{rs[loop].seconds / best.seconds:>{w - 1}.3f}x" for loop in others)
+        diff = max(rel_diff(rs[loop].losses[0], best.losses[0]) for loop in others)
+        lines.append(f"{model:<6} {times}{ratios}   {best.losses[0]:.4f} ({diff:.0e})")
     return "\n".join(lines)
 
 
@@ -263,20 +275,20 @@ def main(argv: list[str] | None = None) -> int:
         fit_seconds = []
         for repeat in range(args.repeats):  # interleaved, so that load changes hit every loop alike; keep the fastest
             model = best_model if repeat == 0 else fresh_model(arch, args.seed)
-            best = best_plain_loop(model, train_part.X, train_part.y, args.epochs, args.batch_size, args.seed)
-            tutorial = tutorial_loop(
-                fresh_model(arch, args.seed), train_part.X, train_part.y, args.epochs, args.batch_size, args.seed
-            )
+            data = (train_part.X, train_part.y, args.epochs, args.batch_size, args.seed)
+            best = plain_loop(model, *data)
+            gather = plain_loop(fresh_model(arch, args.seed), *data, gather_epoch=True)
+            tutorial = tutorial_loop(fresh_model(arch, args.seed), *data)
             dl, clock, seconds = dlpipe_loop(arch, split, args.epochs, args.batch_size, args.seed)
             fit_seconds.append(seconds)
-            for run in (dl, tutorial, best):
+            for run in (dl, tutorial, gather, best):
                 run.model = arch
                 if run.loop in kept and kept[run.loop].losses[0] != run.losses[0]:
                     problems.append(f"{arch}: {run.loop} epoch-1 loss changed between repeats (not reproducible)")
                 if run.loop not in kept or run.seconds < kept[run.loop].seconds:
                     kept[run.loop] = run
-        dl, tutorial, best = kept["dlpipe"], kept["tutorial"], kept["plain-best"]
-        runs += [dl, tutorial, best]
+        dl, best = kept["dlpipe"], kept["plain-best"]
+        runs += [kept[loop] for loop in LOOPS]
         fit_seconds = min(fit_seconds)
         notes.append(
             f"{arch}: dlpipe fit() total {fit_seconds:.2f} s for {args.epochs} epoch(s) (Trainer setup and teardown, "
@@ -286,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             not torch.equal(clock.initial[k], initial[k]) for k in initial
         ):
             problems.append(f"{arch}: dlpipe's initial weights differ from the plain loops' (same seed)")
-        for other in (dl, tutorial):
+        for other in (kept[loop] for loop in LOOPS[1:]):
             if rel_diff(other.losses[0], best.losses[0]) > LOSS_RTOL:
                 problems.append(
                     f"{arch}: {other.loop} epoch-1 loss {other.losses[0]:.6f} vs plain-best {best.losses[0]:.6f} "
