@@ -102,9 +102,9 @@ class Classifier(L.LightningModule):
         trainer = self._trainer
         if trainer is not None:
             # Per step only device-side work (no host sync, no torchmetrics call): the epoch's predictions, targets
-            # and losses are handed to torchmetrics once, on the last batch. Updating seven metrics every step cost
-            # more than a small MLP's whole step. (Micro accuracy counts matches, O(N); the macro metrics' confusion
-            # counts take an N x C^2 tensor in deterministic mode, too big for a whole epoch at once.)
+            # and losses are handed to torchmetrics once, on the last batch. Updating seven metrics every step took
+            # ~165 us, ~15% of a small MLP's CPU step. (Micro accuracy counts matches, O(N); the macro metrics'
+            # confusion counts take an N x C^2 tensor in deterministic mode, too big for a whole epoch at once.)
             self._train_outputs.append((logits.argmax(dim=1), y, data_loss.detach()))
             if trainer.is_last_batch:
                 self._log_train_epoch()
