@@ -94,7 +94,7 @@ def fit(
     start = time.perf_counter()
     trainer = make_trainer(trainer_params, spec.train, max_epochs=max_epochs, callbacks=callbacks)
     if trainer_params.data_on_device and not isinstance(trainer.accelerator, CPUAccelerator):
-        trainer.callbacks.append(DataToDevice([train_loader, val_loader]))
+        trainer.callbacks.append(DataToDevice([train_loader, val_loader]))  # not on the CPU: a no-op costs every step
     with interrupts_kept(), no_nan_fill():
         trainer.fit(module, train_loader, val_loader)
     best = find_callback(trainer, BestWeights)  # also the history
