@@ -12,8 +12,8 @@ with the same optimizer (Adam, lr 1e-3) and batch size, in four loops:
 - `plain-best`: the leanest loop found: each batch's rows of the epoch's permutation taken with `index_select`,
   `zero_grad(set_to_none)`, the loss accumulated on the tensor side (no per-step host sync);
 - `plain-gather`: the same, but one gather of the whole epoch into a fresh tensor, then contiguous slices (the
-  previous plain-best: the fresh 63 MB tensor of a 20000-sample epoch costs ~40 ms of page faults, ~10% of a small
-  MLP's epoch).
+  previous plain-best; here a fresh 63 MB tensor every epoch costs ~25 ms of first-touch page faults, and the gather
+  `X[perm]` ~40 ms in all against ~5 ms for the per-batch `index_select`s: ~10% of a small MLP's epoch).
 
 One row per model, the loops side by side: epoch seconds (mean over epochs, the fastest of --repeats interleaved runs;
 dlpipe's from epoch start to epoch end, its tiny validation included), each loop's time relative to plain-best, and
