@@ -1,4 +1,5 @@
-"""DDP on CPU: two gloo processes train one model, and the metrics they report are synced across ranks.
+"""DDP on CPU: two gloo processes train one model, the metrics they report are synced across ranks, and every rank
+ends with the best epoch's weights although the ranks share no temporary directory.
 
 Lightning's `ddp` strategy starts the other rank by re-running `sys.argv`, so the training runs in a standalone
 script (ddp_script.py) in a subprocess; this test checks what it wrote against a single-process computation.
@@ -7,6 +8,7 @@ script (ddp_script.py) in a subprocess; this test checks what it wrote against a
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -60,6 +62,28 @@ def test_two_ranks_trained(ddp_run, ddp_result):
     w1 = torch.load(ddp_run / "weights_rank1.pt", weights_only=True)
     assert w0.keys() == w1.keys()
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
+
+
+def test_every_rank_ends_with_the_best_epochs_weights(ddp_run, ddp_result):
+    """The last epoch was spoiled (weights zeroed), so the best epoch is an earlier one; after fit, each rank, with
+    its own TMPDIR, holds exactly the weights it had after the best epoch's validation, and no file was involved."""
+    best, val_losses = ddp_result["best_epoch"], [row["val_loss"] for row in ddp_result["history"]]
+    assert len(val_losses) == EPOCHS and best == EPOCHS - 2  # the best epoch is not the last one
+    assert val_losses[-1] == pytest.approx(math.log(10), rel=1e-5)  # zeroed weights: uniform outputs
+    assert val_losses[best] < val_losses[-1]
+    assert ddp_result["val"]["val_loss"] == val_losses[best]
+    finals = [torch.load(ddp_run / f"weights_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for r, final in enumerate(finals):
+        at_best = torch.load(ddp_run / f"best_rank{r}.pt", weights_only=True)
+        assert final.keys() == at_best.keys()
+        assert all(torch.equal(final[k], at_best[k]) for k in final), f"rank {r} does not hold the best epoch's weights"
+        assert any(final[k].abs().sum() > 0 for k in final)  # not the spoiled last epoch's
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
+    ranks = [json.loads((ddp_run / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["gettempdir"] != ranks[1]["gettempdir"]  # no temporary directory shared
+    for info in ranks:
+        assert info["gettempdir"] == info["tmpdir"]
+        assert info["tmp_at_train_end"] == []  # the best weights never went through a file
 
 
 def test_metric_keys_match_a_single_process_run(ddp_result):

@@ -1,31 +1,35 @@
 """`fit`: train one model on one train/validation split and return the best epoch's model and history.
 
 Cross-validation, tuning and the final training all call this; they differ only in the split they pass and the
-callbacks they add (MLflow logging, Optuna pruning).
+callbacks they add (MLflow logging, Optuna pruning). `evaluate` scores a model on a part (fold or test set) with
+Lightning's test loop (exact under DDP); `predict_proba` runs in-process.
 """
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback
 from pydantic import BaseModel
 
 from dlpipe.config import TrainerParams, TrainParams
 from dlpipe.data.prepared import Part, TrainValSplit
+from dlpipe.interrupts import interrupts_kept
 from dlpipe.models import build_model
 from dlpipe.training.batching import TensorLoader
 from dlpipe.training.module import Classifier
-from dlpipe.training.trainer import make_trainer
+from dlpipe.training.trainer import BestWeights, History, find_callback, make_eval_trainer, make_trainer, no_nan_fill
 
-EVAL_BATCH = 1024
+__all__ = ["EVAL_BATCH", "FitResult", "History", "ModelSpec", "evaluate", "fit", "interrupts_kept", "predict_proba"]
+
+# Validation/test batch size (at least the training batch). Not larger: on the CPU, a 512-image batch of the default
+# CNN allocates >32 MB activation tensors, which glibc maps fresh (page faults) for every one; that forward took 2.5x
+# longer per image than at 256.
+EVAL_BATCH = 256
 
 
 @dataclass
@@ -41,17 +45,6 @@ class ModelSpec:
         return Classifier(net, self.train, num_classes, class_names, input_shape)
 
 
-class History(Callback):
-    """Collects every epoch's logged metrics (train_* and val_*) as plain floats."""
-
-    def __init__(self) -> None:
-        self.epochs: list[dict[str, float]] = []
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        row = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
-        self.epochs.append({"epoch": trainer.current_epoch, **row})
-
-
 class DataToDevice(Callback):
     """Moves in-memory loaders onto the module's device once, before the first batch."""
 
@@ -62,17 +55,6 @@ class DataToDevice(Callback):
         if pl_module.device.type != "cpu":
             for loader in self.loaders:
                 loader.to(pl_module.device)
-
-
-@contextlib.contextmanager
-def interrupts_kept() -> Iterator[None]:
-    """Lightning turns Ctrl-C (and our SIGTERM) inside a Trainer call into sys.exit(1): make it an interrupt again."""
-    try:
-        yield
-    except SystemExit as exc:
-        if isinstance(exc.__context__, KeyboardInterrupt):
-            raise KeyboardInterrupt from exc
-        raise
 
 
 @dataclass
@@ -103,54 +85,34 @@ def fit(
     max_epochs: int | None = None,
     callbacks: list[Callback] | None = None,
 ) -> FitResult:
-    """Train `spec` on `split.train`, early-stop on `split.val`, keep and re-validate the best epoch."""
+    """Train `spec` on `split.train`, early-stop on `split.val`; the returned module holds the best epoch's weights
+    (on every DDP rank) and `val` that epoch's validation metrics."""
     L.seed_everything(seed, workers=True, verbose=False)
     input_shape = tuple(split.train.X.shape[1:])
     module = spec.build(input_shape, len(class_names), class_names)
     train_loader, val_loader = loaders_for(split, spec.train, seed)
-    history = History()
-    cbs: list[Callback] = [history, *(callbacks or [])]
-    if trainer_params.data_on_device:
-        cbs.append(DataToDevice([train_loader, val_loader]))
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="dlpipe-ckpt-") as ckpt_dir:
-        trainer = make_trainer(trainer_params, spec.train, max_epochs=max_epochs, callbacks=cbs,
-                               checkpoint_dir=Path(ckpt_dir))  # fmt: skip
-        with interrupts_kept():
-            trainer.fit(module, train_loader, val_loader)
-        best_epoch = _restore_best(trainer, module)
-        seconds = time.perf_counter() - start
-        val = trainer.validate(module, val_loader, verbose=False)[0]
-    return FitResult(module, history.epochs, {k: float(v) for k, v in val.items()}, best_epoch,
-                     len(history.epochs), seconds)  # fmt: skip
+    trainer = make_trainer(trainer_params, spec.train, max_epochs=max_epochs, callbacks=callbacks)
+    if trainer_params.data_on_device and not isinstance(trainer.accelerator, CPUAccelerator):
+        trainer.callbacks.append(DataToDevice([train_loader, val_loader]))  # not on the CPU: a no-op costs every step
+    with interrupts_kept(), no_nan_fill():
+        trainer.fit(module, train_loader, val_loader)
+    best = find_callback(trainer, BestWeights)  # also the history
+    assert isinstance(best, BestWeights)
+    if best.epoch is None:  # ddp_spawn trains in child processes: their callbacks' records stay there
+        raise RuntimeError(f"fit: no epoch recorded in this process (strategy {trainer_params.strategy!r}); use ddp")
+    seconds = time.perf_counter() - start
+    # the kept weights are the best epoch's: its validation metrics are theirs (no second validation pass)
+    return FitResult(module, best.epochs, dict(best.metrics), best.epoch, len(best.epochs), seconds)
 
 
-def _restore_best(trainer: L.Trainer, module: Classifier) -> int | None:
-    """Load the best checkpoint's weights into `module`; returns the best epoch (None without checkpoint)."""
-    ckpt = trainer.checkpoint_callback
-    path = getattr(ckpt, "best_model_path", "")
-    if not path or not Path(path).is_file():
-        return None
-    state = torch.load(path, map_location=module.device, weights_only=False)
-    module.load_state_dict(state["state_dict"])
-    return int(state["epoch"])
-
-
-def evaluate(module: Classifier, part: Part, trainer_params: TrainerParams) -> dict:
+def evaluate(
+    module: Classifier, part: Part, trainer_params: TrainerParams, *, callbacks: list[Callback] | None = None
+) -> dict:
     """Evaluate on `part` (e.g. the held-out test set): scalar, per-class metrics and confusion matrix."""
     loader = TensorLoader(part.X, part.y, EVAL_BATCH)
-    trainer = L.Trainer(
-        accelerator=trainer_params.accelerator,
-        devices=trainer_params.devices,
-        strategy=trainer_params.strategy,
-        num_nodes=trainer_params.num_nodes,
-        precision=trainer_params.precision,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-    )
-    with interrupts_kept():
+    trainer = make_eval_trainer(trainer_params, callbacks=callbacks)
+    with interrupts_kept(), no_nan_fill():
         trainer.test(module, loader, verbose=False)
     assert module.test_report is not None
     return module.test_report
