@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 SCALAR_METRICS = (
     "accuracy",
@@ -61,7 +62,23 @@ def monitor_mode(monitor: str) -> str:
     return "min" if monitor.endswith("loss") else "max"
 
 
-def bounded(value: float) -> float:
-    """A rate metric as a Python float clamped to [0, 1] (float32 rounding can give 1.0000001)."""
-    value = float(value)
-    return value if math.isnan(value) else min(1.0, max(0.0, value))
+UNIT_RANGE = frozenset({*SCALAR_METRICS, *PER_CLASS, *POSITIVE_METRICS})
+STAGE_PREFIXES = ("train_", "val_", "test_")
+RANGE_SLACK = 1e-4  # float32 rounding (F1 = 1.0000001 for a perfect score); anything beyond is a bug, not noise
+
+
+def metric_value(name: str, value: Any) -> float:
+    """`value` (a float, or a one-element tensor) as a Python float; metrics in [0, 1] (accuracy, precision, recall,
+    F1, with or without a `train_`/`val_`/`test_` prefix) are clamped to it. Losses and unknown names are converted
+    only: a NaN or infinite loss stays so, for the callers that fail a diverged run. NaN passes through unclamped.
+
+    Raises ValueError for a [0, 1] metric further outside its range than float32 rounding explains."""
+    out = float(value.item() if hasattr(value, "item") else value)
+    base = name
+    for prefix in STAGE_PREFIXES:
+        base = base.removeprefix(prefix)
+    if base not in UNIT_RANGE or math.isnan(out):
+        return out
+    if not -RANGE_SLACK <= out <= 1 + RANGE_SLACK:
+        raise ValueError(f"metric {name} = {out!r} is outside [0, 1]")
+    return min(max(out, 0.0), 1.0)

@@ -21,10 +21,10 @@ from dlpipe.config import Params, load_params
 from dlpipe.data.store import dataset_digest
 from dlpipe.evaluation.cv import run_fold as real_run_fold
 from dlpipe.io import read_json
+from dlpipe.metric_names import SCALAR_METRICS
 from dlpipe.paths import ProjectPaths
 from dlpipe.stages import cv
 from dlpipe.stages.runner import stage_main
-from dlpipe.training.metrics import SCALAR_METRICS
 
 ARCHS = ("perceptron", "mlp")
 FAST = {"train": {"max_epochs": 2}}  # with early stopping patience 2, every fold trains exactly 2 epochs

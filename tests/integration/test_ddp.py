@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from ddp_script import SEED, digits_problem, model_spec
 from helpers_training import CPU
 
+from dlpipe.metric_names import SCALAR_METRICS
 from dlpipe.training.fit import fit, predict_proba
-from dlpipe.training.metrics import SCALAR_METRICS
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
 EPOCHS = 2

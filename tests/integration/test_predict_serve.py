@@ -29,8 +29,8 @@ from PIL import Image
 from dlpipe import cli
 from dlpipe.data.prepared import PreparedData
 from dlpipe.io import write_json
+from dlpipe.metric_names import SCALAR_METRICS
 from dlpipe.stages import select, train
-from dlpipe.training.metrics import SCALAR_METRICS
 
 pytestmark = pytest.mark.slow
 

@@ -21,9 +21,9 @@ from dlpipe.config import Params, load_params
 from dlpipe.data.prepared import PreparedData
 from dlpipe.evaluation import selection as sel
 from dlpipe.io import read_json
+from dlpipe.metric_names import SCALAR_METRICS
 from dlpipe.paths import ProjectPaths
 from dlpipe.stages import cv, select, train
-from dlpipe.training.metrics import SCALAR_METRICS
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import statistics
 import pytest
 
 from dlpipe.evaluation.cv import FoldResult, aggregate
-from dlpipe.training.metrics import SCALAR_METRICS
+from dlpipe.metric_names import SCALAR_METRICS
 
 CLASSES = ["a", "b", "c"]
 

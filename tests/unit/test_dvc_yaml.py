@@ -96,7 +96,7 @@ def test_a_stage_depends_on_every_module_it_runs(name):
     if name == "check":  # always runs: it needs no deps to rerun on a code change
         return
     missing = sorted(f for f in closure(REPO / script) if not covered(f, deps))
-    assert not missing, f"dvc.yaml stage {name}: deps miss {missing}"
+    assert not missing, f"dvc.yaml stage {name}: deps miss {missing} (python tests/unit/test_dvc_yaml.py lists them)"
 
 
 def test_editing_predict_or_the_cli_reruns_no_stage():
@@ -137,3 +137,22 @@ def test_outputs_in_dvc_yaml_are_the_paths_the_code_writes(tmp_path):
     assert rel(paths.oof_predictions("x").parent) == rel(paths.cv_report("x").parent)
     assert rel(paths.test_predictions("x").parent) == rel(paths.test_report("x").parent)
     assert rel(paths.model_dir("x").parent) == rel(paths.models)
+
+
+def suggested_deps(stage: str) -> list[str]:
+    """The code deps of `stage`: whole packages where every module runs, single files otherwise."""
+    script = entry_script(STAGES[stage])
+    files = closure(REPO / script)
+    folders = []
+    for folder in sorted({str(Path(f).parent) for f in files if f.startswith("src/dlpipe/")}, key=len):
+        modules = {str(p.relative_to(REPO)) for p in (REPO / folder).glob("*.py")}
+        if folder != "src/dlpipe" and modules <= files:
+            folders.append(folder)
+    rest = sorted(f for f in files - {script} if not covered(f, folders))
+    return [script, *folders, *rest]
+
+
+if __name__ == "__main__":  # `python tests/unit/test_dvc_yaml.py`: print every stage's code deps for dvc.yaml
+    for name, stage in STAGES.items():
+        if entry_script(stage) and name != "check":
+            print(f"{name}:\n" + "".join(f"      - {d}\n" for d in suggested_deps(name)))

@@ -15,9 +15,9 @@ from dlpipe.config import parse_params
 from dlpipe.errors import DataError
 from dlpipe.evaluation import selection as sel
 from dlpipe.io import write_json
+from dlpipe.metric_names import SCALAR_METRICS
 from dlpipe.paths import ProjectPaths
 from dlpipe.stages import select
-from dlpipe.training.metrics import SCALAR_METRICS
 
 # --- corrected resampled t-test --------------------------------------------------------------------------------
 

@@ -21,12 +21,14 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from dlpipe.config import TrainerParams
 from dlpipe.interrupts import interrupted_exit, interrupts_kept
+from dlpipe.metric_names import SCALAR_METRICS, metric_value
 from dlpipe.training.batching import TensorLoader
 from dlpipe.training.fit import evaluate, predict_proba
-from dlpipe.training.metrics import SCALAR_METRICS, metric_value, report
-from dlpipe.training.trainer import BestWeights, apply_cpu_threads, find_callback, make_trainer
+from dlpipe.training.metrics import report
+from dlpipe.training.threads import apply_cpu_threads
+from dlpipe.training.trainer import BestWeights, find_callback, make_trainer
 
-SMALL_MLP = {"hidden": [64]}
+SMALL_MLP = {"hidden": [64], "dropout": 0.0}
 
 
 @pytest.fixture(scope="module")

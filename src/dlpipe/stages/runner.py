@@ -14,6 +14,7 @@ from dlpipe import profile
 from dlpipe.config import Params, load_params
 from dlpipe.errors import DlpipeError
 from dlpipe.paths import ProjectPaths
+from dlpipe.training.threads import apply_cpu_threads
 
 log = logging.getLogger("dlpipe")
 
@@ -39,20 +40,11 @@ def _sigterm_as_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # `dvc queue kill` and schedulers send SIGTERM: end runs as KILLED
 
 
-def cpu_threads(threads: int | None) -> None:
-    """PyTorch's CPU threads for this process (trainer.cpu_threads; None = leave PyTorch's default)."""
-    if threads:
-        import torch
-
-        # Oversubscribed OpenMP threads spin-wait: two threads beside another busy process ran 10x slower.
-        torch.set_num_threads(threads)
-
-
 def prepare_process(params: Params) -> None:
     """Once per process that trains: logging, SIGTERM as an interrupt, the CPU thread count."""
     setup_logging()
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    cpu_threads(params.trainer.cpu_threads)
+    apply_cpu_threads(params.trainer)
 
 
 def fail(prog: str, exc: BaseException) -> int:
@@ -82,7 +74,7 @@ def stage_main(
     try:
         paths = ProjectPaths.from_env()
         params = load_params(args.params or paths.params)
-        cpu_threads(params.trainer.cpu_threads)
+        apply_cpu_threads(params.trainer)
         if with_arch:
             if args.arch not in params.architectures:
                 raise_unknown_arch(args.arch, params)

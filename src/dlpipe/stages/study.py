@@ -62,15 +62,16 @@ def make_pool(params: Params) -> ProcessPool | SerialPool:
         return SerialPool()
     gpus = visible_devices() if params.trainer.accelerator in ("auto", "gpu", "cuda") else []
     log.info("study: %d worker processes%s", size, f", one per GPU ({', '.join(gpus)})" if gpus else "")
-    init = functools.partial(init_worker, params.trainer.cpu_threads)
+    init = functools.partial(init_worker, params.trainer)
     return ProcessPool(size, WORKER_MODULES, init=init, env=functools.partial(worker_env, devices=gpus))
 
 
-def init_worker(threads: int | None, index: int) -> None:
-    from dlpipe.stages.runner import cpu_threads, setup_logging
+def init_worker(trainer: TrainerParams, index: int) -> None:
+    from dlpipe.stages.runner import setup_logging
+    from dlpipe.training.threads import apply_cpu_threads
 
     setup_logging()
-    cpu_threads(threads)
+    apply_cpu_threads(trainer)
 
 
 def run(params: Params, paths: ProjectPaths) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from dlpipe.tracking.runs import log_metrics
+from dlpipe.training.metrics import metric_values
 
 
 class EpochMetricsLogger(Callback):
@@ -17,5 +18,5 @@ class EpochMetricsLogger(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
+        metrics = metric_values(trainer.callback_metrics, ("train_", "val_"))  # float64, rates in [0, 1]
         log_metrics(self.run_id, metrics, step=trainer.current_epoch, synchronous=False)

@@ -20,6 +20,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from dlpipe.config import flatten
+from dlpipe.interrupts import interrupted_exit
 from dlpipe.processes import Owner
 from dlpipe.profile import timed
 
@@ -84,15 +85,6 @@ def standard_tags(
     if arch:
         tags["architecture"] = arch
     return tags
-
-
-def interrupted_exit(exc: BaseException) -> bool:
-    """True for the `SystemExit` Lightning raises after it caught Ctrl-C (or SIGTERM turned into KeyboardInterrupt).
-
-    Lightning's `Trainer` handles a KeyboardInterrupt inside `fit`/`validate`/`test` by calling `sys.exit(1)` from its
-    `except KeyboardInterrupt` block, so the interrupt survives only as the `SystemExit`'s context.
-    """
-    return isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt)
 
 
 @contextlib.contextmanager

@@ -1,45 +1,13 @@
-"""Classification metrics from torchmetrics (synced across DDP ranks at compute time), and `metric_value`, the one
-way dlpipe reads a metric out of torchmetrics or Lightning: a Python float, clamped to the metric's range."""
+"""Classification metrics from torchmetrics (synced across DDP ranks at compute time), read out through
+`dlpipe.metric_names.metric_value`: Python floats, rates clamped to [0, 1]."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torchmetrics import ConfusionMatrix, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
-# The scalar metrics logged every epoch, as `<stage>_<name>` (val_f1_macro ...).
-SCALAR_METRICS = (
-    "accuracy",
-    "precision_macro",
-    "recall_macro",
-    "f1_macro",
-    "precision_weighted",
-    "recall_weighted",
-    "f1_weighted",
-)
-PER_CLASS = ("precision", "recall", "f1")
-UNIT_RANGE = frozenset({*SCALAR_METRICS, *PER_CLASS, *(f"{m}_positive" for m in PER_CLASS)})
-STAGE_PREFIXES = ("train_", "val_", "test_")
-RANGE_SLACK = 1e-4  # float32 rounding (F1 = 1.0000001 for a perfect score); anything beyond is a bug, not noise
-
-
-def metric_value(name: str, value: torch.Tensor | float) -> float:
-    """`value` as a Python float (float64); metrics in [0, 1] (accuracy, precision, recall, F1, with or without a
-    `train_`/`val_`/`test_` prefix) are clamped to it. Losses and unknown names are converted only: a NaN or
-    infinite loss stays so, for the callers that fail a diverged run. NaN passes through unclamped.
-
-    Raises ValueError for a [0, 1] metric further outside its range than float32 rounding explains."""
-    out = float(value.item() if isinstance(value, torch.Tensor) else value)
-    base = name
-    for prefix in STAGE_PREFIXES:
-        base = base.removeprefix(prefix)
-    if base not in UNIT_RANGE or math.isnan(out):
-        return out
-    if not -RANGE_SLACK <= out <= 1 + RANGE_SLACK:
-        raise ValueError(f"metric {name} = {out!r} is outside [0, 1]")
-    return min(max(out, 0.0), 1.0)
+from dlpipe.metric_names import PER_CLASS, metric_value
 
 
 def metric_values(metrics: dict[str, torch.Tensor | float], prefixes: tuple[str, ...] = ()) -> dict[str, float]:

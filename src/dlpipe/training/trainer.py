@@ -1,6 +1,6 @@
 """The Lightning Trainer factories (devices, strategy, precision, gradient clipping, early stopping, keeping the best
-epoch's weights in memory), and torch's process settings: `apply_cpu_threads`, which entry points apply once per
-process, and `no_nan_fill`, scoped to a Trainer call."""
+epoch's weights in memory), and `no_nan_fill`, a torch setting scoped to a Trainer call (the per-process thread count
+is `dlpipe.training.threads.apply_cpu_threads`)."""
 
 from __future__ import annotations
 
@@ -17,17 +17,6 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from dlpipe.config import TrainerParams, TrainParams
 from dlpipe.training.metrics import metric_value, metric_values
-
-
-def apply_cpu_threads(trainer: TrainerParams) -> None:
-    """Set PyTorch's intra-op CPU threads for this whole process from `trainer.cpu_threads` (null: torch's default).
-
-    Call it once per process, from the entry point (a stage, a tuning worker, a DDP rank re-running the entry
-    script), before training. Oversubscribed OpenMP threads spin-wait: two threads beside another busy process ran
-    10x slower than one.
-    """
-    if trainer.cpu_threads:
-        torch.set_num_threads(trainer.cpu_threads)
 
 
 class NoProfiler(PassThroughProfiler):

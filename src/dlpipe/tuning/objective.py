@@ -29,9 +29,10 @@ from dlpipe.config import Params, TrainerParams, apply_overrides
 from dlpipe.data.prepared import PreparedData, TrainValSplit
 from dlpipe.data.splits import carve_validation
 from dlpipe.evaluation.cv import run_fold
-from dlpipe.metric_names import SCALAR_METRICS, bounded, monitor_for, per_class_name
+from dlpipe.metric_names import SCALAR_METRICS, monitor_for, per_class_name
 from dlpipe.profile import timed
 from dlpipe.training.fit import ModelSpec, evaluate, fit
+from dlpipe.training.metrics import metric_values
 from dlpipe.tuning.space import SearchSpace
 from dlpipe.tuning.study import epochs_per_fit
 
@@ -44,11 +45,11 @@ class NonFiniteLoss(RuntimeError):
 
 
 def selection_value(report: dict, metric: str, positive_class: str | None) -> float:
-    """The selection metric from an evaluation report (`dlpipe.training.fit.evaluate`), in [0, 1]."""
+    """The selection metric from an evaluation report (`dlpipe.training.fit.evaluate`, its values already in [0, 1])."""
     if metric in SCALAR_METRICS:
-        return bounded(report[metric])
+        return float(report[metric])
     assert positive_class is not None
-    return bounded(report["per_class"][positive_class][per_class_name(metric)])
+    return float(report["per_class"][positive_class][per_class_name(metric)])
 
 
 def objective_folds(params: Params, data: PreparedData) -> int:
@@ -81,7 +82,6 @@ class EpochReporter(Callback):
         self.offset = offset
         self.on_epoch = on_epoch
         self.epochs = 0
-        self.interrupted = False
         self._nonfinite: torch.Tensor | None = None  # any batch's optimised loss (with L1/L2) not finite
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
@@ -92,7 +92,7 @@ class EpochReporter(Callback):
             self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
+        metrics = metric_values(trainer.callback_metrics, ("train_", "val_"))
         step = self.offset + trainer.current_epoch
         self.epochs += 1
         if self.on_epoch is not None:
@@ -106,14 +106,9 @@ class EpochReporter(Callback):
         value = metrics.get(self.monitor)
         if value is None or not math.isfinite(value):
             return
-        self.trial.report(bounded(value), step)
+        self.trial.report(value, step)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"{self.monitor} {value:.4f} at step {step}")
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        # Lightning turns Ctrl-C/SIGTERM during fit into sys.exit(1); remember it to re-raise KeyboardInterrupt
-        if isinstance(exception, KeyboardInterrupt):
-            self.interrupted = True
 
 
 class Objective:
@@ -159,15 +154,11 @@ class Objective:
         self.epochs = 0
         spec = self.spec(self.space.suggest(trial))
         reporters: list[EpochReporter] = []
-        try:
+        try:  # an interrupt inside Lightning arrives as KeyboardInterrupt (training.fit guards every Trainer call)
             if self.folds == 0:
                 value, val_loss = self._holdout_value(trial, spec, reporters, on_epoch)
             else:
                 value, val_loss = self._folds_value(trial, spec, reporters, on_epoch)
-        except SystemExit:
-            if any(r.interrupted for r in reporters):
-                raise KeyboardInterrupt from None
-            raise
         finally:
             self.epochs = sum(r.epochs for r in reporters)
         trial.set_user_attr("val_loss", val_loss)
