@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import import_module
 from typing import Any
 
 from pydantic import BaseModel
@@ -22,6 +23,13 @@ class Architecture:
     build: Builder
     description: str
     space: dict[str, dict[str, Any]] = field(default_factory=dict)  # default tune.spaces.<name>
+    # The LightningModule that trains it, as "package.module:Class" (imported only when training; the default is
+    # the shared classifier). A family with its own training (reconstruction, adversarial) names its module here.
+    module: str = "dlpipe.training.module:Classifier"
+
+    def module_class(self) -> type:
+        path, _, name = self.module.partition(":")
+        return getattr(import_module(path), name)
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
@@ -34,6 +42,7 @@ def register(
     kinds: set[str],
     description: str,
     space: dict[str, dict[str, Any]] | None = None,
+    module: str | None = None,
 ) -> Callable[[Builder], Builder]:
     """Register `build(params, input_shape, num_classes) -> nn.Module` under `name`, with its default search space
     (`tune.spaces.<name>`: `model.<key>` / `train.<key>` -> an Optuna distribution, as in params.yaml)."""
@@ -41,7 +50,8 @@ def register(
     def decorator(build: Builder) -> Builder:
         if name in ARCHITECTURES:
             raise RuntimeError(f"architecture {name!r} registered twice")
-        ARCHITECTURES[name] = Architecture(name, params, frozenset(kinds), build, description, space or {})
+        extra = {"module": module} if module else {}
+        ARCHITECTURES[name] = Architecture(name, params, frozenset(kinds), build, description, space or {}, **extra)
         return build
 
     return decorator

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from dlpipe.config import TrainerParams, TrainParams
 from dlpipe.data.prepared import Part, TrainValSplit
 from dlpipe.interrupts import interrupts_kept
-from dlpipe.models import build_model
+from dlpipe.models import build_model, get_architecture
 from dlpipe.training.batching import TensorLoader
 from dlpipe.training.module import Classifier
 from dlpipe.training.trainer import BestWeights, History, find_callback, make_eval_trainer, make_trainer, no_nan_fill
@@ -41,8 +41,10 @@ class ModelSpec:
     train: TrainParams
 
     def build(self, input_shape: tuple[int, ...], num_classes: int, class_names: list[str]) -> Classifier:
+        """The network and the LightningModule its family trains it with (the shared Classifier by default)."""
         net = build_model(self.arch, self.model, input_shape, num_classes)
-        return Classifier(net, self.train, num_classes, class_names, input_shape)
+        module = get_architecture(self.arch).module_class()
+        return module(net, self.train, num_classes, class_names, input_shape)
 
 
 class DataToDevice(Callback):
