@@ -1,115 +1,123 @@
-"""Tuning benchmark: the same budget of Optuna trials on digits without and with median pruning, with 1 and 2 workers.
+"""Throughput of the study stage's workers: cross-validation folds and Optuna trials per minute with 1 and with 2
+worker processes, measured in the same run.
 
-    python benchmarks/tuning.py --trials 8 --epochs 10 --arch mlp
+    .venv/bin/python benchmarks/tuning.py [--arch mlp] [--folds 8] [--trials 8] [--epochs 8]
 
-Each configuration runs the real tune stage (`dlpipe.stages.tune.run`) in its own temporary project storage and
-MLflow experiment; the baseline is the first row (no pruning, one worker), measured in the same run. Every study
-has the same seed, so all of them draw the same trial params (the sampler is seeded per trial number): pruning
-changes how long the hopeless trials train, workers change how many train at once. Printed per configuration:
-wall time (including worker start-up), epochs trained (summed over trials), best value and trial states.
+A small digits project is fetched and prepared once. For each worker count, a fresh pool (`dlpipe.parallel`, the one
+the study stage uses) is started and warmed up (every worker has imported the training stack, set up its data and
+MLflow store and trained one fold of another seed), then timed on (a) the architecture's CV folds, submitted at once, and (b) a fresh Optuna study of
+`--trials` trials run by as many runners as workers (`tune.workers`), no pruning. Throughput = units / wall time.
+The table gives both rates and the speed-up of 2 workers over 1; fold metrics must be identical for both counts
+(checked: parallelism never changes a result), and the study's trials are counted.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import os
+import shutil
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = [  # (label, pruner, workers)
-    ("baseline: no pruning, 1 worker", "none", 1),
-    ("median pruning, 1 worker", "median", 1),
-    ("no pruning, 2 workers", "none", 2),
-    ("median pruning, 2 workers", "median", 2),
-]
 
 
-def study_params(args: argparse.Namespace, pruner: str, workers: int, tag: str) -> dict[str, Any]:
+def project(root: Path, args: argparse.Namespace, workers: int, tag: str) -> tuple:
+    from dlpipe.config import load_params
+    from dlpipe.paths import ProjectPaths
+
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["data"]["limit"] = args.limit
     raw["architectures"] = [args.arch]
-    raw["trainer"].update({"accelerator": "cpu", "progress_bar": False})
-    raw["train"]["max_epochs"] = args.epochs
-    raw["tune"].update({
-        "n_trials": args.trials,
-        "max_epochs": args.epochs,
-        "sampler": args.sampler,
-        "pruner": pruner,
-        "workers": workers,
-        "storage": f"optuna/{tag}.log",  # a fresh study per configuration
-    })  # fmt: skip
-    # a wide learning-rate range: room for hopeless trials, which pruning should cut short
-    raw["tune"]["space"]["train.lr"] = {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}
-    raw["mlflow"]["experiment"] = f"bench-tuning-{tag}"
-    return raw
+    raw["data"].update({"folds": args.folds, "limit": args.limit})
+    raw["train"].update({"max_epochs": args.epochs, "early_stopping": {"enabled": False}})
+    raw["trainer"].update({"accelerator": "cpu", "progress_bar": False, "workers": workers})
+    raw["tune"].update({"n_trials": args.trials, "max_epochs": args.epochs, "pruner": "none", "workers": workers,
+                        "cv_folds": 0, "storage": f"optuna/{tag}.log"})  # fmt: skip
+    raw["mlflow"]["experiment"] = f"bench-{tag}"
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return load_params(root / "params.yaml"), ProjectPaths(root)
 
 
-def run_config(root: Path, args: argparse.Namespace, label: str, pruner: str, workers: int, i: int) -> dict:
-    from dlpipe.config import load_params
-    from dlpipe.paths import ProjectPaths
-    from dlpipe.stages import tune
+def run_all(pool, tasks: list) -> list:
+    """Every task on the pool, as workers free up; fails loudly on a failed unit."""
+    pending, finished = list(tasks), []
+    while pending or pool.busy:
+        while pending and pool.free:
+            pool.submit(pending.pop(0))
+        done = pool.next_done()
+        if not done.ok:
+            sys.exit(f"{done.task.key} failed: {done.error or done.crash}\n{done.details}")
+        finished.append(done)
+    return finished
 
-    path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(study_params(args, pruner, workers, f"c{i}"), sort_keys=False))
-    params = load_params(path)
-    start = time.perf_counter()
-    report = tune.run(params, ProjectPaths(root), args.arch)
-    return {"label": label, "pruner": pruner, "workers": workers, "seconds": time.perf_counter() - start, **report}
+
+def measure(params, paths, arch: str) -> dict:
+    from dlpipe.parallel import Task
+    from dlpipe.stages import cv, tune
+    from dlpipe.stages.common import StageContext
+    from dlpipe.stages.study import make_pool
+
+    ctx = StageContext.load(params, paths)
+    pool = make_pool(params)
+    try:
+        # warm-up: every worker imports, loads the data, opens the store and trains once (another seed's folds)
+        warm = params.model_copy(update={"seed": params.seed + 1})
+        warm_plan = cv.plan(StageContext.load(warm, paths), arch)
+        run_all(pool, [Task(f"cv {arch} warm{job.k}", cv.fold_unit, (job,))
+                       for job in warm_plan.jobs(warm, paths)[: pool.size]])  # fmt: skip
+        p = cv.plan(ctx, arch)
+        start = time.perf_counter()
+        done = run_all(pool, [Task(f"cv {arch} fold{job.k}", cv.fold_unit, (job,)) for job in p.jobs(params, paths)])
+        fold_seconds = time.perf_counter() - start
+        folds = {d.result.fold: d.result.metrics for d in done}
+        plan = tune.plan(ctx, arch)
+        start = time.perf_counter()
+        runners = [Task(f"tune {arch} runner{job.index}", tune.trials_unit, (job,)) for job in plan.jobs(params, paths)]
+        run_all(pool, runners)
+        trial_seconds = time.perf_counter() - start
+        trials = plan.handle.study.get_trials(deepcopy=False)
+    finally:
+        pool.close()
+    finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    return {"folds": folds, "fold_seconds": fold_seconds, "trials": finished, "trial_seconds": trial_seconds}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--arch", default="mlp")
-    parser.add_argument("--sampler", default="tpe", choices=["tpe", "random", "cmaes"])
-    parser.add_argument("--limit", type=int, default=None, help="subsample digits to this many samples")
-    args = parser.parse_args(argv)
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "optuna"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
-
-    import os
-
-    from dlpipe.config import load_params
-    from dlpipe.paths import ProjectPaths
+    parser.add_argument("--folds", type=int, default=8)
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--limit", type=int, default=None, help="stratified subsample of digits")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="dlpipe-throughput-"))
+    os.environ["DLPIPE_ROOT"] = str(root)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
     from dlpipe.stages import fetch, prepare
+    from dlpipe.stages.runner import setup_logging
 
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="dlpipe-bench-tuning-") as tmp:
-        root = Path(tmp)
-        os.environ["DLPIPE_ROOT"] = str(root)
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-        (root / "params.yaml").write_text(yaml.safe_dump(study_params(args, "none", 1, "prep"), sort_keys=False))
-        params = load_params(root / "params.yaml")
-        fetch.run(params, ProjectPaths(root))
-        prepare.run(params, ProjectPaths(root))
-        for i, (label, pruner, workers) in enumerate(CONFIGS):
-            print(f"running: {label} ...", file=sys.stderr, flush=True)
-            rows.append(run_config(root, args, label, pruner, workers, i))
-
-    base = rows[0]
-    print(f"\ntuning benchmark: {args.arch} on digits (limit {args.limit}), {args.trials} trials x {args.epochs} "
-          f"epochs, sampler {args.sampler}, seed {params.seed}, {os.cpu_count()} CPU cores")  # fmt: skip
-    header = f"{'configuration':<32} {'wall s':>7} {'speed-up':>8} {'epochs':>7} {'best ' + base['metric']:>14} " \
-             f"{'COMPLETE':>8} {'PRUNED':>7} {'FAIL':>5}"  # fmt: skip
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        t = r["trials"]
-        speedup = base["seconds"] / r["seconds"]
-        print(f"{r['label']:<32} {r['seconds']:>7.1f} {speedup:>7.2f}x {r['epochs_trained']:>7d} "
-              f"{r['best_value']:>14.4f} {t['COMPLETE']:>8d} {t['PRUNED']:>7d} {t['FAIL']:>5d}")  # fmt: skip
-    return 0
+    setup_logging()
+    params, paths = project(root, args, 1, "prepare")
+    fetch.run(params, paths)
+    prepare.run(params, paths)
+    rows = {}
+    for workers in (1, 2):
+        params, paths = project(root, args, workers, f"w{workers}")
+        rows[workers] = measure(params, paths, args.arch)
+    one, two = rows[1], rows[2]
+    same = one["folds"] == two["folds"]
+    print(f"\n{args.arch} on digits, {args.epochs} epochs per fit, one run; throughput in units per minute")
+    print(f"{'':<24}{'1 worker':>12}{'2 workers':>12}{'speed-up':>10}")
+    for label, key, seconds in (("CV folds", None, "fold_seconds"), ("Optuna trials", "trials", "trial_seconds")):
+        rate = [60 * (len(r["folds"]) if key is None else r[key]) / r[seconds] for r in (one, two)]
+        print(f"{label:<24}{rate[0]:>12.1f}{rate[1]:>12.1f}{rate[1] / rate[0]:>9.2f}x")
+    print(f"identical fold metrics with 1 and 2 workers: {same}")
+    shutil.rmtree(root, ignore_errors=True)
+    return 0 if same else 1
 
 
 if __name__ == "__main__":
