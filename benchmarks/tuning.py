@@ -5,10 +5,11 @@ worker processes, measured in the same run.
 
 A small digits project is fetched and prepared once. For each worker count, a fresh pool (`dlpipe.parallel`, the one
 the study stage uses) is started and warmed up (every worker has imported the training stack, set up its data and
-MLflow store and trained one fold of another seed), then timed on (a) the architecture's CV folds, submitted at once, and (b) a fresh Optuna study of
-`--trials` trials run by as many runners as workers (`tune.workers`), no pruning. Throughput = units / wall time.
-The table gives both rates and the speed-up of 2 workers over 1; fold metrics must be identical for both counts
-(checked: parallelism never changes a result), and the study's trials are counted.
+MLflow store and trained one fold of another seed), then timed on (a) the architecture's CV folds, submitted at
+once, and (b) a fresh Optuna study of `--trials` trials run by as many runners as workers (`tune.workers`), no
+pruning. Throughput = units / wall time. The table gives both rates and the speed-up of 2 workers over 1; fold
+metrics must be identical for both counts (checked: parallelism never changes a result), and the study's trials are
+counted.
 """
 
 from __future__ import annotations
