@@ -142,7 +142,9 @@ class TuneParams(Section):
         "validation slice holds fewer than 10 samples of some class, else 0"
     )
     max_epochs: int | None = Field(5, ge=1, description="cap on epochs per trial (null = train.max_epochs)")
-    workers: int = Field(1, ge=1, description="worker processes sharing the study storage")
+    workers: int = Field(
+        1, ge=1, description="study workers running trials of one study at once (at most trainer.workers)"
+    )
     storage: str | None = Field(None, description="null = journal file under optuna/; or postgresql://...")
     space: dict[str, SearchDim] = Field(
         default_factory=lambda: {

@@ -216,7 +216,8 @@ def test_per_class_fold_metrics_are_in_the_cv_report_and_the_leaderboard_cli(stu
     assert board.iloc[0]["architecture"] == max(expected, key=expected.get)
     assert cli.main(["leaderboard"]) == 0  # the leaderboard select wrote
     out = capsys.readouterr().out
-    assert "Leaderboard" in out and study.selected["winner"] in out
+    assert out.startswith("Ranked on cross-validated") and study.selected["winner"] in out
+    assert all(arch in out for arch in ARCHS) and "Registered: " in out
 
 
 # --- promotion -----------------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from mlflow.tracking import MlflowClient
 from test_tuning import PLAIN, children, prepared, tune_parents
 
 from dlpipe import cli
-from dlpipe.stages import tune
+from dlpipe.io import read_json
+from dlpipe.stages import study as study_stage
 from dlpipe.tuning import study as S
 
 pytestmark = pytest.mark.slow
@@ -85,8 +86,9 @@ def test_workers_on_two_machines_share_one_study_in_postgresql(project, mlflow_s
                                                                mlflow_template_db, monkeypatch):  # fmt: skip
     settings = {**PLAIN, "n_trials": 4, "workers": 2, "storage": postgres_url,
                 "space": {"train.lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}}}  # fmt: skip
-    params, paths = prepared(project, settings)
-    report = tune.run(params, paths, "perceptron")
+    params, paths = prepared(project, settings, architectures=["perceptron"], trainer={"workers": 2})
+    study_stage.run(params, paths)  # the study stage's two worker processes share the study in PostgreSQL
+    report = read_json(paths.tuning_report("perceptron"))
     assert report["finished"] == 4 and report["stopped"] == "budget"
     assert report["storage"] == postgres_url.replace(PASSWORD, "***")
     assert PASSWORD not in json.dumps(report)

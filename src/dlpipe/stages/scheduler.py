@@ -146,7 +146,7 @@ class Study:
             self.start_cv(arch)
             return
         self.archs[arch].open_runs.add(p.parent_run_id)
-        jobs = p.jobs(self.ctx.params, self.ctx.paths)
+        jobs = p.jobs(self.ctx.params, self.ctx.paths, slots=self.pool.size)
         if not jobs:
             self.finish_tune(arch, p)
             return

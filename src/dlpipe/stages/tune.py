@@ -73,9 +73,12 @@ class TunePlan:
     parent_run_id: str | None
     runners: int  # how many workers may run this study's trials at once (tune.workers)
 
-    def jobs(self, params: Params, paths: ProjectPaths) -> list[TrialsJob]:
-        meet = f"{uuid.uuid4().hex}:{self.runners}" if self.runners > 1 else None
-        return [TrialsJob(params, paths, self.arch, self.parent_run_id, i, meet) for i in range(self.runners)]
+    def jobs(self, params: Params, paths: ProjectPaths, slots: int) -> list[TrialsJob]:
+        """One job per runner, at most one per slot that can run them at once (`slots`: the pool's processes);
+        runners that run together meet before their first trial."""
+        runners = min(self.runners, slots)
+        meet = f"{uuid.uuid4().hex}:{runners}" if runners > 1 else None
+        return [TrialsJob(params, paths, self.arch, self.parent_run_id, i, meet) for i in range(runners)]
 
     def summary_job(self, params: Params, paths: ProjectPaths) -> TrialsJob:
         return TrialsJob(params, paths, self.arch, self.parent_run_id)
@@ -191,7 +194,7 @@ def run(params: Params, paths: ProjectPaths, arch: str) -> dict:
     if not isinstance(p, TunePlan):
         return p
     with closing_run(p.parent_run_id):
-        for job in p.jobs(params, paths):
+        for job in p.jobs(params, paths, slots=1):
             trials_unit(job)
         return finish(ctx, summary_unit(p.summary_job(params, paths)))
 
