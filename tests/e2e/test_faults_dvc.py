@@ -82,9 +82,15 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(deep_merge(base, OVERRIDE), sort_keys=False))
     (root / CSV).parent.mkdir(parents=True)
     wine().to_csv(root / CSV, index=False)
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "e2e@example.com"],
-                ["git", "config", "user.name", "e2e"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics",
-                "false"], ["git", "add", "-A"], ["git", "commit", "-qm", "wine study"]):  # fmt: skip
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "e2e@example.com"],
+        ["git", "config", "user.name", "e2e"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "wine study"],
+    ):
         run(cmd, root)
     first = run(["dvc", "repro"], root)
     assert stages_run(first) == {"check", "fetch", "prepare", "baselines", "study", "select"}
@@ -128,11 +134,13 @@ def two_rows_per_class() -> pd.DataFrame:
 BAD = {
     "lr-not-a-number": (set_param("train", "lr", value="fast"), "train.lr"),
     "one-fold": (set_param("data", "folds", value=1), "data.folds"),
-    "lr-space-up-to-50": (set_param("tune", "space", "train.lr", value={"type": "float", "low": 1e-3, "high": 50.0,
-                                                                       "log": True}), "tune.space.train.lr"),
+    "lr-space-up-to-50": (
+        set_param("tune", "space", "train.lr", value={"type": "float", "low": 1e-3, "high": 50.0, "log": True}),
+        "tune.space.train.lr",
+    ),
     "csv-text-column": (write_csv(with_text_column, "colour"), str(CSV)),
     "csv-too-few-rows": (write_csv(two_rows_per_class, "data.test_size"), str(CSV)),
-}  # fmt: skip
+}
 
 
 @pytest.mark.slow

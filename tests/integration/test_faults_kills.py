@@ -84,8 +84,9 @@ class Stage:
         env = subprocess_env(project)
         env.pop("MLFLOW_TRACKING_URI", None)  # the project's own store, whatever an earlier test configured
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "pipelines/study.py"], cwd=project, env=env, stdout=out,
-                                         stderr=err)  # fmt: skip
+            self.proc = subprocess.Popen(
+                [sys.executable, "pipelines/study.py"], cwd=project, env=env, stdout=out, stderr=err
+            )
 
     @property
     def pid(self) -> int:
@@ -194,8 +195,12 @@ def assert_nothing_running(client: MlflowClient) -> None:
 
 def final_parents(project: Path) -> set[str]:
     paths = ProjectPaths(project)
-    return {read_json(report(arch))["mlflow_run_id"] for arch in ARCHS
-            for report in (paths.tuning_report, paths.cv_report) if report(arch).is_file()}  # fmt: skip
+    return {
+        read_json(report(arch))["mlflow_run_id"]
+        for arch in ARCHS
+        for report in (paths.tuning_report, paths.cv_report)
+        if report(arch).is_file()
+    }
 
 
 def assert_killed_with_reason(client: MlflowClient, run_ids: set[str], resumed: set[str] = frozenset()) -> None:

@@ -82,8 +82,9 @@ def make_project(root: Path, template: Path) -> Path:
 def run_stage(project: Path, script: str) -> subprocess.CompletedProcess:
     env = subprocess_env(project)
     env.pop("MLFLOW_TRACKING_URI", None)  # the project's own store
-    return subprocess.run([sys.executable, f"pipelines/{script}.py"], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, f"pipelines/{script}.py"], cwd=project, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def run_ids(project: Path) -> dict[str, str]:
@@ -94,8 +95,12 @@ def run_ids(project: Path) -> dict[str, str]:
 
 
 def snapshot(project: Path, *folders: str) -> dict[str, str]:
-    return {str(p.relative_to(project)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for folder in folders for p in sorted((project / folder).rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(project)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in folders
+        for p in sorted((project / folder).rglob("*"))
+        if p.is_file()
+    }
 
 
 def assert_refused(proc: subprocess.CompletedProcess, stage: str, folder: Path) -> None:
@@ -109,10 +114,13 @@ def assert_refused(proc: subprocess.CompletedProcess, stage: str, folder: Path) 
 
 @pytest.mark.parametrize(
     ("folder", "how", "named"),
-    [("reports", "read-only", "reports/tuning"), ("reports/cv", "file", "reports/cv"), ("models", "read-only",
-     "models")],
+    [
+        ("reports", "read-only", "reports/tuning"),
+        ("reports/cv", "file", "reports/cv"),
+        ("models", "read-only", "models"),
+    ],
     ids=["reports-read-only", "reports-cv-a-file", "models-read-only"],
-)  # fmt: skip
+)
 def test_the_study_stage_refuses_an_unwritable_output_folder_before_training(
     folder, how, named, tmp_path, mlflow_template_db
 ):
@@ -134,8 +142,9 @@ def studied(tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: Path) 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("folder", "how"), [("reports", "read-only"), ("reports/plots", "file")],
-                         ids=["reports-read-only", "plots-a-file"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("folder", "how"), [("reports", "read-only"), ("reports/plots", "file")], ids=["reports-read-only", "plots-a-file"]
+)
 def test_the_select_stage_refuses_an_unwritable_reports_folder_before_it_logs_or_registers(folder, how, studied):
     runs_before = run_ids(studied)
     outputs_before = snapshot(studied, "reports", "models")

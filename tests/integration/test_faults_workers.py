@@ -23,13 +23,16 @@ from dlpipe.stages import fetch, prepare
 pytestmark = pytest.mark.slow
 
 ARCHS = ("perceptron", "mlp")
-STUDY = deep_merge(SMALL_STUDY, {
-    "data": {"limit": 300, "folds": 3},
-    "architectures": list(ARCHS),
-    "models": {"mlp": {"hidden": [16]}},
-    "train": {"max_epochs": 3},
-    "tune": {"n_trials": 2, "max_epochs": 3},
-})  # fmt: skip
+STUDY = deep_merge(
+    SMALL_STUDY,
+    {
+        "data": {"limit": 300, "folds": 3},
+        "architectures": list(ARCHS),
+        "models": {"mlp": {"hidden": [16]}},
+        "train": {"max_epochs": 3},
+        "tune": {"n_trials": 2, "max_epochs": 3},
+    },
+)
 
 
 def studied(root: Path, template: Path, workers: int) -> ProjectPaths:
@@ -41,8 +44,9 @@ def studied(root: Path, template: Path, workers: int) -> ProjectPaths:
     install_mlflow_store(project, template)
     env = subprocess_env(project)
     env.pop("MLFLOW_TRACKING_URI", None)  # the project's own store
-    proc = subprocess.run([sys.executable, "pipelines/study.py"], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "pipelines/study.py"], cwd=project, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     if workers > 1:
         assert f"study: {workers} worker processes" in proc.stderr
