@@ -198,15 +198,15 @@ class ProcessPool:
     def stop(self) -> None:
         """Interrupt every worker (SIGINT: runs end KILLED), then kill any that outlive the grace period."""
         self._starting.join()
-        for w in self._workers.values():
-            if w.process.is_alive():
-                os.kill(w.process.pid, signal.SIGINT)
+        live = [w for w in self._workers.values() if not _ended(w, time.monotonic())]
+        for w in live:
+            _send(w, signal.SIGINT)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for w in self._workers.values():
-            w.process.join(timeout=max(0.1, deadline - time.monotonic()))
-            if w.process.is_alive():
-                w.process.kill()
-                w.process.join()
+        for w in live:
+            if not _ended(w, deadline):
+                _send(w, signal.SIGKILL)
+                _ended(w, time.monotonic() + 5)
+            w.process.join(timeout=1)
 
     def close(self) -> None:
         """Let idle workers exit; kill the rest."""
@@ -214,13 +214,32 @@ class ProcessPool:
         for w in self._workers.values():
             with contextlib.suppress(BrokenPipeError, OSError):
                 w.conn.send(None)
+        deadline = time.monotonic() + 10
         for w in self._workers.values():
-            w.process.join(timeout=10)
-            if w.process.is_alive():
-                w.process.kill()
-                w.process.join()
+            if not _ended(w, deadline):
+                _send(w, signal.SIGKILL)
+                _ended(w, time.monotonic() + 5)
+            w.process.join(timeout=1)
             w.conn.close()
-            w.lifeline.close()
+            w.lifeline.close()  # only now: a worker that loses it while alive kills itself
+
+
+def _ended(w: _Worker, deadline: float) -> bool:
+    """Whether worker `w` ended before `deadline` (what it still sends is dropped). Judged by its pipe, which closes
+    only when the worker is gone: the process handle asks the forkserver, and a signal to the whole process group
+    kills the forkserver, after which every worker looks ended while it is still closing its runs."""
+    try:
+        while w.conn.poll(max(0.0, deadline - time.monotonic())):
+            w.conn.recv()
+    except (EOFError, OSError):
+        return True
+    return False
+
+
+def _send(w: _Worker, sig: int) -> None:
+    """Signal a worker that has not ended (its pipe is open, so its pid is still its own)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(w.process.pid, sig)
 
 
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:

@@ -118,7 +118,12 @@ def tracked_run(**start_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
     else:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+        from dlpipe.tuning.journal import deferred_interrupts
+
+        # The block's work is done and recorded: an interrupt now would leave the run RUNNING (MLflow drops it from
+        # the active runs before it writes the status) and its finished work would be redone. Raise it after.
+        with deferred_interrupts():
+            mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
 def open_run(experiment_id: str, name: str, tags: dict[str, str], resume: str | None = None) -> str:
