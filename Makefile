@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install repro test test-fast lint ui dashboard clean
+.PHONY: install repro test test-fast lint ui dashboard chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ test: install lint
 
 test-fast: install
 	$(BIN)/pytest -m "not slow"
+
+# Kills a small study (dvc repro, dlpipe promote) at random moments and checks it ends as an uninterrupted one
+# (benchmarks/chaos.py); not part of `make test`. KILLS and SEED choose how many kills and which.
+KILLS ?= 24
+SEED ?= 0
+chaos: install
+	$(BIN)/python benchmarks/chaos.py --kills $(KILLS) --seed $(SEED)
 
 ui: install
 	-$(BIN)/dlpipe relocate  # a moved or copied project: its store first points at its own mlruns/

@@ -347,13 +347,14 @@ def _check_space_values(params: Params) -> list[str]:
     """Every value a search space can produce must be valid where it lands (what the tune phase would refuse)."""
     from dlpipe.tuning.space import SearchSpace  # the search space module builds on this one
 
-    problems: list[str] = []
+    archs_of: dict[str, list[str]] = {}  # a problem, its architecture left out -> the architectures it has
     for arch in params.architectures:
         try:
             SearchSpace.for_arch(params, arch).validate(params)
         except ConfigError as exc:
-            problems += [line for line in str(exc).splitlines() if line not in problems]
-    return problems
+            for line in str(exc).splitlines():  # a bad value in the shared tune.space: one line, not one per arch
+                archs_of.setdefault(line.replace(f" for {arch} (", " for \0 (", 1), []).append(arch)
+    return [line.replace("\0", ", ".join(archs)) for line, archs in archs_of.items()]
 
 
 def tunable_keys(params: Params, arch: str) -> list[str]:

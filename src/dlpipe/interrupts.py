@@ -36,3 +36,24 @@ def interrupts_kept() -> Iterator[None]:
         if main_thread and sigint is not None:
             signal.signal(signal.SIGINT, sigint)
         raise KeyboardInterrupt(*exc.__context__.args) from exc
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """SIGINT and SIGTERM received in the block are re-raised, to their own handlers, when it ends (main thread
+    only: other threads never see them as exceptions)."""
+    signums = (signal.SIGINT, signal.SIGTERM)
+    handlers = {s: signal.getsignal(s) for s in signums}
+    if threading.current_thread() is not threading.main_thread() or None in handlers.values():
+        yield
+        return
+    caught: list[int] = []
+    for s in signums:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(caught):
+            signal.raise_signal(s)

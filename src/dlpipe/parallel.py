@@ -4,7 +4,9 @@
 MLflow: several seconds), so a worker is ready in milliseconds and every unit it runs pays no imports. Each worker
 runs one unit at a time; worker i may be pinned to GPU i (one unit per GPU). A worker that dies (killed, out of
 memory) fails only the unit it was running, with the reason, and is replaced; it never hangs the caller. `stop`
-interrupts the workers (their MLflow runs end KILLED) and waits for them.
+interrupts the workers (their MLflow runs end KILLED) and waits for them. A worker dies with the process that owns
+the pool (a lifeline pipe closes when it is killed, even with SIGKILL): it never runs on unseen, finishing units and
+writing outputs beside a rerun; its open runs and trials are left to the next stage's sweep of dead owners.
 
 `SerialPool` runs the same units in this process, one after another: for one worker and for DDP, where Lightning
 launches every rank as a copy of this process and all ranks must run the same units in the same order.
@@ -98,6 +100,7 @@ class _Worker:
     index: int
     process: Any
     conn: Connection
+    lifeline: Connection  # the pool's end of the worker's lifeline (see _die_with_owner)
     task: Task | None = None
     started: float = field(default_factory=time.monotonic)
 
@@ -130,12 +133,14 @@ class ProcessPool:
 
     def _start(self, index: int) -> None:
         parent, child = self._ctx.Pipe()
+        alive_r, alive_w = self._ctx.Pipe(duplex=False)  # only this process holds the writing end
         env = self._env(index) if self._env else {}
-        proc = self._ctx.Process(target=_worker_main, args=(child, index, env, self._init), daemon=True,
+        proc = self._ctx.Process(target=_worker_main, args=(child, alive_r, index, env, self._init), daemon=True,
                                  name=f"dlpipe-worker-{index}")  # fmt: skip
         proc.start()
         child.close()
-        self._workers[index] = _Worker(index, proc, parent)
+        alive_r.close()
+        self._workers[index] = _Worker(index, proc, parent, alive_w)
 
     @property
     def free(self) -> int:
@@ -184,6 +189,7 @@ class ProcessPool:
         reason = f"worker {w.index} (pid {w.process.pid}) died with {how} while running {task.key}"
         log.error("%s; starting a new worker", reason)
         w.conn.close()
+        w.lifeline.close()
         self._start(w.index)
         return Done(task, crash=reason)
 
@@ -194,15 +200,15 @@ class ProcessPool:
     def stop(self) -> None:
         """Interrupt every worker (SIGINT: runs end KILLED), then kill any that outlive the grace period."""
         self._starting.join()
-        for w in self._workers.values():
-            if w.process.is_alive():
-                os.kill(w.process.pid, signal.SIGINT)
+        live = [w for w in self._workers.values() if not _ended(w, time.monotonic())]
+        for w in live:
+            _send(w, signal.SIGINT)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for w in self._workers.values():
-            w.process.join(timeout=max(0.1, deadline - time.monotonic()))
-            if w.process.is_alive():
-                w.process.kill()
-                w.process.join()
+        for w in live:
+            if not _ended(w, deadline):
+                _send(w, signal.SIGKILL)
+                _ended(w, time.monotonic() + 5)
+            w.process.join(timeout=1)
 
     def close(self) -> None:
         """Let idle workers exit; kill the rest."""
@@ -210,12 +216,32 @@ class ProcessPool:
         for w in self._workers.values():
             with contextlib.suppress(BrokenPipeError, OSError):
                 w.conn.send(None)
+        deadline = time.monotonic() + 10
         for w in self._workers.values():
-            w.process.join(timeout=10)
-            if w.process.is_alive():
-                w.process.kill()
-                w.process.join()
+            if not _ended(w, deadline):
+                _send(w, signal.SIGKILL)
+                _ended(w, time.monotonic() + 5)
+            w.process.join(timeout=1)
             w.conn.close()
+            w.lifeline.close()  # only now: a worker that loses it while alive kills itself
+
+
+def _ended(w: _Worker, deadline: float) -> bool:
+    """Whether worker `w` ended before `deadline` (what it still sends is dropped). Judged by its pipe, which closes
+    only when the worker is gone: the process handle asks the forkserver, and a signal to the whole process group
+    kills the forkserver, after which every worker looks ended while it is still closing its runs."""
+    try:
+        while w.conn.poll(max(0.0, deadline - time.monotonic())):
+            w.conn.recv()
+    except (EOFError, OSError):
+        return True
+    return False
+
+
+def _send(w: _Worker, sig: int) -> None:
+    """Signal a worker that has not ended (its pipe is open, so its pid is still its own)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(w.process.pid, sig)
 
 
 def visible_devices() -> list[str]:
@@ -240,7 +266,16 @@ def _sigterm_as_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _worker_main(conn: Connection, index: int, env: dict[str, str], init: Callable[[int], None] | None) -> None:
+def _die_with_owner(lifeline: Connection) -> None:
+    """Kill this worker as soon as the pool's process is gone (nothing is ever sent: recv returns at EOF)."""
+    with contextlib.suppress(EOFError, OSError):
+        lifeline.recv()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _worker_main(conn: Connection, lifeline: Connection, index: int, env: dict[str, str],
+                 init: Callable[[int], None] | None) -> None:  # fmt: skip
+    threading.Thread(target=_die_with_owner, args=(lifeline,), name="lifeline", daemon=True).start()
     os.environ.update(env)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -20,7 +20,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from dlpipe.config import flatten
-from dlpipe.interrupts import interrupted_exit
+from dlpipe.interrupts import deferred_interrupts, interrupted_exit
 from dlpipe.processes import Owner
 from dlpipe.profile import timed
 
@@ -112,7 +112,9 @@ def tracked_run(**start_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
     else:
-        with timed("logging"):
+        # The block's work is done and recorded: an interrupt now would leave the run RUNNING (MLflow drops it from
+        # the active runs before it writes the status) and its finished work would be redone. Raise it after.
+        with timed("logging"), deferred_interrupts():
             mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 

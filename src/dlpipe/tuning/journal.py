@@ -30,9 +30,7 @@ import json
 import logging
 import os
 import re
-import signal
 import stat
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +39,7 @@ from typing import Any
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalFileSymlinkLock, JournalStorage
 
 from dlpipe.errors import DlpipeError
+from dlpipe.interrupts import deferred_interrupts
 from dlpipe.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -48,27 +47,6 @@ log = logging.getLogger(__name__)
 SIDECAR_INFIX = ".torn-"
 RECORD_START = re.compile(rb'\{"op_code"')
 CHUNK = 1 << 16
-
-
-@contextlib.contextmanager
-def deferred_interrupts() -> Iterator[None]:
-    """SIGINT and SIGTERM received in the block are re-raised, to their own handlers, when it ends (main thread
-    only: other threads never see them as exceptions)."""
-    signums = (signal.SIGINT, signal.SIGTERM)
-    handlers = {s: signal.getsignal(s) for s in signums}
-    if threading.current_thread() is not threading.main_thread() or None in handlers.values():
-        yield
-        return
-    caught: list[int] = []
-    for s in signums:
-        signal.signal(s, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
-        for s in dict.fromkeys(caught):
-            signal.raise_signal(s)
 
 
 @contextlib.contextmanager
