@@ -227,7 +227,7 @@ def test_every_architecture_accepts_image_data_and_only_dense_ones_tabular():
     for name in ARCHITECTURES:
         parse_params({"architectures": [name]})  # digits is image data
     tabular_ok = {name for name, arch in ARCHITECTURES.items() if "tabular" in arch.kinds}
-    assert tabular_ok == {"perceptron", "mlp", "wide_deep"}
+    assert tabular_ok == {"perceptron", "mlp", "wide_deep", "autoencoder"}
     for name in ARCHITECTURES:
         raw = {"data": {"name": "breast_cancer"}, "architectures": [name]}
         if name in tabular_ok:
