@@ -20,7 +20,7 @@ from test_predict_serve import LOAD_SCRIPT, mlflow_serve, post
 
 from dlpipe import cli
 from dlpipe.data.prepared import PreparedData
-from dlpipe.stages import cv, train
+from dlpipe.stages import cv, train, tune
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ STUDY = {
     "data": {"labeled_fraction": 0.25},
     "models": {"autoencoder": {"latent": 16}, "gan": {"latent": 16}},
     "train": {"max_epochs": 6, "early_stopping": {"enabled": False}},  # the GAN's samples at epochs 0 and 5
-    "tune": {"enabled": False},
+    "tune": {"n_trials": 2, "max_epochs": 2},
 }
 EXPECTED = {  # artifact files every cv fold run and train run of the architecture holds
     "autoencoder": {"reconstruction/grid.png", "reconstruction/per_class.json"},
@@ -42,6 +42,7 @@ EXPECTED = {  # artifact files every cv fold run and train run of the architectu
 class Study:
     root: Path
     uri: str
+    tuned: dict[str, dict]  # reports/tuning/<arch>.json
     reports: dict[str, dict]  # reports/test/<arch>.json
     cv_run: dict[str, str]  # the cv parent run of each architecture
     X: np.ndarray  # raw test inputs
@@ -62,6 +63,7 @@ def study(tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: Path):
         mp.chdir(root)
         uri = install_mlflow_store(root, mlflow_template_db)
         params, paths = prepare_project(root, STUDY)
+        tuned = {arch: tune.run(params, paths, arch) for arch in ARCHS}
         cv_runs = {arch: cv.run(params, paths, arch)["mlflow_run_id"] for arch in ARCHS}
         reports = {arch: train.run(params, paths, arch) for arch in ARCHS}
         data = PreparedData.load(paths.raw, paths.prepared)
@@ -69,6 +71,7 @@ def study(tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: Path):
         yield Study(
             root,
             uri,
+            tuned,
             reports,
             cv_runs,
             data.dataset.X[idx].numpy(),
@@ -82,6 +85,23 @@ def artifact_files(client: MlflowClient, run_id: str, path: str | None = None) -
     for item in client.list_artifacts(run_id, path):
         out |= artifact_files(client, run_id, item.path) if item.is_dir else {item.path}
     return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_each_family_is_tuned_on_its_own_search_space(study: Study, arch: str) -> None:
+    report = study.tuned[arch]
+    assert report["finished"] == 2 and report["trials"]["FAIL"] == 0
+    own = {
+        "autoencoder": {"model.latent", "model.depth", "model.noise", "model.reconstruction_weight"},
+        "gan": {"model.latent", "model.lr_generator", "model.betas_generator"},
+    }[arch]
+    assert own <= set(report["best_params"]) and "train.lr" in report["best_params"]
+    client = MlflowClient(study.uri)
+    exp = client.get_run(report["mlflow_run_id"]).info.experiment_id
+    trials = client.search_runs([exp], f"tags.mlflow.parentRunId = '{report['mlflow_run_id']}'")
+    assert len(trials) == 2
+    for run in trials:  # trials log metrics, not pictures (they would cost every trial)
+        assert not artifact_files(client, run.info.run_id) & EXPECTED[arch]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
