@@ -149,8 +149,7 @@ def build_decoder(net: AutoencoderNet) -> nn.Module:
     "autoencoder",
     params=AutoencoderParams,
     kinds={"image", "tabular"},
-    description="encoder-decoder (conv for images, dense for tabular) + classifier on the code; denoising, "
-    "semi-supervised",
+    description="encoder-decoder + classifier on the code; denoising, semi-supervised",
     space={
         "model.latent": {"type": "categorical", "choices": [16, 32, 64]},
         "model.depth": {"type": "int", "low": 1, "high": 3},

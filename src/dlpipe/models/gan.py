@@ -119,8 +119,7 @@ def build_generator(disc: Discriminator) -> nn.Module:
     "gan",
     params=GanParams,
     kinds={"image"},
-    description="semi-supervised GAN: a K-class discriminator (real vs fake through its logits), a generator "
-    "trained by feature matching",
+    description="semi-supervised GAN: K-class discriminator, feature-matching generator",
     space={
         "model.latent": {"type": "categorical", "choices": [32, 64, 100]},
         "model.lr_generator": {"type": "float", "low": 0.0001, "high": 0.003, "log": True},
