@@ -55,10 +55,13 @@ def subsample(ds: Dataset, per_class: int, seed: int = SEED) -> Dataset:
     return Dataset(ds.name, ds.X[keep], ds.y[keep], ds.kind, ds.class_names)
 
 
-def problem(ds: Dataset | str, seed: int = SEED, test_size: float = 0.2, val_size: float = 0.1) -> Problem:
-    """Stratified holdout test set, a stratified validation slice of the rest; normalisation from train only."""
+def problem(
+    ds: Dataset | str, seed: int = SEED, test_size: float = 0.2, val_size: float = 0.1, labeled_fraction: float = 1.0
+) -> Problem:
+    """Stratified holdout test set, a stratified validation slice of the rest; normalisation from train only;
+    with `labeled_fraction` < 1 only that stratified fraction of the training samples keeps its labels."""
     ds = dataset(ds) if isinstance(ds, str) else ds
-    prepared = PreparedData(ds, make_splits(ds.y.numpy(), test_size, 5, seed))
+    prepared = PreparedData(ds, make_splits(ds.y.numpy(), test_size, 5, seed), labeled_fraction=labeled_fraction)
     split = prepared.holdout(val_size, seed)
     test_idx = torch.from_numpy(prepared.splits.test_idx)
     test = Part(split.normalizer(ds.X[test_idx]), ds.y[test_idx])

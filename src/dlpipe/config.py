@@ -38,6 +38,13 @@ class DataParams(Section):
     val_size: float = Field(0.1, gt=0.0, lt=0.5, description="validation slice of the training part (train/tune)")
     normalize: bool = Field(True, description="standardise with statistics of the training data only")
     limit: int | None = Field(None, ge=20, description="stratified subsample of this many samples (quick runs)")
+    labeled_fraction: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="of every training part, the stratified fraction that keeps its labels "
+        "(label-efficient studies); validation, scored folds and the test set keep all",
+    )
 
 
 class AugmentationParams(Section):
@@ -98,8 +105,9 @@ class TrainerParams(Section):
         1, ge=1, description="PyTorch CPU threads per process; small models run fastest on 1; null = all cores"
     )
     workers: int | Literal["auto"] = Field(
-        "auto", description="parallel worker processes for folds, trials and final fits; auto = cores / cpu_threads, "
-        "or one per GPU"
+        "auto",
+        description="parallel worker processes for folds, trials and final fits; auto = cores / cpu_threads, "
+        "or one per GPU",
     )
 
     @property
@@ -138,8 +146,9 @@ class TuneParams(Section):
     sampler: Literal["tpe", "random", "cmaes"] = "tpe"
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "median"
     cv_folds: int | Literal["auto"] = Field(
-        "auto", description="0 = one validation slice; k = mean over the first k folds; auto = every fold when the "
-        "validation slice holds fewer than 10 samples of some class, else 0"
+        "auto",
+        description="0 = one validation slice; k = mean over the first k folds; auto = every fold when the "
+        "validation slice holds fewer than 10 samples of some class, else 0",
     )
     max_epochs: int | None = Field(5, ge=1, description="cap on epochs per trial (null = train.max_epochs)")
     workers: int = Field(
@@ -318,6 +327,7 @@ def check_semantics(params: Params) -> None:
                 f"architectures.{i}: {name!r} takes {'/'.join(sorted(arch.kinds))} input but dataset "
                 f"{params.data.name!r} is {kind}; allowed for {kind}: {', '.join(fits)}"
             )
+    problems += _family_problems(params, kind)
     problems += _check_space(params, "tune.space", params.tune.space, params.architectures)
     for arch_name, space in params.tune.spaces.items():
         if arch_name not in ARCHITECTURES:
@@ -341,6 +351,35 @@ def check_semantics(params: Params) -> None:
         problems += _check_space_values(params)
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _family_problems(params: Params, kind: str) -> list[str]:
+    """Settings the autoencoder and GAN families cannot train with."""
+    problems = []
+    archs = set(params.architectures)
+    if "autoencoder" in archs and params.models.autoencoder.reconstruction == "bce" and kind != "image":
+        problems.append(
+            f"models.autoencoder.reconstruction: bce reconstructs raw inputs in [0, 1] (image data); "
+            f"dataset {params.data.name!r} is {kind}; allowed: mse"
+        )
+    if "gan" in archs:
+        train, trainer = params.train, params.trainer
+        if train.gradient_clip_val:
+            problems.append(
+                "train.gradient_clip_val: the gan trains with manual optimisation, which Lightning does "
+                "not clip; allowed with gan: 0"
+            )
+        if train.scheduler != "none":
+            problems.append(
+                f"train.scheduler: the gan steps its own two Adam optimisers and no scheduler "
+                f"(got {train.scheduler!r}); allowed with gan: none"
+            )
+        if trainer.strategy == "ddp":
+            problems.append(
+                "trainer.strategy: under ddp the gan's generator step leaves the discriminator's "
+                "gradients unused; allowed with gan: auto, ddp_find_unused_parameters_true"
+            )
+    return problems
 
 
 def _check_space_values(params: Params) -> list[str]:

@@ -227,7 +227,7 @@ def test_every_architecture_accepts_image_data_and_only_dense_ones_tabular():
     for name in ARCHITECTURES:
         parse_params({"architectures": [name]})  # digits is image data
     tabular_ok = {name for name, arch in ARCHITECTURES.items() if "tabular" in arch.kinds}
-    assert tabular_ok == {"perceptron", "mlp", "wide_deep"}
+    assert tabular_ok == {"perceptron", "mlp", "wide_deep", "autoencoder"}
     for name in ARCHITECTURES:
         raw = {"data": {"name": "breast_cancer"}, "architectures": [name]}
         if name in tabular_ok:
@@ -344,3 +344,29 @@ def test_override_errors_name_the_section_and_key():
         apply_overrides(Params(), "mlp", {"train.lr": -1})
     with pytest.raises(ConfigError, match=r"^models\.mlp\.dropout: "):
         apply_overrides(Params(), "mlp", {"model.dropout": 2})
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "allowed"),
+    [
+        ({"train": {"gradient_clip_val": 1.0}}, "train.gradient_clip_val", "allowed with gan: 0"),
+        ({"train": {"scheduler": "cosine"}}, "train.scheduler", "allowed with gan: none"),
+        ({"trainer": {"strategy": "ddp", "devices": 2}}, "trainer.strategy", "ddp_find_unused_parameters_true"),
+    ],
+)
+def test_gan_refuses_what_its_manual_optimisation_cannot_do(raw, key, allowed):
+    message = config_error({"architectures": ["gan"], **raw})
+    assert message.splitlines() == [line for line in message.splitlines() if line.startswith(f"p.yaml: {key}: ")]
+    assert allowed in message
+    parse_params({"architectures": ["cnn"], **raw})  # the other architectures take it
+
+
+def test_autoencoder_bce_needs_image_data():
+    raw = {"data": {"name": "breast_cancer"}, "architectures": ["autoencoder"]}
+    message = config_error({**raw, "models": {"autoencoder": {"reconstruction": "bce"}}})
+    assert message == (
+        "p.yaml: models.autoencoder.reconstruction: bce reconstructs raw inputs in [0, 1] (image data); "
+        "dataset 'breast_cancer' is tabular; allowed: mse"
+    )
+    parse_params(raw)  # mse is fine on tabular data
+    parse_params({"architectures": ["autoencoder"], "models": {"autoencoder": {"reconstruction": "bce"}}})

@@ -1,4 +1,5 @@
-"""The architecture registry: output shapes on every input kind, shape checks, ResNet weights, recurrent heads."""
+"""The architecture registry: output shapes on every input kind, shape checks, ResNet weights, recurrent heads,
+the autoencoder's decoder and the GAN's generator."""
 
 from __future__ import annotations
 
@@ -15,14 +16,13 @@ from dlpipe.models.registry import Architecture
 
 IMAGE_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 TABULAR_SHAPE = (30,)
-TABULAR_ARCHS = ("perceptron", "mlp", "wide_deep")
-IMAGE_ONLY_ARCHS = ("cnn", "rnn", "lstm", "gru", "transformer", "resnet")
+TABULAR_ARCHS = ("perceptron", "mlp", "wide_deep", "autoencoder")
+IMAGE_ONLY_ARCHS = ("cnn", "rnn", "lstm", "gru", "transformer", "resnet", "gan")
 RECURRENT = ("rnn", "lstm", "gru")
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu")
 INITS = ("default", "xavier", "kaiming")
 NUM_CLASSES = 10
 RESNET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
-
 
 
 def build(arch: str, input_shape: tuple[int, ...], num_classes: int = NUM_CLASSES, **params) -> nn.Module:
@@ -342,3 +342,66 @@ def test_resnet_stem_maxpool_follows_the_param():
     assert kept(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
     big = build_model("resnet", ResNetParams(maxpool=False), (3, 64, 64), 10)
     assert isinstance(big.maxpool, nn.Identity)
+
+
+# --- autoencoder and GAN: the registered network is the classifier; decoder and generator are built beside it ---
+
+ALL_SHAPES = [*IMAGE_SHAPES, TABULAR_SHAPE, (1, 7, 5)]  # (1, 7, 5): odd sides, which the transposed convs must meet
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("input_shape", ALL_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_autoencoder_decoder_reconstructs_the_input_shape_from_the_code(input_shape, depth):
+    from dlpipe.models.autoencoder import build_decoder
+
+    net = build("autoencoder", input_shape, depth=depth, latent=12)
+    x = torch.randn(3, *input_shape)
+    net.eval()
+    with torch.no_grad():
+        code = net.encode(x)
+        assert code.shape == (3, 12)
+        assert build_decoder(net)(code).shape == x.shape
+        assert torch.equal(net(x), net.head(code))  # the logits are the head's on the code
+
+
+def test_autoencoder_convolves_images_and_densely_encodes_tabular_data():
+    image = build("autoencoder", (1, 8, 8), width=8, depth=2)
+    assert [m.out_channels for m in image.modules() if isinstance(m, nn.Conv2d)] == [8, 16]  # doubling per block
+    tabular = build("autoencoder", TABULAR_SHAPE, width=8, depth=3, latent=4)
+    assert not any(isinstance(m, nn.Conv2d) for m in tabular.modules())
+    assert [m.out_features for m in tabular.encoder if isinstance(m, nn.Linear)] == [32, 16, 8, 4]  # narrowing
+
+
+def test_served_networks_carry_no_decoder_or_generator():
+    """What is exported and counted is the classifier: encoder + head, or the discriminator."""
+    from dlpipe.models.autoencoder import build_decoder
+    from dlpipe.models.gan import build_generator
+
+    ae = build("autoencoder", (1, 8, 8))
+    assert {name.split(".")[0] for name, _ in ae.named_parameters()} == {"encoder", "head"}
+    decoder_params = {id(p) for p in build_decoder(ae).parameters()}
+    assert decoder_params and not decoder_params & {id(p) for p in ae.parameters()}
+    disc = build("gan", (1, 8, 8))
+    assert {name.split(".")[0] for name, _ in disc.named_parameters()} == {"body", "head"}
+    assert not {id(p) for p in build_generator(disc).parameters()} & {id(p) for p in disc.parameters()}
+
+
+@pytest.mark.parametrize("input_shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32), (1, 7, 5)], ids=str)
+@pytest.mark.parametrize("depth", [1, 3])
+def test_gan_generator_draws_raw_images_of_the_input_shape(input_shape, depth):
+    from dlpipe.models.gan import build_generator
+
+    disc = build("gan", input_shape, depth=depth, latent=20)
+    fake = build_generator(disc)(torch.randn(5, 20))
+    assert fake.shape == (5, *input_shape)
+    assert fake.min() >= 0 and fake.max() <= 1  # a sigmoid: raw pixels in [0, 1], like the data's
+    assert disc(fake).shape == (5, NUM_CLASSES)
+    assert disc.features(fake).shape == (5, 128)  # the dense layer feature matching compares
+
+
+@pytest.mark.parametrize("bad", [[0.5, 1.0], [-0.1, 0.9]])
+def test_gan_betas_must_lie_in_the_unit_interval(bad):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"Adam betas must lie in \[0, 1\)"):
+        get_architecture("gan").params.model_validate({"betas_generator": bad})

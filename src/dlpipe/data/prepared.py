@@ -8,6 +8,13 @@ checked.
 - `fold(k)`: clean cross-validation. The model trains on the other folds minus an inner stratified validation slice
   (early stopping and the best epoch are chosen there), and fold k is scored once, never monitored.
 - `test`: the held-out test set, normalised with a given split's statistics (final evaluation only).
+
+Label-efficient studies (`labeled_fraction` < 1): of every training part (a fold's fit, the final fit, a tuning
+trial's) only a stratified fraction, drawn with the split's seed, keeps its labels (`TrainValSplit.train`); the rest
+is `TrainValSplit.unlabeled`, its labels replaced by `HIDDEN` (-1). Supervised models train on the labelled part
+only; semi-supervised ones (the autoencoder, the GAN) also learn from the unlabelled inputs. The normaliser is
+fitted on every training input, labelled or not (the inputs are available; only their labels are hidden).
+Validation slices, scored folds and the test set keep every label.
 """
 
 from __future__ import annotations
@@ -19,8 +26,10 @@ import numpy as np
 import torch
 
 from dlpipe.data.base import Dataset
-from dlpipe.data.splits import Normalizer, Splits, carve_validation
+from dlpipe.data.splits import Normalizer, Splits, carve_validation, labeled_subset
 from dlpipe.data.store import SPLITS_FILE, load_saved_dataset, load_splits
+
+HIDDEN = -1  # the label of a training sample whose label is hidden (data.labeled_fraction)
 
 
 @dataclass
@@ -35,9 +44,10 @@ class Part:
 
 @dataclass
 class TrainValSplit:
-    train: Part
+    train: Part  # the labelled training samples
     val: Part
     normalizer: Normalizer
+    unlabeled: Part | None = None  # training samples whose labels are hidden (y = HIDDEN); None: every label kept
 
 
 @dataclass
@@ -54,15 +64,18 @@ class PreparedData:
     dataset: Dataset  # the (possibly subsampled) dataset the splits index into
     splits: Splits
     normalize: bool = True
+    labeled_fraction: float = 1.0  # of every training part, the stratified fraction that keeps its labels
 
     @classmethod
-    def load(cls, raw_dir: Path, prepared_dir: Path, normalize: bool = True) -> PreparedData:
+    def load(
+        cls, raw_dir: Path, prepared_dir: Path, normalize: bool = True, labeled_fraction: float = 1.0
+    ) -> PreparedData:
         ds = load_saved_dataset(raw_dir)
         splits, subset = load_splits(prepared_dir / SPLITS_FILE)
         if len(subset) != len(ds):
             idx = torch.from_numpy(subset)
             ds = replace(ds, X=ds.X[idx], y=ds.y[idx])
-        return cls(ds, splits, normalize)
+        return cls(ds, splits, normalize, labeled_fraction)
 
     @property
     def y_numpy(self) -> np.ndarray:
@@ -72,20 +85,25 @@ class PreparedData:
         rows = torch.from_numpy(idx)
         return Part(normalizer(self.dataset.X[rows]), self.dataset.y[rows], idx)
 
-    def split(self, train_idx: np.ndarray, val_idx: np.ndarray) -> TrainValSplit:
-        """Train on `train_idx` (normaliser fitted there), validate on `val_idx`."""
+    def split(self, train_idx: np.ndarray, val_idx: np.ndarray, seed: int = 0) -> TrainValSplit:
+        """Train on `train_idx` (normaliser fitted there), validate on `val_idx`; with `labeled_fraction` < 1 only
+        a stratified fraction of `train_idx` (drawn with `seed`) keeps its labels."""
         X = self.dataset.X
         norm = Normalizer.fit(X[torch.from_numpy(train_idx)]) if self.normalize else Normalizer.identity(X)
-        return TrainValSplit(self.part(train_idx, norm), self.part(val_idx, norm), norm)
+        labeled, hidden = labeled_subset(self.y_numpy, train_idx, self.labeled_fraction, seed)
+        unlabeled = None
+        if len(hidden):
+            unlabeled = Part(norm(X[torch.from_numpy(hidden)]), torch.full((len(hidden),), HIDDEN), hidden)
+        return TrainValSplit(self.part(labeled, norm), self.part(val_idx, norm), norm, unlabeled)
 
     def holdout(self, val_size: float, seed: int) -> TrainValSplit:
         """The training part with a stratified `val_size` slice carved out for validation (never the test set)."""
-        return self.split(*carve_validation(self.y_numpy, self.splits.train_idx, val_size, seed))
+        return self.split(*carve_validation(self.y_numpy, self.splits.train_idx, val_size, seed), seed)
 
     def fold(self, k: int, val_size: float, seed: int) -> FoldSplit:
         """Fold `k` scored once; early stopping on a `val_size` slice carved from the other folds."""
         others, scored = self.splits.fold_indices(k)
-        fit = self.split(*carve_validation(self.y_numpy, others, val_size, seed))
+        fit = self.split(*carve_validation(self.y_numpy, others, val_size, seed), seed)
         return FoldSplit(k, fit, self.part(scored, fit.normalizer))
 
     def test(self, normalizer: Normalizer) -> Part:

@@ -97,6 +97,22 @@ def carve_validation(y: np.ndarray, idx: np.ndarray, fraction: float, seed: int)
     return np.sort(tr), np.sort(va)
 
 
+def labeled_subset(y: np.ndarray, idx: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split the training indices `idx` into (labelled, unlabelled) for `data.labeled_fraction`: a stratified
+    `fraction` of them, fixed by `seed`, keeps its labels (never fewer samples than classes); 1 keeps every label."""
+    idx = np.asarray(idx)
+    if fraction >= 1:
+        return idx, idx[:0]
+    classes = len(np.unique(y[idx]))
+    size = max(int(np.ceil(fraction * len(idx))), classes)
+    if size >= len(idx):
+        return idx, idx[:0]
+    # stratified while both sides can hold every class (sklearn's requirement), else a plain seeded draw
+    stratify = y[idx] if min(size, len(idx) - size) >= classes else None
+    labeled, unlabeled = train_test_split(idx, train_size=size, stratify=stratify, random_state=seed)
+    return np.sort(labeled), np.sort(unlabeled)
+
+
 @dataclass
 class Normalizer:
     """Per-channel (images) or per-feature (tabular) standardisation."""

@@ -26,7 +26,6 @@ if TYPE_CHECKING:  # the training stack (Lightning) is imported by the stages th
 log = logging.getLogger(__name__)
 
 
-
 def tuned_overrides(paths: ProjectPaths, arch: str) -> dict[str, Any]:
     """The best params found by the tune stage for `arch` ({} when it has not run)."""
     path = paths.tuning_report(arch)
@@ -56,7 +55,7 @@ class StageContext:
     def load(cls, params: Params, paths: ProjectPaths, tracking: bool = True) -> StageContext:
         """Data, hashes and (with `tracking`) the MLflow experiment."""
         with timed("data"):
-            data = PreparedData.load(paths.raw, paths.prepared, params.data.normalize)
+            data = PreparedData.load(paths.raw, paths.prepared, params.data.normalize, params.data.labeled_fraction)
         ctx = cls(params, paths, data, dataset_digest(paths.raw), git_commit(paths.root))
         if tracking:
             with timed("setup"):

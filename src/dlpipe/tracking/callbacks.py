@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import mlflow
 from lightning.pytorch.callbacks import Callback
 
 from dlpipe.tracking.runs import log_metrics
@@ -10,7 +11,10 @@ from dlpipe.training.metrics import metric_values
 
 
 class EpochMetricsLogger(Callback):
-    """Logs every epoch's train_*/val_* metrics to `run_id` as one asynchronous batch (rank 0 only)."""
+    """Logs every epoch's train_*/val_* metrics to `run_id` as one asynchronous batch (rank 0 only), and what a
+    module offers beyond them: `epoch_images(epoch)` after each epoch (e.g. a GAN's samples) and, once fitting ends
+    with the kept weights loaded, `fit_artifacts(X, y)` on the validation inputs (e.g. an autoencoder's
+    reconstructions and per-class errors)."""
 
     def __init__(self, run_id: str):
         self.run_id = run_id
@@ -20,3 +24,22 @@ class EpochMetricsLogger(Callback):
             return
         metrics = metric_values(trainer.callback_metrics, ("train_", "val_"))  # float64, rates in [0, 1]
         log_metrics(self.run_id, metrics, step=trainer.current_epoch, synchronous=False)
+        hook = getattr(pl_module, "epoch_images", None)
+        if hook is not None:
+            client = mlflow.MlflowClient()
+            for path, image in hook(trainer.current_epoch).items():
+                client.log_image(self.run_id, image, artifact_file=path)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        hook = getattr(pl_module, "fit_artifacts", None)
+        loader = trainer.val_dataloaders
+        if hook is None or not trainer.is_global_zero or loader is None or not hasattr(loader, "X"):
+            return
+        artifacts = hook(loader.X, loader.y)
+        client = mlflow.MlflowClient()
+        for path, image in artifacts.images.items():
+            client.log_image(self.run_id, image, artifact_file=path)
+        for path, table in artifacts.tables.items():
+            client.log_dict(self.run_id, table, path)
+        if artifacts.metrics:
+            log_metrics(self.run_id, artifacts.metrics)

@@ -70,9 +70,16 @@ class FitResult:
     extra: dict = field(default_factory=dict)
 
 
-def loaders_for(split: TrainValSplit, train: TrainParams, seed: int) -> tuple[TensorLoader, TensorLoader]:
+def loaders_for(
+    split: TrainValSplit, train: TrainParams, seed: int, with_unlabeled: bool = False
+) -> tuple[TensorLoader, TensorLoader]:
+    """Training batches of the labelled samples; `with_unlabeled` adds the samples whose labels are hidden
+    (`data.labeled_fraction`; their label is -1), for the modules that learn from them."""
+    X, y = split.train.X, split.train.y
+    if with_unlabeled and split.unlabeled is not None and len(split.unlabeled):
+        X, y = torch.cat([X, split.unlabeled.X]), torch.cat([y, split.unlabeled.y])
     return (
-        TensorLoader(split.train.X, split.train.y, train.batch_size, shuffle=True, seed=seed),
+        TensorLoader(X, y, train.batch_size, shuffle=True, seed=seed),
         TensorLoader(split.val.X, split.val.y, max(EVAL_BATCH, train.batch_size)),
     )
 
@@ -92,7 +99,11 @@ def fit(
     L.seed_everything(seed, workers=True, verbose=False)
     input_shape = tuple(split.train.X.shape[1:])
     module = spec.build(input_shape, len(class_names), class_names)
-    train_loader, val_loader = loaders_for(split, spec.train, seed)
+    # semi-supervised modules (autoencoder, GAN) also learn from unlabelled inputs, and see the input scale
+    semi_supervised = getattr(module, "learns_from_unlabeled", False)
+    if semi_supervised:
+        module.set_normalizer(split.normalizer)
+    train_loader, val_loader = loaders_for(split, spec.train, seed, with_unlabeled=semi_supervised)
     start = time.perf_counter()
     trainer = make_trainer(trainer_params, spec.train, max_epochs=max_epochs, callbacks=callbacks)
     if trainer_params.data_on_device and not isinstance(trainer.accelerator, CPUAccelerator):
