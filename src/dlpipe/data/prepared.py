@@ -74,8 +74,7 @@ class PreparedData:
 
     def split(self, train_idx: np.ndarray, val_idx: np.ndarray) -> TrainValSplit:
         """Train on `train_idx` (normaliser fitted there), validate on `val_idx`."""
-        X = self.dataset.X
-        norm = Normalizer.fit(X[torch.from_numpy(train_idx)]) if self.normalize else Normalizer.identity(X)
+        norm = Normalizer.fit(self.dataset.X[torch.from_numpy(train_idx)], self.dataset.features, self.normalize)
         return TrainValSplit(self.part(train_idx, norm), self.part(val_idx, norm), norm)
 
     def holdout(self, val_size: float, seed: int) -> TrainValSplit:
