@@ -18,7 +18,7 @@ from torch import nn
 from dlpipe.config import parse_params
 from dlpipe.errors import ConfigError, ModelError
 from dlpipe.models import build_model
-from dlpipe.models.transfer import Backbone, TransferNet, TransferParams
+from dlpipe.models.transfer import BLOCKS, Backbone, TransferNet, TransferParams
 
 BACKBONES = get_args(Backbone)
 RESNET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
@@ -68,6 +68,7 @@ def test_every_backbone_builds_and_trains_on_small_images(backbone, input_shape)
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_the_blocks_cover_every_backbone_parameter_once(backbone):
     model = build((1, 8, 8), backbone=backbone)
+    assert len(model.blocks) == BLOCKS[backbone]  # what params validation allows for unfreeze_last
     modules = [model.backbone.get_submodule(name).named_parameters(prefix=name) for b in model.blocks for name in b]
     owned = [n for params in modules for n, _ in params]
     assert sorted(owned) == sorted(n for n, _ in model.backbone.named_parameters())
@@ -200,8 +201,10 @@ def test_all_but_last_k_trains_the_last_blocks_and_the_head():
     assert all(p.requires_grad for p in model.head.parameters())
     model.train()
     assert model.backbone.features[12].training and not model.backbone.features[10].training
-    with pytest.raises(ModelError, match=r"models\.transfer\.unfreeze_last: resnet18 has 5 blocks; allowed: 1 to 5"):
-        build((1, 8, 8), freeze="all_but_last_k", unfreeze_last=6)
+    with pytest.raises(
+        ConfigError, match=r"p\.yaml: models\.transfer: unfreeze_last: resnet18 has 5 blocks; allowed: 1"
+    ):
+        parse_params({"models": {"transfer": {"freeze": "all_but_last_k", "unfreeze_last": 6}}}, "p.yaml")
 
 
 def test_frozen_parameters_and_batchnorm_statistics_do_not_move_in_a_real_fit(resnet18_weights):

@@ -46,6 +46,17 @@ Backbone = Literal[
     "efficientnet_b0",
 ]
 ResNetBackbone = Literal["resnet18", "resnet34", "resnet50"]
+# blocks of each backbone (the unit of freeze: all_but_last_k), known before anything is built
+BLOCKS = {
+    "resnet18": 5,
+    "resnet34": 5,
+    "resnet50": 5,
+    "vgg11_bn": 5,
+    "vgg16_bn": 5,
+    "mobilenet_v3_small": 13,
+    "mobilenet_v3_large": 17,
+    "efficientnet_b0": 9,
+}
 RENAMED = {
     "freeze_backbone": "freeze_backbone: renamed; use freeze: backbone (was true) or freeze: none (was false)",
     "maxpool": "maxpool: renamed; use stem_downsample (same values: true, false or null)",
@@ -76,6 +87,15 @@ class TransferParams(ArchParams):
                 if old in data:
                     raise ValueError(message)
         return data
+
+    @model_validator(mode="after")
+    def _unfreeze_fits(self) -> TransferParams:
+        blocks = BLOCKS[self.backbone]
+        if self.freeze == "all_but_last_k" and self.unfreeze_last > blocks:
+            raise ValueError(
+                f"unfreeze_last: {self.backbone} has {blocks} blocks; allowed: 1 to {blocks} (or freeze: none)"
+            )
+        return self
 
     @property
     def lr_factor(self) -> float:
@@ -315,11 +335,6 @@ def build_transfer(p: TransferParams, input_shape: tuple[int, ...], num_classes:
     width = family.width(model)
     setattr(model, family.classifier_key, nn.Identity())
     blocks = family.blocks(model)
-    if p.freeze == "all_but_last_k" and p.unfreeze_last > len(blocks):
-        raise ModelError(
-            f"{key}.unfreeze_last: {p.backbone} has {len(blocks)} blocks; allowed: 1 to {len(blocks)} "
-            "(or freeze: none to train them all)"
-        )
     frozen = {"none": 0, "backbone": len(blocks), "all_but_last_k": len(blocks) - p.unfreeze_last}[p.freeze]
     head = nn.Linear(width, num_classes)
     head = nn.Sequential(nn.Dropout(p.dropout), head) if p.dropout > 0 else head
@@ -338,7 +353,7 @@ TRANSFER_SPACE = {  # the costliest models on a CPU: few epochs, tuned
     "resnet",
     params=ResNetParams,
     kinds={"image"},
-    description="torchvision ResNet-18 (transfer with a ResNet backbone)",
+    description="torchvision ResNet (18 by default): transfer with a ResNet backbone",
     space=TRANSFER_SPACE,
 )
 def build_resnet(p: ResNetParams, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

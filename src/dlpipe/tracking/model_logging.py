@@ -92,6 +92,8 @@ def input_frame(X: np.ndarray, feature_names: list[str], features: Features | No
     flat = np.asarray(X).reshape(len(X), -1)
     frame = pd.DataFrame(flat.astype(np.float64), columns=feature_names)
     for name in features.vocabularies if features is not None else ():
+        if name not in feature_names:
+            continue
         frame[name] = pd.Series(features.decode(name, flat[:, feature_names.index(name)]), dtype=object)
     return frame
 
