@@ -61,7 +61,7 @@ def main() -> None:
         f"epochs, {args.folds} folds, {args.threads} thread(s)",
         flush=True,
     )
-    columns = [f"{'architecture':<28}", f"{'CV accuracy':>15}", f"{'test acc.':>9}", f"{'params':>11}"]
+    columns = [f"{'architecture':<28}", f"{'CV accuracy':>16}", f"{'test acc.':>9}", f"{'params':>11}"]
     header = "| " + " | ".join([*columns, f"{'fit (s)':>7}", f"{'row (s)':>7}"]) + " |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|", flush=True)
@@ -82,7 +82,7 @@ def main() -> None:
         cv = f"{statistics.mean(scores):.4f} +- {np.std(scores, ddof=1):.4f}"
         row = time.perf_counter() - start
         print(
-            f"| {label:<28} | {cv:>15} | {test:>9.4f} | {n_params:>11,} | {result.seconds:>7.1f} | {row:>7.1f} |",
+            f"| {label:<28} | {cv:>16} | {test:>9.4f} | {n_params:>11,} | {result.seconds:>7.1f} | {row:>7.1f} |",
             flush=True,
         )
 

@@ -207,3 +207,28 @@ def test_the_wide_path_is_penalised_by_l1_like_every_weight_matrix():
     penalised = {id(p) for p in penalised_weights(model)}
     assert id(model.wide.weight) in penalised
     assert all(id(e.weight) in penalised for e in model.deep_in.embeddings)
+
+
+# --- the exported model ---
+
+
+def test_the_exported_program_carries_the_vocabularies_and_maps_unseen_codes(tmp_path):
+    from dlpipe.tracking.model_logging import export_program, program_features
+
+    ds = mixed()
+    norm = Normalizer.fit(ds.X[ds.X[:, 1] != 2], ds.features)  # green never in the fitted rows
+    torch.manual_seed(0)
+    net = build_model("wide_deep", {"crosses": [["colour", "size"]]}, (4,), 2, FEATURES).eval()
+    path = tmp_path / "model.pt2"
+    export_program(net, norm, ds.X[:4], path, check=ds.X)
+    assert program_features(path) == FEATURES
+    program = torch.export.load(str(path)).module()
+    probe = torch.tensor([[10.0, 2, -3, 1], [10.0, 0, -3, 1], [10.0, 3, -3, 1]])
+    with torch.no_grad():
+        out = program(probe)
+        expected = torch.softmax(net(norm(probe)), dim=1)
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert torch.equal(out[0], out[1]) and not torch.equal(out[0], out[2])  # green is unknown, red is not
+    plain = tmp_path / "plain.pt2"
+    export_program(build_model("mlp", {}, (4,), 2).eval(), Normalizer.fit(ds.X), ds.X[:4], plain)
+    assert program_features(plain) is None  # no categories: nothing extra in the program

@@ -256,3 +256,14 @@ def test_the_old_resnet_keys_are_refused_naming_the_new_ones(old, new):
     message = str(err.value)
     assert message.startswith(f"p.yaml: models.resnet: {next(iter(old))}: renamed; use ") and new in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v3_small", "efficientnet_b0"])
+def test_a_transfer_model_exports_for_serving(tmp_path, backbone):
+    from dlpipe.data.splits import Normalizer
+    from dlpipe.tracking.model_logging import export_program
+
+    model = build((1, 8, 8), backbone=backbone, freeze="all_but_last_k", unfreeze_last=2).eval()
+    X = torch.rand(6, 1, 8, 8)
+    export_program(model, Normalizer.fit(X), X[:4], tmp_path / "model.pt2", check=X)  # checks the probabilities
+    assert (tmp_path / "model.pt2").stat().st_size > 0
