@@ -28,6 +28,9 @@ class Section(BaseModel):
 class CsvParams(Section):
     path: str | None = Field(None, description="CSV file, relative to the project root")
     target: str = Field("target", min_length=1, description="name of the label column")
+    categorical: list[str] = Field(
+        [], description="feature columns read as categories even when numeric (text columns always are)"
+    )
 
 
 class DataParams(Section):

@@ -4,6 +4,8 @@ Inputs, raw like the dataset the model was trained on (the model normalises them
 - a CSV file, one sample per row. Tabular models logged with feature names match a header row's columns by name,
   in any order; a missing or an extra column (after --drop) is refused. A CSV without a header row (and a CSV for
   an image model, or for a tabular model logged without names) is read by position: its column count must match.
+  Categorical columns (the model's text inputs) are read as text, as the training CSV was: a category the model
+  never saw, or an empty cell, is the unknown category. A model with categorical columns needs a header row.
 - a NumPy `.npz` file with an array `X` (or a single array) of shape (N, *input_shape) or (N, prod(input_shape)),
   read by position.
 - a folder of images (.png, .jpg, .jpeg, .bmp, .gif, .webp), each of the model's height and width exactly (no
@@ -98,10 +100,16 @@ def _match_columns(frame: pd.DataFrame, feature_names: list[str], path: Path) ->
 
 
 def read_csv(
-    path: Path, shape: tuple[int, ...], drop: list[str] | None = None, feature_names: list[str] | None = None
+    path: Path,
+    shape: tuple[int, ...],
+    drop: list[str] | None = None,
+    feature_names: list[str] | None = None,
+    categorical: list[str] | None = None,
 ) -> np.ndarray | pd.DataFrame:
     """Rows of features or flattened pixels. A header row is detected (a field that is not a number, or exactly
-    the model's feature names); with one, a model with feature names gets its columns by name."""
+    the model's feature names); with one, a model with feature names gets its columns by name, the `categorical`
+    ones as text."""
+    categorical = categorical or []
     try:
         with open(path, newline="") as fh:
             first = next(csv.reader(fh), None)
@@ -113,8 +121,13 @@ def read_csv(
     header = not all(_is_number(f) for f in fields) or (
         feature_names is not None and sorted(set(fields) - set(drop or [])) == sorted(feature_names)
     )
+    if categorical and not header:
+        raise BadInputError(
+            f"{path}: no header row; the model takes columns by name, {names_text(categorical, 10)} as text: "
+            f"{names_text(feature_names or [])}"
+        )
     try:
-        frame = pd.read_csv(path, header=0 if header else None)
+        frame = pd.read_csv(path, header=0 if header else None, dtype=dict.fromkeys(categorical, str))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise BadInputError(f"{path}: not a readable CSV file ({one_line(exc)})") from None
     if drop:
@@ -127,20 +140,28 @@ def read_csv(
         raise BadInputError(f"{path}: no data rows, only a header row; expected one sample per row")
     if header and feature_names is not None:
         frame = _match_columns(frame, feature_names, path)
-    bad = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    numbers = frame.drop(columns=[c for c in categorical if c in frame.columns])
+    bad = [str(c) for c in numbers.columns if not pd.api.types.is_numeric_dtype(numbers[c])]
     if bad:
         raise BadInputError(f"{path}: non-numeric column(s) {names_text(bad, 10)}; drop them with --drop")
-    if frame.isna().any().any():
+    if numbers.isna().any().any():
         raise BadInputError(f"{path}: missing values; every feature must be a number")
     if header and feature_names is not None:
-        return frame.astype(np.float64)
+        return frame.astype({c: np.float64 for c in numbers.columns})
     X = _fit_shape(frame.to_numpy(np.float32), shape, str(path), named=feature_names is not None)
     return _named(X, feature_names)
 
 
-def read_npz(path: Path, shape: tuple[int, ...], feature_names: list[str] | None = None) -> np.ndarray | pd.DataFrame:
+def read_npz(
+    path: Path, shape: tuple[int, ...], feature_names: list[str] | None = None, categorical: list[str] | None = None
+) -> np.ndarray | pd.DataFrame:
     """Array `X` (or the only array) of a NumPy .npz archive, by position; one line naming the file if it is not
-    a readable archive of numbers."""
+    a readable archive of numbers (or the model takes text columns)."""
+    if categorical:
+        raise BadInputError(
+            f"{path}: the model takes text column(s) {names_text(categorical, 10)}; give a CSV with a header row "
+            f"naming its columns: {names_text(feature_names or [])}"
+        )
     with open(path, "rb") as fh:
         head = fh.read(4)
     if head not in ZIP_MAGIC:
@@ -205,9 +226,14 @@ def read_images(folder: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, list[
 
 
 def load_inputs(
-    path: str | Path, shape: tuple[int, ...], drop: list[str] | None = None, feature_names: list[str] | None = None
+    path: str | Path,
+    shape: tuple[int, ...],
+    drop: list[str] | None = None,
+    feature_names: list[str] | None = None,
+    categorical: list[str] | None = None,
 ) -> tuple[np.ndarray | pd.DataFrame, list[str] | None]:
-    """(inputs as the model takes them: (N, *shape) array, or named columns; file names for image folders)."""
+    """(inputs as the model takes them: (N, *shape) array, or named columns, `categorical` ones as text; file
+    names for image folders)."""
     path = Path(path)
     if path.is_dir():
         return read_images(path, shape)
@@ -215,9 +241,9 @@ def load_inputs(
         raise BadInputError(f"--input: no such file or folder {str(path)!r}")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        return read_npz(path, shape, feature_names), None
+        return read_npz(path, shape, feature_names, categorical), None
     if suffix in (".csv", ".txt"):
-        return read_csv(path, shape, drop, feature_names), None
+        return read_csv(path, shape, drop, feature_names, categorical), None
     raise BadInputError(f"--input: {path.name}: unsupported format; use .csv, .npz or a folder of images")
 
 
@@ -282,7 +308,7 @@ def predict(model_uri: str, input_path: str | Path, drop: list[str] | None = Non
     """Load `model_uri`, read and check `input_path`, return the predictions frame (MLflow must be configured)."""
     from mlflow.exceptions import MlflowException
 
-    from dlpipe.tracking.model_logging import feature_names_of, input_shape_of
+    from dlpipe.tracking.model_logging import categorical_of, feature_names_of, input_shape_of
 
     if not Path(input_path).exists():
         raise BadInputError(f"--input: no such file or folder {str(input_path)!r}")
@@ -290,7 +316,7 @@ def predict(model_uri: str, input_path: str | Path, drop: list[str] | None = Non
     shape = input_shape_of(model)
     if shape is None:
         raise ModelError(f"--model: {model_uri!r} has no tensor or feature-column input signature; not a dlpipe model?")
-    X, files = load_inputs(input_path, shape, drop, feature_names_of(model))
+    X, files = load_inputs(input_path, shape, drop, feature_names_of(model), categorical_of(model))
     try:
         probs = model.predict(X)
     except MlflowException as exc:

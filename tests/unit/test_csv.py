@@ -85,14 +85,40 @@ def test_missing_labels_are_reported_too(tmp_path):
         read_csv_dataset(path, "target")
 
 
-def test_non_numeric_feature_column_is_named(tmp_path):
-    path = write_csv(tmp_path / "d.csv", "a,colour,target\n1,red,0\n2,blue,1\n3,red,1\n")
+def test_text_feature_columns_become_category_codes_with_their_vocabulary(tmp_path):
+    path = write_csv(tmp_path / "d.csv", "a,colour,target,size\n1,red,0,L\n2,blue,1,S\n3,red,1,M\n4,green,0,S\n")
+    ds = read_csv_dataset(path, "target")
+    assert ds.feature_names == ["a", "colour", "size"]
+    assert ds.categories == {"colour": ["blue", "green", "red"], "size": ["L", "M", "S"]}
+    assert ds.X.tolist() == [[1, 3, 1], [2, 1, 3], [3, 3, 2], [4, 2, 3]]  # code i + 1 for vocabulary[i]
+    features = ds.features
+    assert features.categorical == [1, 2] and features.numeric == [0]
+    assert features.cardinality("colour") == 4  # three colours and the unknown code 0
+    assert features.encode("colour", ["red", "purple", None]).tolist() == [3, 0, 0]
+
+
+def test_listed_numeric_columns_are_categories_read_as_text(tmp_path):
+    path = write_csv(tmp_path / "d.csv", "zip,x,target\n02134,1.5,0\n10001,2.5,1\n02134,3.5,1\n")
+    ds = read_csv_dataset(path, "target", categorical=["zip"])
+    assert ds.categories == {"zip": ["02134", "10001"]}  # the text as written: the leading zero is kept
+    assert ds.X[:, 0].tolist() == [1, 2, 1] and ds.X[:, 1].tolist() == [1.5, 2.5, 3.5]
+    params = DataParams(name="csv", csv=CsvParams(path=str(path), categorical=["zip"]))
+    assert load_dataset("csv", tmp_path, params).categories == ds.categories
+
+
+def test_a_listed_categorical_column_must_exist_and_not_be_the_target(tmp_path):
+    path = write_csv(tmp_path / "d.csv", "a,b,target\n1,2,0\n3,4,1\n")
     with pytest.raises(DataError) as info:
+        read_csv_dataset(path, "target", categorical=["b", "colour"])
+    assert str(info.value) == f"data.csv.categorical: no column(s) colour in {path}; columns: a, b, target"
+    with pytest.raises(DataError, match=r"data\.csv\.categorical: 'target' is the target column"):
+        read_csv_dataset(path, "target", categorical=["target"])
+
+
+def test_missing_categories_are_refused_like_missing_numbers(tmp_path):
+    path = write_csv(tmp_path / "d.csv", "a,colour,target\n1,red,0\n2,,1\n3,red,1\n")
+    with pytest.raises(DataError, match=r"missing values in column\(s\) colour \(1\)"):
         read_csv_dataset(path, "target")
-    message = str(info.value)
-    assert "non-numeric feature column(s) colour;" in message
-    assert "encode them as numbers" in message
-    assert " a," not in message and "a;" not in message
 
 
 def test_a_single_class_is_rejected(tmp_path):

@@ -1,28 +1,25 @@
-"""The architecture registry: output shapes on every input kind, shape checks, ResNet weights, recurrent heads,
-the autoencoder's decoder and the GAN's generator."""
+"""The architecture registry: output shapes on every input kind, shape checks, recurrent heads, the autoencoder's
+decoder and the GAN's generator (transfer learning: test_transfer.py; categorical tabular inputs:
+test_categorical.py)."""
 
 from __future__ import annotations
 
-import urllib.error
-
 import pytest
 import torch
-import torchvision
 from torch import nn
 
-from dlpipe.errors import ConfigError, ModelError
+from dlpipe.errors import ConfigError
 from dlpipe.models import ARCHITECTURES, build_model, get_architecture
 from dlpipe.models.registry import Architecture
 
 IMAGE_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 TABULAR_SHAPE = (30,)
 TABULAR_ARCHS = ("perceptron", "mlp", "wide_deep", "autoencoder")
-IMAGE_ONLY_ARCHS = ("cnn", "rnn", "lstm", "gru", "transformer", "resnet", "gan")
+IMAGE_ONLY_ARCHS = ("cnn", "rnn", "lstm", "gru", "transformer", "resnet", "transfer", "gan")
 RECURRENT = ("rnn", "lstm", "gru")
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu")
 INITS = ("default", "xavier", "kaiming")
 NUM_CLASSES = 10
-RESNET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 
 
 def build(arch: str, input_shape: tuple[int, ...], num_classes: int = NUM_CLASSES, **params) -> nn.Module:
@@ -253,98 +250,8 @@ def test_recurrent_head_reads_the_last_layers_final_states(arch):
         assert torch.allclose(model(x), expected, atol=1e-6)
 
 
-# --- ResNet ---
+# --- autoencoder and GAN ---
 
-
-@pytest.fixture(scope="module")
-def imagenet_like(tmp_path_factory) -> tuple[str, dict[str, torch.Tensor]]:
-    """A torchvision ResNet-18 state_dict (random, seeded) saved where `weights_path` can point."""
-    torch.manual_seed(123)
-    state = torchvision.models.resnet18(weights=None).state_dict()
-    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
-    torch.save(state, path)
-    return str(path), state
-
-
-def test_resnet_loads_a_local_weights_file(imagenet_like):
-    path, state = imagenet_like
-    model = build("resnet", (3, 64, 64), pretrained=True, weights_path=path)
-    assert torch.equal(model.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
-    assert torch.equal(model.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
-    assert torch.equal(model.conv1.weight, state["conv1.weight"])  # 3-channel, large image: stem kept as is
-    assert model.fc.out_features == NUM_CLASSES
-    fresh = build("resnet", (3, 64, 64), pretrained=False, weights_path=path)  # the path alone loads nothing
-    assert not torch.equal(fresh.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
-
-
-def test_resnet_small_grey_images_get_a_stem_from_the_kernel_centre(imagenet_like):
-    path, state = imagenet_like
-    model = build("resnet", (1, 8, 8), pretrained=True, weights_path=path, maxpool=None)
-    stem = model.conv1
-    assert (stem.in_channels, stem.kernel_size, stem.stride, stem.padding) == (1, (3, 3), (1, 1), (1, 1))
-    expected = state["conv1.weight"][:, :, 2:5, 2:5].mean(dim=1, keepdim=True) * 3
-    assert torch.allclose(stem.weight, expected)
-    assert isinstance(model.maxpool, nn.Identity)
-    colour = build("resnet", (3, 32, 32), pretrained=True, weights_path=path)
-    assert torch.equal(colour.conv1.weight, state["conv1.weight"][:, :, 2:5, 2:5])
-
-
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_resnet_freeze_backbone_trains_only_the_head(imagenet_like, dropout):
-    path, _ = imagenet_like
-    model = build("resnet", (1, 8, 8), pretrained=True, weights_path=path, freeze_backbone=True, dropout=dropout)
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    head = {"fc.weight", "fc.bias"} if dropout == 0 else {"fc.1.weight", "fc.1.bias"}
-    assert trainable == head
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    model.train()
-    nn.functional.cross_entropy(model(torch.randn(4, 1, 8, 8)), torch.tensor([0, 1, 2, 3])).backward()
-    opt.step()
-    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
-    assert changed == head
-    unfrozen = build("resnet", (1, 8, 8), pretrained=True, weights_path=path)
-    assert all(p.requires_grad for p in unfrozen.parameters())
-
-
-def test_resnet_pretrained_without_network_names_the_url(monkeypatch):
-    from torchvision.models import ResNet18_Weights
-
-    calls = []
-
-    def offline(*args, **kwargs):
-        calls.append(args)
-        raise urllib.error.URLError("no network in tests")
-
-    monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)  # belt and braces: never download
-    with pytest.raises(ModelError) as err:
-        build("resnet", (1, 8, 8), pretrained=True)
-    message = str(err.value)
-    assert RESNET_URL in message
-    assert "models.resnet.weights_path" in message and "no network in tests" in message
-    assert calls  # the download path was really taken
-
-
-def test_resnet_missing_weights_file_is_a_model_error(tmp_path):
-    missing = tmp_path / "nope.pth"
-    with pytest.raises(ModelError, match=r"models\.resnet\.weights_path: no such file .*nope\.pth"):
-        build("resnet", (1, 8, 8), pretrained=True, weights_path=str(missing))
-
-
-def test_resnet_stem_maxpool_follows_the_param():
-    from dlpipe.models.resnet import ResNetParams
-
-    small = build_model("resnet", ResNetParams(maxpool=None), (1, 8, 8), 10)
-    assert isinstance(small.maxpool, nn.Identity)  # null: dropped below 64 px
-    kept = build_model("resnet", ResNetParams(maxpool=True), (1, 8, 8), 10)
-    assert isinstance(kept.maxpool, nn.MaxPool2d)
-    assert kept(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
-    big = build_model("resnet", ResNetParams(maxpool=False), (3, 64, 64), 10)
-    assert isinstance(big.maxpool, nn.Identity)
-
-
-# --- autoencoder and GAN: the registered network is the classifier; decoder and generator are built beside it ---
 
 ALL_SHAPES = [*IMAGE_SHAPES, TABULAR_SHAPE, (1, 7, 5)]  # (1, 7, 5): odd sides, which the transposed convs must meet
 

@@ -1,13 +1,79 @@
-"""The common in-memory form of every dataset."""
+"""The common in-memory form of every dataset, and the description of a tabular dataset's columns."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
+import numpy as np
 import torch
 
 InputKind = Literal["image", "tabular"]
+UNKNOWN = 0  # the code of a category outside a column's vocabulary (unseen, missing)
+
+
+@dataclass(frozen=True)
+class Features:
+    """The columns of a tabular X, in order, and the vocabulary of each categorical one.
+
+    A categorical column holds integer codes: `vocabularies[name][i]` is code i + 1, and 0 (`UNKNOWN`) stands for
+    any other value. Numeric columns hold numbers. Models read this to embed or one-hot the code columns; the
+    normaliser leaves them unscaled; the served model maps text to codes with the vocabularies.
+    """
+
+    names: tuple[str, ...]
+    vocabularies: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = tuple(str(n) for n in self.names)
+        vocabularies = {str(k): tuple(str(v) for v in vocab) for k, vocab in self.vocabularies.items()}
+        unknown = [k for k in vocabularies if k not in names]
+        if unknown:
+            raise ValueError(f"vocabularies of column(s) {', '.join(unknown)} that are not features")
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "vocabularies", {n: vocabularies[n] for n in names if n in vocabularies})
+
+    @property
+    def categorical(self) -> list[int]:
+        """Column indices of the categorical features, in X's order."""
+        return [i for i, n in enumerate(self.names) if n in self.vocabularies]
+
+    @property
+    def numeric(self) -> list[int]:
+        return [i for i, n in enumerate(self.names) if n not in self.vocabularies]
+
+    def cardinality(self, column: int | str) -> int:
+        """How many codes a categorical column takes: its categories plus the unknown code 0."""
+        name = self.names[column] if isinstance(column, int) else column
+        return len(self.vocabularies[name]) + 1
+
+    def encode(self, name: str, values: Iterable[Any]) -> np.ndarray:
+        """Codes of text `values` of column `name` (anything outside the vocabulary is `UNKNOWN`)."""
+        index = {v: i + 1 for i, v in enumerate(self.vocabularies[name])}
+        return np.array([index.get(_text(v), UNKNOWN) for v in values], dtype=np.int64)
+
+    def decode(self, name: str, codes: Iterable[Any]) -> list[str | None]:
+        """The category of each code (None for the unknown code)."""
+        vocab = self.vocabularies[name]
+        return [vocab[int(c) - 1] if 1 <= int(c) <= len(vocab) else None for c in codes]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"names": list(self.names), "vocabularies": {k: list(v) for k, v in self.vocabularies.items()}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Features:
+        return cls(tuple(data["names"]), {k: tuple(v) for k, v in (data.get("vocabularies") or {}).items()})
+
+
+def _text(value: Any) -> Any:
+    """A CSV cell as the vocabulary holds it: text as it is, other values (numbers from JSON) as text; None and NaN
+    stay what they are (unknown)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return str(value)
 
 
 @dataclass
@@ -16,6 +82,7 @@ class Dataset:
 
     `feature_names`: the column names of a tabular dataset's features, in X's column order (a CSV header,
     scikit-learn's feature names); None for images and for data saved before names were recorded.
+    `categories`: the vocabulary of each categorical feature (by name); its column of X holds codes (see `Features`).
     """
 
     name: str
@@ -24,6 +91,7 @@ class Dataset:
     kind: InputKind
     class_names: list[str]
     feature_names: list[str] | None = None
+    categories: dict[str, list[str]] | None = None
 
     def __post_init__(self) -> None:
         if self.X.dtype != torch.float32 or self.y.dtype != torch.int64:
@@ -40,6 +108,26 @@ class Dataset:
                     f"once, got {len(names)} ({len(set(names))} distinct)"
                 )
             self.feature_names = names
+        if self.categories:
+            self._check_codes()
+
+    def _check_codes(self) -> None:
+        if self.feature_names is None:
+            raise ValueError(f"dataset {self.name}: categorical columns need feature_names")
+        features = Features(tuple(self.feature_names), {k: tuple(v) for k, v in self.categories.items()})
+        for i in features.categorical:
+            codes = self.X[:, i]
+            top = features.cardinality(i) - 1
+            if ((codes != codes.round()) | (codes < 0) | (codes > top)).any():
+                raise ValueError(f"dataset {self.name}: column {features.names[i]!r} must hold codes 0..{top}")
+        self.categories = {k: list(v) for k, v in features.vocabularies.items()}
+
+    @property
+    def features(self) -> Features | None:
+        """The tabular columns (names, categorical vocabularies); None for images and unnamed features."""
+        if self.feature_names is None:
+            return None
+        return Features(tuple(self.feature_names), {k: tuple(v) for k, v in (self.categories or {}).items()})
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -1,7 +1,15 @@
-"""A user's CSV file: numeric feature columns plus one target column (numbers or text labels)."""
+"""A user's CSV file: feature columns (numbers, or categories) plus one target column (numbers or text labels).
+
+A feature column is categorical when it holds text (anything pandas does not read as numbers) or is listed in
+`data.csv.categorical` (integer-coded categories such as zip codes). Categorical columns are read as text; their
+sorted distinct values are the column's vocabulary (stored in dataset.json) and X holds codes 1..V for them, with 0
+reserved for categories the data never showed (see `data.base.Features`).
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,28 +21,40 @@ from dlpipe.data.base import Dataset
 from dlpipe.data.registry import register_dataset
 from dlpipe.errors import DataError
 
+log = logging.getLogger(__name__)
+
 
 @register_dataset("csv", "tabular", "your CSV file: data.csv.path, target column data.csv.target")
 def load_csv_dataset(root: Path, data_params: Any) -> Dataset:
     csv = data_params.csv
     if not csv.path:
         raise DataError("data.csv.path: required when data.name is 'csv'")
-    return read_csv_dataset(Path(csv.path), csv.target)
+    return read_csv_dataset(Path(csv.path), csv.target, csv.categorical)
 
 
-def read_csv_dataset(path: Path, target: str) -> Dataset:
+def _read(path: Path, **kwargs: Any) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV file ({exc})") from None
+
+
+def read_csv_dataset(path: Path, target: str, categorical: Sequence[str] = ()) -> Dataset:
     """Parse a CSV into a tabular Dataset; every problem is a DataError naming the file and column."""
     if not path.is_file():
         raise DataError(f"data.csv.path: no such file {str(path)!r}")
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CSV file ({exc})") from None
-    if target not in frame.columns:
+    columns = [str(c) for c in _read(path, nrows=0).columns]
+    if target not in columns:
+        raise DataError(f"{path}: target column {target!r} (data.csv.target) not found; columns: {', '.join(columns)}")
+    listed = list(dict.fromkeys(str(c) for c in categorical))
+    absent = [c for c in listed if c not in columns]
+    if absent:
         raise DataError(
-            f"{path}: target column {target!r} (data.csv.target) not found; "
-            f"columns: {', '.join(map(str, frame.columns))}"
+            f"data.csv.categorical: no column(s) {', '.join(absent)} in {path}; columns: {', '.join(columns)}"
         )
+    if target in listed:
+        raise DataError(f"data.csv.categorical: {target!r} is the target column (data.csv.target), not a feature")
+    frame = _read(path, dtype={c: str for c in listed})
     missing = frame.isna().sum()
     missing = missing[missing > 0]
     if len(missing):
@@ -43,9 +63,18 @@ def read_csv_dataset(path: Path, target: str) -> Dataset:
     features = frame.drop(columns=[target])
     if features.shape[1] == 0:
         raise DataError(f"{path}: no feature columns besides the target {target!r}")
-    non_numeric = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
-    if non_numeric:
-        raise DataError(f"{path}: non-numeric feature column(s) {', '.join(non_numeric)}; encode them as numbers")
+    features.columns = [str(c) for c in features.columns]
+    coded = [c for c in features.columns if c in listed or not pd.api.types.is_numeric_dtype(features[c])]
+    vocabularies = {}
+    for name in coded:
+        text = features[name].astype(str)
+        vocab = sorted(text.unique())
+        index = {v: i + 1 for i, v in enumerate(vocab)}
+        features[name] = text.map(index).astype(np.float64)
+        vocabularies[name] = vocab
+    if vocabularies:
+        shown = ", ".join(f"{n} ({len(v)} categories)" for n, v in vocabularies.items())
+        log.info("%s: categorical column(s) %s", path, shown)
     labels = frame[target]
     classes = sorted(labels.unique(), key=lambda v: (str(type(v)), v))
     if len(classes) < 2:
@@ -53,5 +82,6 @@ def read_csv_dataset(path: Path, target: str) -> Dataset:
     index = {c: i for i, c in enumerate(classes)}
     y = torch.from_numpy(labels.map(index).to_numpy(np.int64, copy=True))  # writable (pandas copy-on-write)
     X = torch.from_numpy(features.to_numpy(np.float32, copy=True))
-    names = [str(c) for c in features.columns]
-    return Dataset("csv", X, y, "tabular", [str(c) for c in classes], feature_names=names)
+    names = list(features.columns)
+    class_names = [str(c) for c in classes]
+    return Dataset("csv", X, y, "tabular", class_names, feature_names=names, categories=vocabularies or None)

@@ -89,7 +89,7 @@ class PreparedData:
         """Train on `train_idx` (normaliser fitted there), validate on `val_idx`; with `labeled_fraction` < 1 only
         a stratified fraction of `train_idx` (drawn with `seed`) keeps its labels."""
         X = self.dataset.X
-        norm = Normalizer.fit(X[torch.from_numpy(train_idx)]) if self.normalize else Normalizer.identity(X)
+        norm = Normalizer.fit(X[torch.from_numpy(train_idx)], self.dataset.features, self.normalize)
         labeled, hidden = labeled_subset(self.y_numpy, train_idx, self.labeled_fraction, seed)
         unlabeled = None
         if len(hidden):

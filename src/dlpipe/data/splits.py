@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold, train_test_split
+from torch import nn
 
+from dlpipe.data.base import UNKNOWN, Features
 from dlpipe.errors import DataError
 
 
@@ -115,23 +117,81 @@ def labeled_subset(y: np.ndarray, idx: np.ndarray, fraction: float, seed: int) -
 
 @dataclass
 class Normalizer:
-    """Per-channel (images) or per-feature (tabular) standardisation."""
+    """Per-channel (images) or per-feature (tabular) standardisation, fitted on the samples a model trains on.
+
+    Categorical columns (`features`) hold codes: they are never scaled. A code the fitted samples did not show (a
+    category met only in validation, test or serving data, or no valid code at all) becomes the unknown code 0, so
+    what the model never trained on is treated alike wherever it appears. `seen` holds, per categorical column in
+    order, one flag per code. `module()` is the same transform as an nn.Module (the exported model carries it).
+    """
 
     mean: torch.Tensor
     std: torch.Tensor
+    features: Features | None = None
+    seen: torch.Tensor | None = None
 
     @classmethod
-    def fit(cls, X: torch.Tensor) -> Normalizer:
-        dims = (0, 2, 3) if X.dim() == 4 else (0,)
-        mean = X.mean(dim=dims, keepdim=True)[0]
-        std = X.std(dim=dims, keepdim=True)[0]
-        std = torch.where(std > 1e-8, std, torch.ones_like(std))
-        return cls(mean.float(), std.float())
+    def fit(cls, X: torch.Tensor, features: Features | None = None, standardize: bool = True) -> Normalizer:
+        """Statistics of `X` (with `standardize`; else mean 0, std 1) and the codes each categorical column shows."""
+        if standardize:
+            dims = (0, 2, 3) if X.dim() == 4 else (0,)
+            mean = X.mean(dim=dims, keepdim=True)[0].float()
+            std = X.std(dim=dims, keepdim=True)[0].float()
+            std = torch.where(std > 1e-8, std, torch.ones_like(std))
+        else:
+            mean, std = cls.identity(X).mean, cls.identity(X).std
+        columns = features.categorical if features is not None else []
+        if not columns:
+            return cls(mean, std, features)
+        mean, std = mean.clone(), std.clone()
+        mean[columns], std[columns] = 0.0, 1.0
+        seen = []
+        for i in columns:
+            size = features.cardinality(i)
+            codes = X[:, i].long().clamp(0, size - 1)
+            shown = torch.bincount(codes, minlength=size) > 0
+            shown[UNKNOWN] = True
+            seen.append(shown)
+        return cls(mean, std, features, torch.cat(seen))
 
     @classmethod
     def identity(cls, X: torch.Tensor) -> Normalizer:
         shape = (X.shape[1], 1, 1) if X.dim() == 4 else (X.shape[1],)
         return cls(torch.zeros(shape), torch.ones(shape))
 
+    def module(self) -> InputTransform:
+        return InputTransform(self)
+
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
-        return (X - self.mean.to(X.device)) / self.std.to(X.device)
+        if self.seen is None:
+            return (X - self.mean.to(X.device)) / self.std.to(X.device)
+        with torch.no_grad():
+            return self.module().to(X.device)(X)
+
+
+class InputTransform(nn.Module):
+    """A `Normalizer` as a module: standardise, then map codes the fitted data never showed to the unknown code."""
+
+    def __init__(self, norm: Normalizer):
+        super().__init__()
+        self.register_buffer("mean", norm.mean.detach().float().cpu().clone())
+        self.register_buffer("std", norm.std.detach().float().cpu().clone())
+        columns = norm.features.categorical if norm.features is not None and norm.seen is not None else []
+        self.codes = bool(columns)
+        if self.codes:
+            sizes = torch.tensor([norm.features.cardinality(i) for i in columns])
+            self.register_buffer("columns", torch.tensor(columns))
+            self.register_buffer("sizes", sizes)
+            self.register_buffer("offsets", torch.cumsum(sizes, 0) - sizes)
+            self.register_buffer("seen", norm.seen.detach().cpu().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        if not self.codes:
+            return x
+        values = x.index_select(1, self.columns)
+        codes = values.long()
+        valid = (values == codes.to(values.dtype)) & (codes >= 0) & (codes < self.sizes)
+        codes = torch.where(valid, codes, 0)
+        known = self.seen[self.offsets + codes]
+        return x.index_copy(1, self.columns, torch.where(known, codes, UNKNOWN).to(x.dtype))

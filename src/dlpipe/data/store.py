@@ -1,7 +1,8 @@
 """On-disk form of fetched datasets and prepared splits (NumPy .npz plus JSON metadata; no pickles).
 
 dataset.json: name, kind, input_shape, class_names, n_samples, sha256 (of dataset.npz) and, for tabular data,
-feature_names (X's column names in order). Files written before feature_names existed still load (no names).
+feature_names (X's column names in order) and, when some are categorical, `categories` (column name -> vocabulary;
+X holds code i + 1 for vocabulary[i], 0 for unknown). Files written before feature_names existed still load.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlpipe.data.base import Dataset
+from dlpipe.data.base import Dataset, Features
 from dlpipe.data.splits import Splits
 from dlpipe.errors import DataError
 from dlpipe.io import atomic_path, read_json, sha256_file, write_json
@@ -36,6 +37,8 @@ def save_dataset(ds: Dataset, folder: Path) -> dict:
     }
     if ds.feature_names is not None:
         meta["feature_names"] = list(ds.feature_names)
+    if ds.categories:
+        meta["categories"] = {name: list(vocab) for name, vocab in ds.categories.items()}
     write_json(folder / DATASET_META, meta)
     return meta
 
@@ -49,8 +52,8 @@ def load_saved_dataset(folder: Path, verify: bool = False) -> Dataset:
         raise DataError(f"{data_path}: checksum does not match {meta_path}; run the fetch stage again")
     with np.load(data_path) as npz:
         X, y = torch.from_numpy(npz["X"]), torch.from_numpy(npz["y"])
-    names = meta.get("feature_names")
-    return Dataset(meta["name"], X, y, meta["kind"], list(meta["class_names"]), feature_names=names)
+    names, categories = meta.get("feature_names"), meta.get("categories")
+    return Dataset(meta["name"], X, y, meta["kind"], list(meta["class_names"]), names, categories)
 
 
 def dataset_digest(folder: Path) -> str:
@@ -62,6 +65,13 @@ def dataset_feature_names(folder: Path) -> list[str] | None:
     """The fetched tabular dataset's feature column names, in X's order (None: images, or an older dataset.json)."""
     names = read_json(folder / DATASET_META).get("feature_names")
     return None if names is None else [str(n) for n in names]
+
+
+def dataset_features(folder: Path) -> Features | None:
+    """The fetched tabular dataset's columns with their categorical vocabularies (None: images, or older data)."""
+    meta = read_json(folder / DATASET_META)
+    names = meta.get("feature_names")
+    return None if names is None else Features(tuple(names), meta.get("categories") or {})
 
 
 def save_splits(splits: Splits, subset: np.ndarray, path: Path) -> None:

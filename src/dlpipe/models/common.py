@@ -1,11 +1,15 @@
-"""Pieces shared by the architecture families: param fields, activations, weight init."""
+"""Pieces shared by the architecture families: param fields, activations, weight init, tabular inputs with
+categorical columns."""
 
 from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+
+from dlpipe.data.base import UNKNOWN, Features
 
 Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "gelu"]
 Init = Literal["default", "xavier", "kaiming"]
@@ -79,3 +83,53 @@ def flat_size(input_shape: tuple[int, ...]) -> int:
     for d in input_shape:
         size *= d
     return size
+
+
+def has_categories(features: Features | None) -> bool:
+    return features is not None and bool(features.categorical)
+
+
+def category_codes(x: torch.Tensor, column: int, size: int) -> torch.Tensor:
+    """Column `column` of `x` as integer codes; anything outside 0..size-1 is the unknown code 0."""
+    codes = x[:, column].long()
+    return torch.where((codes >= 0) & (codes < size), codes, 0)
+
+
+class OneHotInput(nn.Module):
+    """Tabular rows as numbers: the numeric columns as they are, then each categorical column one-hot over its
+    vocabulary (the unknown code 0 is all zeros)."""
+
+    def __init__(self, features: Features):
+        super().__init__()
+        self.register_buffer("numeric", torch.tensor(features.numeric, dtype=torch.long), persistent=False)
+        self.columns = features.categorical
+        self.sizes = [features.cardinality(i) for i in self.columns]
+        for i, size in enumerate(self.sizes):
+            self.register_buffer(f"categories_{i}", torch.arange(1, size), persistent=False)
+        self.width = len(features.numeric) + sum(size - 1 for size in self.sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [x.index_select(1, self.numeric)]
+        for i, (column, size) in enumerate(zip(self.columns, self.sizes, strict=True)):
+            codes = category_codes(x, column, size)
+            parts.append((codes.unsqueeze(1) == getattr(self, f"categories_{i}")).to(x.dtype))
+        return torch.cat(parts, dim=1)
+
+
+class EmbeddedInput(nn.Module):
+    """Tabular rows as numbers: the numeric columns as they are, then a learned `dim`-vector per categorical column
+    (the unknown code's vector is zero and stays zero)."""
+
+    def __init__(self, features: Features, dim: int):
+        super().__init__()
+        self.register_buffer("numeric", torch.tensor(features.numeric, dtype=torch.long), persistent=False)
+        self.columns = features.categorical
+        self.sizes = [features.cardinality(i) for i in self.columns]
+        self.embeddings = nn.ModuleList(nn.Embedding(size, dim, padding_idx=UNKNOWN) for size in self.sizes)
+        self.width = len(features.numeric) + dim * len(self.columns)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [x.index_select(1, self.numeric)]
+        for column, size, embedding in zip(self.columns, self.sizes, self.embeddings, strict=True):
+            parts.append(embedding(category_codes(x, column, size)))
+        return torch.cat(parts, dim=1)

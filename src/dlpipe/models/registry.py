@@ -10,9 +10,12 @@ from typing import Any
 from pydantic import BaseModel
 from torch import nn
 
+from dlpipe.data.base import Features
 from dlpipe.errors import ConfigError
 
-Builder = Callable[[BaseModel, tuple[int, ...], int], nn.Module]
+# build(params, input_shape, num_classes) -> nn.Module; a family registered with `features=True` also gets
+# `features=` (the tabular columns: names, categorical vocabularies; None for images)
+Builder = Callable[..., nn.Module]
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class Architecture:
     # The LightningModule that trains it, as "package.module:Class" (imported only when training; the default is
     # the shared classifier). A family with its own training (reconstruction, adversarial) names its module here.
     module: str = "dlpipe.training.module:Classifier"
+    features: bool = False  # the builder takes `features=` (categorical columns of tabular data)
 
     def module_class(self) -> type:
         path, _, name = self.module.partition(":")
@@ -43,15 +47,18 @@ def register(
     description: str,
     space: dict[str, dict[str, Any]] | None = None,
     module: str | None = None,
+    features: bool = False,
 ) -> Callable[[Builder], Builder]:
     """Register `build(params, input_shape, num_classes) -> nn.Module` under `name`, with its default search space
-    (`tune.spaces.<name>`: `model.<key>` / `train.<key>` -> an Optuna distribution, as in params.yaml)."""
+    (`tune.spaces.<name>`: `model.<key>` / `train.<key>` -> an Optuna distribution, as in params.yaml). With
+    `features`, the builder is also called with `features=` (a `data.base.Features` for tabular data, else None)."""
 
     def decorator(build: Builder) -> Builder:
         if name in ARCHITECTURES:
             raise RuntimeError(f"architecture {name!r} registered twice")
-        extra = {"module": module} if module else {}
-        ARCHITECTURES[name] = Architecture(name, params, frozenset(kinds), build, description, space or {}, **extra)
+        extra: dict[str, Any] = {"module": module} if module else {}
+        arch = Architecture(name, params, frozenset(kinds), build, description, space or {}, features=features, **extra)
+        ARCHITECTURES[name] = arch
         return build
 
     return decorator
@@ -64,9 +71,18 @@ def get_architecture(name: str) -> Architecture:
         raise ConfigError(f"unknown architecture {name!r}; allowed: {', '.join(ARCHITECTURES)}") from None
 
 
-def build_model(name: str, params: BaseModel, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Build architecture `name` for inputs of `input_shape` (no batch dim) and `num_classes` outputs."""
+def build_model(
+    name: str,
+    params: BaseModel,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    features: Features | None = None,
+) -> nn.Module:
+    """Build architecture `name` for inputs of `input_shape` (no batch dim) and `num_classes` outputs; `features`
+    describes tabular columns (which hold category codes) to the families that read it."""
     arch = get_architecture(name)
     if not isinstance(params, arch.params):
         params = arch.params.model_validate(params)
+    if arch.features:
+        return arch.build(params, tuple(input_shape), num_classes, features=features)
     return arch.build(params, tuple(input_shape), num_classes)

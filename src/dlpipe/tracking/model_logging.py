@@ -6,9 +6,10 @@ torch, numpy, pandas and mlflow but not dlpipe. Outputs: `prediction` (the class
 point: argmax, or a threshold on the positive class's probability) and `prob_<class>` per class. Inputs:
 - image models (and tabular models logged without feature names): a float32 tensor of the dataset's shape
   (N x C x H x W images in [0, 1], or N x F features), matched by position;
-- tabular models logged with `feature_names`: one named column per feature (ColSpec, double), so MLflow's schema
-  enforcement, the served model and `dlpipe predict` match columns by name, in any order; the pyfunc reorders
-  them by name before the exported program.
+- tabular models logged with `feature_names`: one named column per feature, so MLflow's schema enforcement, the
+  served model and `dlpipe predict` match columns by name, in any order; the pyfunc reorders them by name before
+  the exported program. Numeric columns are doubles; categorical columns are strings (the raw text), which the
+  pyfunc maps to codes with the vocabularies the program carries (`features.json`; an unseen category is unknown).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import pandas as pd
 import torch
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
-from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.types import ColSpec, DataType, Schema, TensorSpec
 from torch import nn
 
+from dlpipe.data.base import Features
 from dlpipe.data.splits import Normalizer
 from dlpipe.errors import ModelError
 
@@ -35,35 +37,39 @@ log = logging.getLogger(__name__)
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 PROGRAM_FILE = "model.pt2"
 META_FILE = "serving.json"
+FEATURES_FILE = "features.json"  # inside the exported program: the tabular columns and their vocabularies
 PREDICTION = "prediction"  # the output column with the predicted class name (under the model's operating point)
 
 
 class ServingNet(nn.Module):
-    """Raw input -> normalise with the training statistics -> network -> (temperature) -> class probabilities."""
+    """Raw input -> the training normaliser (standardisation; codes the training data never showed -> unknown) ->
+    network -> (temperature) -> class probabilities."""
 
     def __init__(self, net: nn.Module, normalizer: Normalizer, temperature: float = 1.0):
         super().__init__()
         self.net = net
-        self.register_buffer("mean", normalizer.mean.detach().float().cpu().clone())
-        self.register_buffer("std", normalizer.std.detach().float().cpu().clone())
+        self.normalize = normalizer.module()
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net((x - self.mean) / self.std) / self.temperature, dim=1)
+        return torch.softmax(self.net(self.normalize(x)) / self.temperature, dim=1)
 
 
 def export_program(net: nn.Module, normalizer: Normalizer, example: torch.Tensor, path: Path,
                    temperature: float = 1.0, check: torch.Tensor | None = None) -> None:  # fmt: skip
     """Export `ServingNet(net, normalizer, temperature)` (CPU, eval mode, any batch size) to `path`, reload it and
-    check it gives the network's probabilities on `check` (raw inputs, e.g. the whole test set; default `example`)."""
+    check it gives the network's probabilities on `check` (raw inputs, e.g. the whole test set; default `example`).
+    A normaliser with categorical columns puts their vocabularies into the program (`program_features`)."""
     serving = ServingNet(net, normalizer, temperature).cpu().eval()
     example = example[:4].float().cpu()
     if len(example) < 2:  # a batch of 1 would let the exporter specialise the batch size
         example = example.repeat(2, *([1] * (example.dim() - 1)))
     check = example if check is None else check.float().cpu()
+    features = normalizer.features
+    extra = {FEATURES_FILE: json.dumps(features.to_json())} if features is not None and features.vocabularies else None
     try:
         program = torch.export.export(serving, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
-        torch.export.save(program, str(path))
+        torch.export.save(program, str(path), extra_files=extra)
         reloaded = torch.export.load(str(path)).module()
         with torch.no_grad():
             worst = float((reloaded(check) - serving(check)).abs().max()) if len(check) else 0.0
@@ -71,6 +77,25 @@ def export_program(net: nn.Module, normalizer: Normalizer, example: torch.Tensor
         raise ModelError(f"could not export the model for serving: {type(exc).__name__}: {exc}") from exc
     if worst > 1e-5:
         raise ModelError(f"the exported model's probabilities differ from the trained network's by up to {worst:.2g}")
+
+
+def program_features(path: Path) -> Features | None:
+    """The tabular columns with categorical vocabularies an exported program carries (None: it has none)."""
+    extra = {FEATURES_FILE: ""}
+    torch.export.load(str(path), extra_files=extra)
+    return Features.from_json(json.loads(extra[FEATURES_FILE])) if extra[FEATURES_FILE] else None
+
+
+def input_frame(X: np.ndarray, feature_names: list[str], features: Features | None = None) -> pd.DataFrame:
+    """Rows of raw X (categorical columns as codes) as a model with named columns takes them: numeric columns as
+    doubles, categorical ones as their text (the unknown code as a missing value)."""
+    flat = np.asarray(X).reshape(len(X), -1)
+    frame = pd.DataFrame(flat.astype(np.float64), columns=feature_names)
+    for name in features.vocabularies if features is not None else ():
+        if name not in feature_names:
+            continue
+        frame[name] = pd.Series(features.decode(name, flat[:, feature_names.index(name)]), dtype=object)
+    return frame
 
 
 def check_feature_names(feature_names: list[str] | None, input_shape: tuple[int, ...]) -> list[str] | None:
@@ -87,14 +112,19 @@ def check_feature_names(feature_names: list[str] | None, input_shape: tuple[int,
 
 
 def signature(
-    input_shape: tuple[int, ...], class_names: list[str], feature_names: list[str] | None = None
+    input_shape: tuple[int, ...],
+    class_names: list[str],
+    feature_names: list[str] | None = None,
+    categorical: list[str] | None = None,
 ) -> ModelSignature:
-    """Tensor input (by position), or with `feature_names` one double column per feature (by name)."""
+    """Tensor input (by position), or with `feature_names` one column per feature (by name): a string for each
+    `categorical` one, else a double."""
     names = check_feature_names(feature_names, input_shape)
     if names is None:
         inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *input_shape))])
-    else:
-        inputs = Schema([ColSpec("double", name) for name in names])  # double: JSON numbers arrive as float64/int64
+    else:  # double: JSON numbers arrive as float64/int64
+        text = set(categorical or ())
+        inputs = Schema([ColSpec("string" if name in text else "double", name) for name in names])
     outputs = Schema([ColSpec("string", PREDICTION)] + [ColSpec("float", f"prob_{name}") for name in class_names])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
@@ -125,24 +155,34 @@ def log_classifier(
 ) -> ModelInfo:
     """Log an exported program (see `export_program`) as a pyfunc model named `name` of the active run.
 
-    `feature_names` (tabular data only: X's column names, in order) makes the model take named columns;
-    `decision` (an operating point: rule, threshold on P(positive_class)) decides the `prediction` column; the
-    run's metrics at `step` (e.g. the kept epoch) are linked to the model.
+    `feature_names` (tabular data only: X's column names, in order) makes the model take named columns; those the
+    program's vocabularies name (see `export_program`) are text, `input_example` holds their codes. `decision` (an
+    operating point: rule, threshold on P(positive_class)) decides the `prediction` column; the run's metrics at
+    `step` (e.g. the kept epoch) are linked to the model.
     """
     names = check_feature_names(feature_names, tuple(input_shape))
+    features = program_features(Path(program_path))
+    if features is not None and (names is None or list(features.names) != names):
+        raise ValueError(f"feature_names: {names} are not the columns the program was exported for {features.names}")
+    categories = {k: list(v) for k, v in features.vocabularies.items()} if features is not None else None
     example: np.ndarray | pd.DataFrame = np.asarray(input_example, dtype=np.float32)
     if names is not None:
-        example = pd.DataFrame(example.reshape(len(example), -1).astype(np.float64), columns=names)
+        example = input_frame(example, names, features)
     with tempfile.TemporaryDirectory(prefix="dlpipe-model-") as tmp:
         meta = Path(tmp) / META_FILE
-        info = {"class_names": [str(c) for c in class_names], "input_shape": list(input_shape), "feature_names": names,
-                "decision": decision or {"rule": "argmax", "threshold": None, "positive_class": None}}  # fmt: skip
+        info = {
+            "class_names": [str(c) for c in class_names],
+            "input_shape": list(input_shape),
+            "feature_names": names,
+            "categories": categories,
+            "decision": decision or {"rule": "argmax", "threshold": None, "positive_class": None},
+        }
         meta.write_text(json.dumps(info))
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(MODEL_CODE),
             artifacts={"program": str(program_path), "meta": str(meta)},
-            signature=signature(input_shape, class_names, names),
+            signature=signature(input_shape, class_names, names, list(categories or ())),
             input_example=example,
             pip_requirements=requirements(),
             params={k: str(v) for k, v in (params or {}).items()} or None,
@@ -187,6 +227,14 @@ def feature_names_of(model: mlflow.pyfunc.PyFuncModel) -> list[str] | None:
     if schema is None or schema.is_tensor_spec() or not schema.has_input_names():
         return None
     return [str(n) for n in schema.input_names()]
+
+
+def categorical_of(model: mlflow.pyfunc.PyFuncModel) -> list[str]:
+    """The input columns a tabular model takes as text (its categorical features)."""
+    schema = model.metadata.get_input_schema()
+    if schema is None or schema.is_tensor_spec():
+        return []
+    return [str(c.name) for c in schema.inputs if c.name is not None and c.type == DataType.string]
 
 
 def class_names_of(model: mlflow.pyfunc.PyFuncModel) -> list[str] | None:

@@ -4,13 +4,16 @@ Self-contained on purpose (torch, numpy, pandas and mlflow only; no dlpipe impor
 serves wherever those are installed. Its artifacts:
 - `program`: a `torch.export` program (`model.pt2`) that maps raw inputs (float32, the dataset's X shape, e.g.
   N x C x H x W images in [0, 1] or N x F features) to class probabilities; the training normaliser is inside it.
-- `meta`: JSON with `class_names`, `input_shape` and, for tabular models, `feature_names` (the training columns).
+- `meta`: JSON with `class_names`, `input_shape` and, for tabular models, `feature_names` (the training columns)
+  and `categories` (each categorical column's vocabulary: the program takes code i + 1 for vocabulary[i], 0 for
+  anything else).
 
 `predict` returns a DataFrame: `prediction` (the class name under the model's decision rule from `meta`: argmax,
 or a threshold on one class's probability) and `prob_<class>` per class name. Inputs may be any array-like of
 shape (N, *input_shape), or flattened to (N, prod(input_shape)) (a CSV row of pixels, a DataFrame). A model with
 feature names takes a DataFrame's columns by name, in any order (extra columns are ignored, as MLflow's schema
-enforcement does; a missing one is an error); only unnamed columns (0..F-1) are taken by position.
+enforcement does; a missing one is an error); only unnamed columns (0..F-1) are taken by position. Categorical
+columns take the raw text; a category outside the vocabulary (or a missing value) is the unknown code 0.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class DlpipeClassifier(PythonModel):
         self.input_shape = tuple(int(d) for d in meta["input_shape"])
         names = meta.get("feature_names")
         self.feature_names = None if names is None else [str(n) for n in names]
+        categories = meta.get("categories") or {}
+        self.codes = {str(name): {str(v): i + 1 for i, v in enumerate(vocab)} for name, vocab in categories.items()}
         decision = meta.get("decision") or {}
         self.threshold = decision.get("threshold")
         self.positive = self.class_names.index(str(decision["positive_class"])) if self.threshold is not None else None
@@ -49,8 +54,10 @@ class DlpipeClassifier(PythonModel):
             if len(model_input) != 1:
                 raise ValueError(f"expected one input tensor, got {sorted(model_input)}")
             model_input = next(iter(model_input.values()))
+        if self.codes and not isinstance(model_input, pd.DataFrame) and np.asarray(model_input).dtype == object:
+            model_input = pd.DataFrame(np.asarray(model_input).reshape(len(model_input), -1))  # text by position
         if isinstance(model_input, pd.DataFrame):
-            model_input = self._by_name(model_input).to_numpy()
+            model_input = self._encode(self._by_name(model_input))
         x = np.asarray(model_input, dtype=np.float32)
         size = math.prod(self.input_shape)
         if x.shape[1:] != self.input_shape:
@@ -74,6 +81,20 @@ class DlpipeClassifier(PythonModel):
             )
         return frame[[columns[n] for n in self.feature_names]]
 
+    def _encode(self, frame: pd.DataFrame) -> np.ndarray:
+        """The feature columns as float32, categorical text mapped to its codes (unknown: 0)."""
+        if not self.codes or frame.shape[1] != len(self.feature_names):
+            return frame.to_numpy()  # (a wrong column count is refused by the shape check)
+        out = np.empty(frame.shape, dtype=np.float32)
+        for j, name in enumerate(self.feature_names):
+            column = frame.iloc[:, j]
+            if name in self.codes:
+                index = self.codes[name]
+                out[:, j] = [index.get(_text(v), 0) for v in column]
+            else:
+                out[:, j] = column.to_numpy(dtype=np.float32)
+        return out
+
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         x = torch.from_numpy(self._as_array(model_input))
         with torch.no_grad():
@@ -87,6 +108,15 @@ class DlpipeClassifier(PythonModel):
         for i, name in enumerate(self.class_names):
             out[f"prob_{name}"] = probs[:, i]
         return out
+
+
+def _text(value) -> str | None:
+    """A cell as the vocabulary holds it: text as it is; numbers (JSON, pandas) as text; missing as None."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return str(value)
 
 
 mlflow.models.set_model(DlpipeClassifier())

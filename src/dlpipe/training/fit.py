@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from pydantic import BaseModel
 
 from dlpipe.config import TrainerParams, TrainParams
+from dlpipe.data.base import Features
 from dlpipe.data.prepared import Part, TrainValSplit
 from dlpipe.interrupts import interrupts_kept
 from dlpipe.models import build_model, get_architecture
@@ -40,9 +41,12 @@ class ModelSpec:
     model: BaseModel
     train: TrainParams
 
-    def build(self, input_shape: tuple[int, ...], num_classes: int, class_names: list[str]) -> Classifier:
-        """The network and the LightningModule its family trains it with (the shared Classifier by default)."""
-        net = build_model(self.arch, self.model, input_shape, num_classes)
+    def build(
+        self, input_shape: tuple[int, ...], num_classes: int, class_names: list[str], features: Features | None = None
+    ) -> Classifier:
+        """The network and the LightningModule its family trains it with (the shared Classifier by default);
+        `features`: the tabular columns (categorical vocabularies), for the families that read them."""
+        net = build_model(self.arch, self.model, input_shape, num_classes, features)
         module = get_architecture(self.arch).module_class()
         return module(net, self.train, num_classes, class_names, input_shape)
 
@@ -98,7 +102,7 @@ def fit(
     (on every DDP rank) and `val` that epoch's validation metrics."""
     L.seed_everything(seed, workers=True, verbose=False)
     input_shape = tuple(split.train.X.shape[1:])
-    module = spec.build(input_shape, len(class_names), class_names)
+    module = spec.build(input_shape, len(class_names), class_names, split.normalizer.features)
     # semi-supervised modules (autoencoder, GAN) also learn from unlabelled inputs, and see the input scale
     semi_supervised = getattr(module, "learns_from_unlabeled", False)
     if semi_supervised:

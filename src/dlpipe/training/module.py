@@ -147,8 +147,7 @@ class Classifier(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         p = self.train_params
-        params = [q for q in self.parameters() if q.requires_grad]
-        optimizer = make_optimizer(p, params)
+        optimizer = make_optimizer(p, parameter_groups(self, p.lr))
         if p.scheduler == "none":
             return optimizer
         if p.scheduler == "step":
@@ -160,7 +159,8 @@ class Classifier(L.LightningModule):
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
         else:  # onecycle: stepped every batch
             total = max(1, int(self.trainer.estimated_stepping_batches))
-            sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=p.lr, total_steps=total)
+            max_lr = [group["lr"] for group in optimizer.param_groups]  # each group peaks at its own rate
+            sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
@@ -170,7 +170,20 @@ class Classifier(L.LightningModule):
 Classifier.training_step.__signature__ = inspect.signature(Classifier.training_step)  # type: ignore[attr-defined]
 
 
-def make_optimizer(p: TrainParams, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def parameter_groups(module: L.LightningModule, lr: float) -> list[nn.Parameter] | list[dict[str, Any]]:
+    """The trainable parameters; grouped by learning rate when the network says how (`lr_groups()`: lists of
+    parameters with a factor of `lr`, e.g. a pretrained backbone slower than its new head)."""
+    trainable = [q for q in module.parameters() if q.requires_grad]
+    lr_groups = getattr(module.model, "lr_groups", None)
+    if lr_groups is None:
+        return trainable
+    groups = [{"params": list(params), "lr": lr * factor} for params, factor in lr_groups() if params]
+    grouped = {id(q) for group in groups for q in group["params"]}
+    rest = [q for q in trainable if id(q) not in grouped]
+    return groups + ([{"params": rest, "lr": lr}] if rest else [])
+
+
+def make_optimizer(p: TrainParams, params: list[nn.Parameter] | list[dict[str, Any]]) -> torch.optim.Optimizer:
     wd = p.weight_decay
     if p.optimizer == "sgd":
         return torch.optim.SGD(params, lr=p.lr, weight_decay=wd)
