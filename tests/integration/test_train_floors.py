@@ -38,7 +38,7 @@ DIGITS_RECIPES = {
     "lstm": (SEQUENCE_FLOOR, {}, {"lr": 3e-3}, 10),
     "gru": (SEQUENCE_FLOOR, {}, {"lr": 3e-3}, 10),
     "transformer": (SEQUENCE_FLOOR, {}, {"lr": 3e-3}, 10),
-    "resnet": (RESNET_FLOOR, {"maxpool": None}, {"batch_size": 32, "early_stopping": {"enabled": False}}, 2),
+    "resnet": (RESNET_FLOOR, {"stem_downsample": None}, {"batch_size": 32, "early_stopping": {"enabled": False}}, 2),
     "autoencoder": (AUTOENCODER_FLOOR, {}, {}, 15),
     "gan": (GAN_FLOOR, {}, {}, 15),
 }

@@ -34,6 +34,8 @@ def setup_logging(level: int = logging.INFO) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning on torch 2.15, harmless
+    # frozen transfer backbones keep their BatchNorm statistics by staying in eval mode: intended
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:
