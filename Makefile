@@ -31,11 +31,13 @@ repro: install
 lint: install
 	$(BIN)/ruff check .
 
+# Two pytest workers (pytest-xdist), one test module each at a time: its module fixtures are built once.
+TEST_WORKERS ?= 2
 test: install lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope
 
 test-fast: install
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope -m "not slow"
 
 # Kills a small study (dvc repro, dlpipe promote) at random moments and checks it ends as an uninterrupted one
 # (benchmarks/chaos.py); not part of `make test`. KILLS and SEED choose how many kills and which.
