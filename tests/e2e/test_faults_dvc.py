@@ -121,9 +121,10 @@ def write_csv(frame: Callable[[], pd.DataFrame], named: str) -> Callable[[Path],
     return apply
 
 
-def with_text_column() -> pd.DataFrame:
+def with_missing_values() -> pd.DataFrame:
     frame = wine()
-    frame.insert(0, "colour", ["red" if i % 2 else "white" for i in range(len(frame))])
+    frame["colour"] = ["red" if i % 2 else "white" for i in range(len(frame))]  # text is a category: not the fault
+    frame.loc[frame.index[::7], "colour"] = None
     return frame
 
 
@@ -138,7 +139,7 @@ BAD = {
         set_param("tune", "space", "train.lr", value={"type": "float", "low": 1e-3, "high": 50.0, "log": True}),
         "tune.space.train.lr",
     ),
-    "csv-text-column": (write_csv(with_text_column, "colour"), str(CSV)),
+    "csv-missing-values": (write_csv(with_missing_values, "colour"), str(CSV)),
     "csv-too-few-rows": (write_csv(two_rows_per_class, "data.test_size"), str(CSV)),
 }
 
