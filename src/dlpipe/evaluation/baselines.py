@@ -95,7 +95,12 @@ class BaselineResult:
         return {**asdict(self), "kind": "baseline", "mean": self.mean, "std": self.std, "folds": len(self.per_fold)}
 
 
-def _fit_part(idx: np.ndarray, y: np.ndarray, max_train: int | None, seed: int) -> np.ndarray:
+def _fit_part(idx: np.ndarray, y: np.ndarray, max_train: int | None, seed: int, labeled_fraction: float) -> np.ndarray:
+    """The samples a baseline fits on: the labelled part of `idx` (the deep models' `data.labeled_fraction`, drawn
+    alike), at most `max_train` of them."""
+    from dlpipe.data.splits import labeled_subset
+
+    idx = labeled_subset(y, idx, labeled_fraction, seed)[0]
     if max_train is None or len(idx) <= max_train:
         return idx
     from sklearn.model_selection import train_test_split
@@ -117,12 +122,12 @@ def run_baseline(name: str, data: PreparedData, seed: int, max_train: int | None
     start = time.perf_counter()
     for k in range(data.splits.folds):
         others, scored = data.splits.fold_indices(k)
-        fit_idx = _fit_part(others, y, max_train, seed)
+        fit_idx = _fit_part(others, y, max_train, seed, data.labeled_fraction)
         model = make_baseline(name, seed, data.dataset.kind).fit(X[fit_idx], y[fit_idx])
         report = report_from_predictions(y[scored], model.predict(X[scored]), names)
         per_fold[f"fold_{k}"] = {m: report[m] for m in SCALAR_METRICS}
         per_class[f"fold_{k}"] = report["per_class"]
-    train_idx = _fit_part(data.splits.train_idx, y, max_train, seed)
+    train_idx = _fit_part(data.splits.train_idx, y, max_train, seed, data.labeled_fraction)
     final = make_baseline(name, seed, data.dataset.kind).fit(X[train_idx], y[train_idx])
     test_idx = data.splits.test_idx
     test = report_from_predictions(y[test_idx], final.predict(X[test_idx]), names)
