@@ -8,7 +8,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import install_mlflow_store
+from helpers.mlflow_store import install_mlflow_store
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
