@@ -1,44 +1,54 @@
-"""Shared fixtures. Each one is self-contained; add new fixtures below with their own clear names."""
+"""Shared fixtures and hooks. Plain helpers (functions, classes, constants) live in tests/helpers/ and are imported
+from there (`from helpers.project import copy_project`); tests never import from this file."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
+import functools
 from pathlib import Path
 
 import pytest
+from helpers import capabilities
+from helpers.mlflow_store import install_mlflow_store
+from helpers.processes import subprocess_env
+from helpers.project import copy_project, prepare_project
+from helpers.training import torch_threads
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent  # the interpreter running pytest: .venv/bin (has `dlpipe`, `dvc`)
-PROJECT_FILES = ("params.yaml", "dvc.yaml")
+pytest_plugins = ("pytester",)  # tests/unit/test_capabilities.py runs the capability hook in a pytest of its own
 
-
-def copy_project(dest: Path) -> Path:
-    """A fresh project: params.yaml, dvc.yaml and pipelines/ of this repository copied into `dest`."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        shutil.copy2(REPO_ROOT / name, dest / name)
-    shutil.copytree(REPO_ROOT / "pipelines", dest / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
-    return dest
+# --- capability markers (postgres, gpu, network; registered in pyproject.toml) --------------------------------------
 
 
-def subprocess_env(project: Path | None = None) -> dict[str, str]:
-    """Environment for dlpipe subprocesses: the venv first on PATH, DLPIPE_ROOT = `project` (or unset)."""
-    env = dict(os.environ)
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("DLPIPE_ROOT", None)
-    if project is not None:
-        env["DLPIPE_ROOT"] = str(project)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        capabilities.required()
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+@functools.cache
+def _missing(name: str) -> str | None:
+    """Each capability is probed once per session, and only when a collected test needs it."""
+    return capabilities.PROBES[name]()
+
+
+@pytest.hookimpl(tryfirst=True)  # before any fixture of the test is set up (a PostgreSQL server, say)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    require = capabilities.required()
+    for name in capabilities.PROBES:
+        if item.get_closest_marker(name) is None:
+            continue
+        outcome = capabilities.verdict(name, _missing(name), require)
+        if outcome is not None:
+            action, reason = outcome
+            (pytest.fail if action == "fail" else pytest.skip)(reason)
+
+
+# --- process-wide state ---------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """Tiny test models on a small, shared CPU: extra intra-op threads only wait (steps ran 10-40x slower)."""
-    from helpers_training import torch_threads
-
     with torch_threads(1):
         yield
 
@@ -52,6 +62,9 @@ def keep_signal_handlers():
     yield
     for s, handler in saved.items():
         signal.signal(s, handler)
+
+
+# --- projects -------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -75,51 +88,6 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-# --- params and prepared data -------------------------------------------------------------------------------------
-
-SMALL_STUDY = {  # a quick study for integration tests: small data, tiny models, few epochs
-    "data": {"limit": 300, "folds": 3},
-    "architectures": ["perceptron", "mlp"],
-    "models": {"mlp": {"hidden": [32]}},
-    "train": {"max_epochs": 3, "early_stopping": {"patience": 2}},
-    "trainer": {"accelerator": "cpu", "progress_bar": False},
-    "tune": {"n_trials": 2},
-    "baselines": {"models": []},  # the baselines stage has tests of its own
-}
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def write_params(project: Path, overrides: dict, base: dict | None = None) -> Path:
-    """Write project/params.yaml: the repository's params.yaml (or `base`) deep-merged with `overrides`."""
-    import yaml
-
-    if base is None:
-        base = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    path = project / "params.yaml"
-    path.write_text(yaml.safe_dump(deep_merge(base, overrides), sort_keys=False))
-    return path
-
-
-def prepare_project(project: Path, overrides: dict | None = None):
-    """Write params (SMALL_STUDY + `overrides`), run fetch and prepare in-process; returns (params, paths)."""
-    from dlpipe.config import load_params
-    from dlpipe.paths import ProjectPaths
-    from dlpipe.stages import fetch, prepare
-
-    write_params(project, deep_merge(SMALL_STUDY, overrides or {}))
-    params = load_params(project / "params.yaml")
-    paths = ProjectPaths(project)
-    fetch.run(params, paths)
-    prepare.run(params, paths)
-    return params, paths
-
-
 # --- MLflow ---------------------------------------------------------------------------------------------------------
 
 
@@ -131,14 +99,6 @@ def mlflow_template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
     MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
     return path
-
-
-def install_mlflow_store(project: Path, template: Path) -> str:
-    """Copy the template store to project/mlruns/mlflow.db; returns its tracking URI."""
-    mlruns = project / "mlruns"
-    mlruns.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(template, mlruns / "mlflow.db")
-    return f"sqlite:///{mlruns / 'mlflow.db'}"
 
 
 @pytest.fixture

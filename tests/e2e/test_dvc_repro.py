@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, deep_merge, subprocess_env
+from helpers.processes import subprocess_env
+from helpers.project import REPO_ROOT, deep_merge
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO_ROOT, deep_merge, subprocess_env
+from helpers.processes import subprocess_env
+from helpers.project import REPO_ROOT, deep_merge
 from sklearn.datasets import load_wine
 
 CSV = Path("data") / "wine.csv"

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, copy_project, subprocess_env
 from dvc_render.base import Renderer
+from helpers.processes import subprocess_env
+from helpers.project import REPO_ROOT, copy_project
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 pytestmark = pytest.mark.slow

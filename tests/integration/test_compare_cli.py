@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import VENV_BIN, subprocess_env
+from helpers.processes import VENV_BIN, subprocess_env
 
 pytestmark = pytest.mark.slow
 

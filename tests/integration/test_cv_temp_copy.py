@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import prepare_project, subprocess_env
+from helpers.processes import subprocess_env
+from helpers.project import prepare_project
 from mlflow.tracking import MlflowClient
 
 from dlpipe.io import read_json

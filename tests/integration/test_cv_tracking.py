@@ -12,7 +12,8 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import copy_project, install_mlflow_store, prepare_project, write_params
+from helpers.mlflow_store import install_mlflow_store
+from helpers.project import copy_project, prepare_project, write_params
 from lightning.pytorch.callbacks import Callback
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient

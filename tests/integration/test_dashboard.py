@@ -12,7 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import VENV_BIN, subprocess_env, write_params
+from helpers.processes import VENV_BIN, subprocess_env
+from helpers.project import write_params
 
 from dlpipe import cli
 

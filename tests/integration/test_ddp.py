@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ddp_script import SEED, digits_problem, model_spec
-from helpers_training import CPU
+from helpers.training import CPU
 
 from dlpipe.metric_names import SCALAR_METRICS
 from dlpipe.training.fit import fit, predict_proba

@@ -22,7 +22,9 @@ import optuna
 import psutil
 import pytest
 import yaml
-from conftest import REPO_ROOT, copy_project, install_mlflow_store, subprocess_env, write_params
+from helpers.mlflow_store import install_mlflow_store
+from helpers.processes import subprocess_env
+from helpers.project import REPO_ROOT, copy_project, write_params
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage

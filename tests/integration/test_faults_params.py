@@ -6,7 +6,8 @@ from __future__ import annotations
 import subprocess
 
 import yaml
-from conftest import REPO_ROOT, deep_merge, subprocess_env
+from helpers.processes import subprocess_env
+from helpers.project import REPO_ROOT, deep_merge
 
 
 def test_dlpipe_check_refuses_a_shared_search_space_of_learning_rates_up_to_50_in_one_line(tmp_path):

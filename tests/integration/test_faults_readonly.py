@@ -20,7 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_STUDY, copy_project, deep_merge, install_mlflow_store, subprocess_env, write_params
+from helpers.mlflow_store import install_mlflow_store
+from helpers.processes import subprocess_env
+from helpers.project import SMALL_STUDY, copy_project, deep_merge, write_params
 from mlflow.tracking import MlflowClient
 
 from dlpipe.config import load_params

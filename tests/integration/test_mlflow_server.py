@@ -14,7 +14,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import prepare_project
+from helpers.project import prepare_project
 from mlflow.tracking import MlflowClient
 
 from dlpipe.io import read_json

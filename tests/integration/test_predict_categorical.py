@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import copy_project, install_mlflow_store, write_params
-from helpers_training import CPU
+from helpers.mlflow_store import install_mlflow_store
+from helpers.project import copy_project, write_params
+from helpers.training import CPU
 
 from dlpipe import cli
 from dlpipe.config import load_params

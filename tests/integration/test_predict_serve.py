@@ -23,7 +23,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import VENV_BIN, copy_project, install_mlflow_store, prepare_project, subprocess_env
+from helpers.mlflow_store import install_mlflow_store
+from helpers.processes import VENV_BIN, subprocess_env
+from helpers.project import copy_project, prepare_project
 from PIL import Image
 
 from dlpipe import cli

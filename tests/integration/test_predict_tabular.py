@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import copy_project, install_mlflow_store, subprocess_env, write_params
+from helpers.mlflow_store import install_mlflow_store
+from helpers.processes import subprocess_env
+from helpers.project import copy_project, write_params
 from test_predict_serve import mlflow_serve, post
 
 from dlpipe import cli

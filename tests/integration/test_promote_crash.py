@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import VENV_BIN, subprocess_env
+from helpers.processes import VENV_BIN, subprocess_env
 from mlflow.tracking import MlflowClient
 
 from dlpipe import cli

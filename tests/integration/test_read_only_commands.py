@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import VENV_BIN, subprocess_env, write_params
+from helpers.processes import VENV_BIN, subprocess_env
+from helpers.project import write_params
 
 from dlpipe import cli
 

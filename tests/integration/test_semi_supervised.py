@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers_training import CPU, NO_EARLY_STOP, Problem, problem, spec
+from helpers.training import CPU, NO_EARLY_STOP, Problem, problem, spec
 from lightning.pytorch.callbacks import Callback
 
 from dlpipe.data.base import Dataset

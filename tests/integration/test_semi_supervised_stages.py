@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import copy_project, install_mlflow_store, prepare_project, subprocess_env
+from helpers.mlflow_store import install_mlflow_store
+from helpers.processes import subprocess_env
+from helpers.project import copy_project, prepare_project
 from mlflow.tracking import MlflowClient
 from test_predict_serve import LOAD_SCRIPT, mlflow_serve, post
 

@@ -8,7 +8,7 @@ library change does not flip them, while a broken loss, optimizer, metric or dat
 from __future__ import annotations
 
 import pytest
-from helpers_training import CPU, Problem, dataset, problem, spec, subsample, train
+from helpers.training import CPU, Problem, dataset, problem, spec, subsample, train
 
 from dlpipe.training.fit import evaluate
 

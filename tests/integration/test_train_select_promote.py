@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import copy_project, install_mlflow_store, prepare_project, write_params
+from helpers.mlflow_store import install_mlflow_store
+from helpers.project import copy_project, prepare_project, write_params
 from mlflow.tracking import MlflowClient
 
 from dlpipe import cli

@@ -10,7 +10,8 @@ import mlflow
 import optuna
 import pytest
 import yaml
-from conftest import REPO_ROOT, SMALL_STUDY, deep_merge, install_mlflow_store, write_params
+from helpers.mlflow_store import install_mlflow_store
+from helpers.project import REPO_ROOT, SMALL_STUDY, deep_merge, write_params
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState

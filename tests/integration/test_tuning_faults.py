@@ -13,15 +13,9 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import (
-    REPO_ROOT,
-    SMALL_STUDY,
-    copy_project,
-    deep_merge,
-    install_mlflow_store,
-    subprocess_env,
-    write_params,
-)
+from helpers.mlflow_store import install_mlflow_store
+from helpers.processes import subprocess_env
+from helpers.project import REPO_ROOT, SMALL_STUDY, copy_project, deep_merge, write_params
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 

@@ -1,7 +1,8 @@
 """Tuning across machines: a real PostgreSQL server on 127.0.0.1 as the Optuna storage, two worker processes of the
 tune stage on one study, then a `dlpipe tune-worker` from a second project copy (another machine) joining it.
 
-Needs Debian's `postgresql` package (initdb/pg_ctl under /usr/lib/postgresql/<version>/bin); .ci/run installs it.
+Needs Debian's `postgresql` package (initdb/pg_ctl under /usr/lib/postgresql/<version>/bin): the `postgres` marker
+skips the test where it is absent, and fails it in CI (DLPIPE_REQUIRE=postgres), where .ci/run installs it.
 The server refuses to run as root, so as root it runs as the `postgres` user."""
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import copy_project, install_mlflow_store
+from helpers.capabilities import postgres_bin
+from helpers.mlflow_store import install_mlflow_store
+from helpers.project import copy_project
 from mlflow.tracking import MlflowClient
 from test_tuning import PLAIN, children, prepared, tune_parents
 
@@ -27,21 +30,10 @@ from dlpipe.io import read_json
 from dlpipe.stages import study as study_stage
 from dlpipe.tuning import study as S
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]  # absent binaries: skipped here, failed in CI
 
 DB = "dlpipe"
 PASSWORD = "s3cret-pw"  # trust auth ignores it; the report and MLflow must not show it
-
-
-def postgres_bin() -> Path:
-    found = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "initdb").is_file()]
-    found = [p for p in found if (p / "pg_ctl").is_file()]
-    if not found:
-        pytest.fail(
-            "PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin: "
-            "install Debian's postgresql package (apt-get update && apt-get install -y postgresql)"
-        )
-    return max(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
 
 
 def free_port() -> int:
@@ -54,6 +46,7 @@ def free_port() -> int:
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL cluster on a free loopback port with database `dlpipe`; stopped and removed after."""
     bindir = postgres_bin()
+    assert bindir is not None  # the postgres marker skipped (or failed) the test otherwise
     as_user: list[str] = []
     base = Path(tempfile.mkdtemp(prefix="dlpipe-pg-"))
     if os.geteuid() == 0:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT
 from dvc_render import VegaRenderer, render_html
+from helpers.project import REPO_ROOT
 
 PLOTS_DIR = REPO_ROOT / ".dvc" / "plots"
 DATA_FILES = {  # the files the select stage writes, with their CSV headers

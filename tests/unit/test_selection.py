@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SMALL_STUDY, deep_merge
+from helpers.project import SMALL_STUDY, deep_merge
 
 from dlpipe.config import parse_params
 from dlpipe.errors import DataError

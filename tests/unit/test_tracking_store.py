@@ -3,12 +3,14 @@ honestly, flattened params, finding parents and finished children), checked thro
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import install_mlflow_store
+from helpers.mlflow_store import install_mlflow_store
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
@@ -307,6 +309,21 @@ def test_configure_twice_in_one_process_follows_each_project(tmp_path, monkeypat
         store.configure(None, root, "exp")
         assert mlflow.get_tracking_uri() == store.local_store_uri(root)
     assert (second / "mlruns" / "mlflow.db").is_file()
+
+
+def test_a_child_process_takes_the_inherited_tracking_uri_as_set_for_it(tmp_path, monkeypatch):
+    """In the process that configured, MLflow's export is dlpipe's own; a child inherits it as its setting."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(store.CONFIGURED_ENV, raising=False)
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    store.configure(None, first, "exp")
+    assert os.environ["MLFLOW_TRACKING_URI"] == store.local_store_uri(first)  # exported by mlflow.set_tracking_uri
+    assert store.resolve_tracking_uri(None, second) == store.local_store_uri(second)  # here: ours, not pinned
+    code = "import sys; from pathlib import Path; from dlpipe.tracking import store; "
+    code += "print(store.resolve_tracking_uri(None, Path(sys.argv[1])))"
+    out = subprocess.run([sys.executable, "-c", code, str(second)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == store.local_store_uri(first)
 
 
 def test_user_set_tracking_uri_wins_on_every_call(tmp_path, monkeypatch):

@@ -12,17 +12,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers_training import (
-    CPU,
-    NO_EARLY_STOP,
-    SEED,
-    Problem,
-    problem,
-    spec,
-    train,
-    weight_matrices,
-    weights,
-)
+from helpers.training import CPU, NO_EARLY_STOP, SEED, Problem, problem, spec, train, weight_matrices, weights
 from lightning.pytorch.callbacks import Callback
 
 from dlpipe.config import TrainParams, parse_params

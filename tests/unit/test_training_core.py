@@ -16,7 +16,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers_training import CPU, NO_EARLY_STOP, SEED, Problem, problem, spec, train, weights
+from helpers.training import CPU, NO_EARLY_STOP, SEED, Problem, problem, spec, train, weights
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from dlpipe.config import TrainerParams

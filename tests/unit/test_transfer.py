@@ -12,7 +12,7 @@ import lightning as L
 import pytest
 import torch
 import torchvision
-from helpers_training import NO_EARLY_STOP, SEED, dataset, problem, spec, subsample, train
+from helpers.training import NO_EARLY_STOP, SEED, dataset, problem, spec, subsample, train
 from torch import nn
 
 from dlpipe.config import parse_params

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from study_reports import BASELINES, DEEP, leaderboard_frame, metrics, run_id, selection, write_reports
+from helpers.reports import BASELINES, DEEP, leaderboard_frame, metrics, run_id, selection, write_reports
 
 from dlpipe import cli, views
 

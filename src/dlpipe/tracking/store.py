@@ -54,14 +54,29 @@ def artifact_location(root: Path, experiment: str) -> str:
     return (project_root(root) / "mlruns" / ARTIFACTS / safe).as_uri()
 
 
-# `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI; a value equal to what `configure` set last is ours,
-# not the user's, and must not pin a later project in the same process to the first project's store.
-_last_configured: str | None = None
+# `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI (for subprocesses). A value equal to what dlpipe set
+# last in this process is ours, not the user's, and must not pin a later project in the same process to the first
+# project's store. dlpipe records what it set, beside MLflow's export, as "<pid>:<uri>": the pid keeps the record to
+# the process that set it, so a child process takes the MLFLOW_TRACKING_URI it inherits as set for it.
+CONFIGURED_ENV = "DLPIPE_MLFLOW_CONFIGURED"
+
+
+def _configured_here() -> str | None:
+    """The tracking URI dlpipe set in this process (None if none, or if the user's MLFLOW_TRACKING_URI won)."""
+    pid, _, uri = os.environ.get(CONFIGURED_ENV, "").partition(":")
+    return uri if pid == str(os.getpid()) and uri else None
+
+
+def _record_configured(uri: str | None) -> None:
+    if uri is None:
+        os.environ.pop(CONFIGURED_ENV, None)
+    else:
+        os.environ[CONFIGURED_ENV] = f"{os.getpid()}:{uri}"
 
 
 def _user_env_uri() -> str | None:
     env = os.environ.get("MLFLOW_TRACKING_URI")
-    return env if env and env != _last_configured else None
+    return env if env and env != _configured_here() else None
 
 
 def resolve_tracking_uri(configured: str | None, root: Path) -> str:
@@ -87,7 +102,6 @@ def local_db(uri: str) -> Path | None:
 
 def connect(configured: str | None, root: Path, what: str = "this command") -> str:
     """Point MLflow at the existing store without creating anything; NoStoreError if a local one is missing."""
-    global _last_configured
     uri = resolve_tracking_uri(configured, root)
     db = local_db(uri)
     if db is not None and not db.is_file():
@@ -95,7 +109,7 @@ def connect(configured: str | None, root: Path, what: str = "this command") -> s
             f"no MLflow store at {db}: {what} reads the runs and models the pipeline recorded; run the pipeline "
             f"first (dvc repro), or point DLPIPE_ROOT at the project (or MLFLOW_TRACKING_URI at its store)"
         )
-    _last_configured = None if _user_env_uri() else uri
+    _record_configured(None if _user_env_uri() else uri)
     _relocate_own(uri, root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -104,9 +118,8 @@ def connect(configured: str | None, root: Path, what: str = "this command") -> s
 
 def configure(configured: str | None, root: Path, experiment: str) -> str:
     """Point MLflow at the store and make sure `experiment` exists; returns the experiment id."""
-    global _last_configured
     uri = resolve_tracking_uri(configured, root)
-    _last_configured = None if _user_env_uri() else uri
+    _record_configured(None if _user_env_uri() else uri)
     if is_local(uri):
         (project_root(root) / "mlruns").mkdir(parents=True, exist_ok=True)
         _relocate_own(uri, root)

@@ -262,13 +262,6 @@ def sampler_factory(kind: str) -> Callable[[int], BaseSampler]:
     return lambda s: optuna.samplers.TPESampler(seed=s, constant_liar=True)  # liar: parallel workers spread out
 
 
-def check_sampler(kind: str) -> None:
-    """CMA-ES needs the `cmaes` package, which Optuna does not install."""
-    if kind == "cmaes" and importlib.util.find_spec("cmaes") is None:
-        raise ConfigError("tune.sampler: cmaes needs the 'cmaes' package (pip install cmaes); "
-                          "allowed without it: tpe, random")  # fmt: skip
-
-
 def make_sampler(kind: str, seed: int) -> BaseSampler:
     return TrialSeededSampler(sampler_factory(kind), seed)
 

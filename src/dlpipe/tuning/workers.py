@@ -71,14 +71,14 @@ def worker_id(index: int) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:w{index}"
 
 
-# Optuna has no public way to reach a study's storage or a trial's id, and system attributes (and the trials of
-# other processes) can only be written through the storage: the two private attributes are read here only.
+# System attributes, and the trials of other processes, can only be written through the storage, by trial id:
+# Optuna's two private attributes below are read here and nowhere else in dlpipe.
 def storage_of(study: optuna.Study) -> BaseStorage:
-    return study._storage
+    return study._storage  # Optuna 5's Study has no public storage accessor (create/load_study take one, none give it)
 
 
 def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
-    return trial._trial_id
+    return trial._trial_id  # Optuna 5 exposes only `number`; the storage's id lookup needs the private Study._study_id
 
 
 # --- owners and dead trials ---------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Shared helpers for the training-core tests: in-memory datasets and splits (no DVC stages), CPU trainer params,
-and a train-then-test shortcut. Imported as a plain module (pytest puts tests/ on sys.path via tests/conftest.py).
+and a train-then-test shortcut.
 """
 
 from __future__ import annotations

@@ -1,0 +1,81 @@
+"""What the machine offers to tests that need more than Python: a PostgreSQL server, a GPU, the network.
+
+A test declares what it needs with a marker (`@pytest.mark.postgres`, `gpu`, `network`). tests/conftest.py asks
+`missing(name)` once per capability and session: where the capability is absent the test is skipped with the reason,
+unless the comma-separated `DLPIPE_REQUIRE` names it (CI: `DLPIPE_REQUIRE=postgres`), then it fails with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+REQUIRE_ENV = "DLPIPE_REQUIRE"
+POSTGRES_ROOT = Path("/usr/lib/postgresql")
+NETWORK_PROBE = ("download.pytorch.org", 443)  # where torchvision's and torch's downloads come from
+NETWORK_TIMEOUT_S = 3.0
+
+
+def postgres_bin(root: Path | None = None) -> Path | None:
+    """The newest <root>/<version>/bin (root: /usr/lib/postgresql) with the server binaries initdb and pg_ctl."""
+    found = [p for p in (root or POSTGRES_ROOT).glob("*/bin") if (p / "initdb").is_file() and (p / "pg_ctl").is_file()]
+    if not found:
+        return None
+    return max(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+
+
+def postgres_missing() -> str | None:
+    if postgres_bin() is None:
+        return (
+            f"PostgreSQL server binaries (initdb, pg_ctl) not found under {POSTGRES_ROOT}/*/bin: "
+            "install Debian's postgresql package (apt-get install -y postgresql)"
+        )
+    if not any(importlib.util.find_spec(m) is not None for m in ("psycopg2", "psycopg")):
+        return "no PostgreSQL driver for SQLAlchemy: pip install -e '.[postgres]' (psycopg2-binary)"
+    return None
+
+
+def gpu_missing() -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU (torch.cuda.is_available() is False): run on a machine with an NVIDIA GPU and CUDA torch"
+    return None
+
+
+def network_missing() -> str | None:
+    host, port = NETWORK_PROBE
+    try:
+        with socket.create_connection((host, port), timeout=NETWORK_TIMEOUT_S):
+            return None
+    except OSError as exc:
+        return f"no network: a TCP connection to {host}:{port} failed within {NETWORK_TIMEOUT_S:g} s ({exc})"
+
+
+PROBES: dict[str, Callable[[], str | None]] = {
+    "postgres": postgres_missing,
+    "gpu": gpu_missing,
+    "network": network_missing,
+}
+
+
+def required(environ: dict[str, str] | None = None) -> set[str]:
+    """The capabilities `DLPIPE_REQUIRE` names; an unknown name raises ValueError (a typo must not pass silently)."""
+    value = (os.environ if environ is None else environ).get(REQUIRE_ENV, "")
+    names = {n.strip() for n in value.split(",") if n.strip()}
+    unknown = names - PROBES.keys()
+    if unknown:
+        raise ValueError(f"{REQUIRE_ENV}: unknown capability {sorted(unknown)}; allowed: {sorted(PROBES)}")
+    return names
+
+
+def verdict(name: str, missing: str | None, require: set[str]) -> tuple[str, str] | None:
+    """None when the capability is present, else ("skip" | "fail", reason): "fail" when `require` names it."""
+    if missing is None:
+        return None
+    if name in require:
+        return "fail", f"capability '{name}' is required ({REQUIRE_ENV}) but absent: {missing}"
+    return "skip", f"capability '{name}' absent: {missing}"
