@@ -15,7 +15,7 @@ from helpers.training import torch_threads
 
 pytest_plugins = ("pytester",)  # tests/unit/test_capabilities.py runs the capability hook in a pytest of its own
 
-# --- capability markers (postgres, gpu, network; registered in pyproject.toml) --------------------------------------
+# --- capability markers (postgres, gpu, network, chromium, read_only_dirs; registered in pyproject.toml) --------------
 
 
 def pytest_configure(config: pytest.Config) -> None:

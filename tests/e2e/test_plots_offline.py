@@ -15,7 +15,6 @@ import html
 import http.server
 import importlib.resources
 import importlib.util
-import os
 import re
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dvc_render.base import Renderer
+from helpers import capabilities
 from helpers.processes import subprocess_env
 from helpers.project import REPO_ROOT, copy_project
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
@@ -157,12 +157,8 @@ def commit(root: Path, message: str) -> None:
 
 @pytest.fixture(scope="module")
 def browser() -> str:
-    path = render_plots.find_chromium()
-    if path is None:
-        if os.environ.get("DLPIPE_CI") == "1":
-            pytest.fail("DLPIPE_CI=1 (every capability must be present) but Chromium is missing: .ci/run installs it")
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); CI installs it and runs this test")
-    return path
+    capabilities.need("chromium")  # CI requires it (.ci/run installs Debian's chromium)
+    return render_plots.find_chromium()
 
 
 def plots_page(root: Path, *args: str) -> Path:

@@ -1,8 +1,10 @@
-"""What the machine offers to tests that need more than Python: a PostgreSQL server, a GPU, the network.
+"""What the machine offers to tests that need more than Python: a PostgreSQL server, a GPU, the network, a
+Chromium, folders that can be made read-only.
 
-A test declares what it needs with a marker (`@pytest.mark.postgres`, `gpu`, `network`). tests/conftest.py asks
-`missing(name)` once per capability and session: where the capability is absent the test is skipped with the reason,
-unless the comma-separated `DLPIPE_REQUIRE` names it (CI: `DLPIPE_REQUIRE=postgres`), then it fails with the reason.
+A test declares what it needs with a marker (`@pytest.mark.postgres`, `gpu`, `network`, `chromium`,
+`read_only_dirs`), or a fixture calls `need(name)`. Each capability is probed once per session: where it is absent
+the test is skipped with the reason, unless the comma-separated `DLPIPE_REQUIRE` names it (CI: every one but gpu and
+network), then it fails with the reason.
 """
 
 from __future__ import annotations
@@ -55,10 +57,44 @@ def network_missing() -> str | None:
         return f"no network: a TCP connection to {host}:{port} failed within {NETWORK_TIMEOUT_S:g} s ({exc})"
 
 
+def chromium_missing() -> str | None:
+    import shutil
+
+    names = ("chromium", "chromium-browser", "google-chrome")
+    override = os.environ.get("DLPIPE_CHROMIUM")
+    if (shutil.which(override) if override else next(filter(None, map(shutil.which, names)), None)) is None:
+        return "Chromium is not installed (Debian: apt-get install -y chromium; or DLPIPE_CHROMIUM=<browser>)"
+    return None
+
+
+def read_only_dirs_missing() -> str | None:
+    """Whether a folder can be made unwritable: chmod 555, or for root (who ignores the bits) chattr +i."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "locked"
+        folder.mkdir()
+        folder.chmod(0o555)
+        try:
+            if not os.access(folder, os.W_OK):
+                return None
+            if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+                subprocess.run(["chattr", "-i", str(folder)], check=True)
+                return None
+        except FileNotFoundError:
+            pass
+        finally:
+            folder.chmod(0o755)
+    return "running as root without chattr +i (e2fsprogs, on a filesystem that supports it): no read-only folders"
+
+
 PROBES: dict[str, Callable[[], str | None]] = {
     "postgres": postgres_missing,
     "gpu": gpu_missing,
     "network": network_missing,
+    "chromium": chromium_missing,
+    "read_only_dirs": read_only_dirs_missing,
 }
 
 
@@ -79,3 +115,14 @@ def verdict(name: str, missing: str | None, require: set[str]) -> tuple[str, str
     if name in require:
         return "fail", f"capability '{name}' is required ({REQUIRE_ENV}) but absent: {missing}"
     return "skip", f"capability '{name}' absent: {missing}"
+
+
+def need(name: str) -> None:
+    """Inside a test or fixture: skip, or fail where `DLPIPE_REQUIRE` names it, when capability `name` is absent
+    (what the markers do, for a need found only at run time)."""
+    import pytest
+
+    outcome = verdict(name, PROBES[name](), required())
+    if outcome is not None:
+        action, reason = outcome
+        (pytest.fail if action == "fail" else pytest.skip)(reason)

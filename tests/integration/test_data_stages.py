@@ -176,11 +176,11 @@ def test_csv_path_is_relative_to_the_project_root_not_the_working_directory(proj
 
 
 def test_csv_problem_exits_2_without_outputs(project, capsys):
-    (project / "bad.csv").write_text("a,colour,target\n1,red,0\n2,blue,1\n")
+    (project / "bad.csv").write_text("a,colour,target\n1,red,0\n2,,1\n")  # text is a category; a gap is not
     set_params(project, {"data.name": "csv", "data.csv.path": "bad.csv", "architectures": ["mlp"]})
     assert run_stage_in_process("fetch") == 2
     err = capsys.readouterr().err
-    assert "dlpipe fetch: error:" in err and "non-numeric feature column(s) colour" in err
+    assert "dlpipe fetch: error:" in err and "missing values in column(s) colour" in err
     assert not (project / "data" / "raw" / "dataset.npz").exists()
 
 

@@ -33,7 +33,7 @@ def test_absent_required_capability_fails() -> None:
 def test_required_parses_comma_separated_names_and_rejects_unknown_ones() -> None:
     assert capabilities.required({}) == set()
     assert capabilities.required({"DLPIPE_REQUIRE": " postgres, gpu ,"}) == {"postgres", "gpu"}
-    with pytest.raises(ValueError, match=r"unknown capability \['postgresql'\]; allowed: \['gpu', 'network', "):
+    with pytest.raises(ValueError, match=r"unknown capability \['postgresql'\]; allowed: \['chromium', 'gpu', "):
         capabilities.required({"DLPIPE_REQUIRE": "postgresql"})
 
 
@@ -105,4 +105,5 @@ def test_hook_runs_every_test_when_all_capabilities_are_present(pytester, monkey
 def test_unknown_required_capability_stops_the_run(pytester, monkeypatch) -> None:
     result = run_marked_tests(pytester, monkeypatch, absent=set(), require="cuda")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "DLPIPE_REQUIRE: unknown capability ['cuda']; allowed: ['gpu', 'network', 'postgres']" in result.stderr.str()
+    allowed = "allowed: ['chromium', 'gpu', 'network', 'postgres', 'read_only_dirs']"
+    assert f"DLPIPE_REQUIRE: unknown capability ['cuda']; {allowed}" in result.stderr.str()
