@@ -30,6 +30,7 @@ repro: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Two pytest workers (pytest-xdist), one test module each at a time: its module fixtures are built once.
 TEST_WORKERS ?= 2

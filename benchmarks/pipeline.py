@@ -97,8 +97,11 @@ class Result:
 
 
 def run_study(label: str, tree: Path, root: Path, overrides: list[str], noop_runs: int) -> Result:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               PYTHONPATH=str(tree / "src"))  # fmt: skip
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        PYTHONPATH=str(tree / "src"),
+    )
     for key in ("DLPIPE_ROOT", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
     profile_dir = root.parent / f"{root.name}-profile"
@@ -156,11 +159,14 @@ def table(results: list[Result], cores: int) -> str:
         cells = "".join(f"{dict(r.stages).get(name, float('nan')):>14.1f}" for r in results)
         lines.append(f"{name:<{width}}{cells}")
     lines.append(f"{'clean dvc repro (s)':<{width}}" + "".join(f"{r.total:>14.1f}" for r in results))
-    lines.append(f"{'no-change dvc repro (s)':<{width}}" + "".join(f"{statistics.median(r.noop):>14.2f}"
-                                                                  for r in results))  # fmt: skip
+    lines.append(
+        f"{'no-change dvc repro (s)':<{width}}" + "".join(f"{statistics.median(r.noop):>14.2f}" for r in results)
+    )
     lines.append(f"{'training, folds + final (s)':<{width}}" + "".join(f"{r.mlflow_training:>14.1f}" for r in results))
-    lines.append(f"{'  share of core-seconds':<{width}}" + "".join(f"{r.mlflow_training / (r.total * cores):>14.1%}"
-                                                                 for r in results))  # fmt: skip
+    lines.append(
+        f"{'  share of core-seconds':<{width}}"
+        + "".join(f"{r.mlflow_training / (r.total * cores):>14.1%}" for r in results)
+    )
     if len(results) == 2 and results[1].total:
         lines.append(f"{'ratio (clean repro)':<{width}}{'':>14}{results[1].total / results[0].total:>14.2f}")
     return "\n".join(lines)
@@ -172,16 +178,19 @@ def profile_table(result: Result, cores: int) -> str:
     lines = [f"where the time goes ({result.label}; process seconds, workers included):", head, "-" * len(head)]
     walls = dict(result.stages)
     fit_total = 0.0
-    for stage, data in sorted(result.profile.items(), key=lambda kv: list(walls).index(kv[0])
-                              if kv[0] in walls else 99):  # fmt: skip
+    for stage, data in sorted(
+        result.profile.items(), key=lambda kv: list(walls).index(kv[0]) if kv[0] in walls else 99
+    ):
         spent = sum(data.get(c, 0.0) for c in CATEGORIES)
         other = max(0.0, data["process_wall"] - spent)
         fit_total += data.get("fit", 0.0)
         cells = "".join(f"{data.get(c, 0.0):>9.1f}" for c in CATEGORIES)
         lines.append(f"{stage:<12}{walls.get(stage, float('nan')):>8.1f}{cells}{other:>9.1f}")
     total = result.total
-    lines.append(f"training (inside fit, trials included): {fit_total:.1f} s = {fit_total / (total * cores):.1%} of "
-                 f"{total:.0f} s x {cores} cores")  # fmt: skip
+    lines.append(
+        f"training (inside fit, trials included): {fit_total:.1f} s = {fit_total / (total * cores):.1%} of "
+        f"{total:.0f} s x {cores} cores"
+    )
     return "\n".join(lines)
 
 

@@ -36,8 +36,16 @@ def project(root: Path, args: argparse.Namespace, workers: int, tag: str) -> tup
     raw["data"].update({"folds": args.folds, "limit": args.limit})
     raw["train"].update({"max_epochs": args.epochs, "early_stopping": {"enabled": False}})
     raw["trainer"].update({"accelerator": "cpu", "progress_bar": False, "workers": workers})
-    raw["tune"].update({"n_trials": args.trials, "max_epochs": args.epochs, "pruner": "none", "workers": workers,
-                        "cv_folds": 0, "storage": f"optuna/{tag}.log"})  # fmt: skip
+    raw["tune"].update(
+        {
+            "n_trials": args.trials,
+            "max_epochs": args.epochs,
+            "pruner": "none",
+            "workers": workers,
+            "cv_folds": 0,
+            "storage": f"optuna/{tag}.log",
+        }
+    )
     raw["mlflow"]["experiment"] = f"bench-{tag}"
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return load_params(root / "params.yaml"), ProjectPaths(root)
@@ -68,8 +76,10 @@ def measure(params, paths, arch: str) -> dict:
         # warm-up: every worker imports, loads the data, opens the store and trains once (another seed's folds)
         warm = params.model_copy(update={"seed": params.seed + 1})
         warm_plan = cv.plan(StageContext.load(warm, paths), arch)
-        run_all(pool, [Task(f"cv {arch} warm{job.k}", cv.fold_unit, (job,))
-                       for job in warm_plan.jobs(warm, paths)[: pool.size]])  # fmt: skip
+        run_all(
+            pool,
+            [Task(f"cv {arch} warm{job.k}", cv.fold_unit, (job,)) for job in warm_plan.jobs(warm, paths)[: pool.size]],
+        )
         p = cv.plan(ctx, arch)
         start = time.perf_counter()
         done = run_all(pool, [Task(f"cv {arch} fold{job.k}", cv.fold_unit, (job,)) for job in p.jobs(params, paths)])

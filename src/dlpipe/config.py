@@ -340,16 +340,20 @@ def check_semantics(params: Params) -> None:
     if is_positive_metric(params.selection.metric) and params.selection.positive_class is None:
         problems.append(f"selection.positive_class: required for selection.metric {params.selection.metric!r}")
     if params.selection.operating_point != "argmax" and params.selection.positive_class is None:
-        problems.append(f"selection.positive_class: required for selection.operating_point "
-                        f"{params.selection.operating_point!r} (a threshold on the positive class)")  # fmt: skip
+        problems.append(
+            f"selection.positive_class: required for selection.operating_point "
+            f"{params.selection.operating_point!r} (a threshold on the positive class)"
+        )
     from dlpipe.evaluation.baselines import BASELINES
 
     for i, name in enumerate(params.baselines.models):
         if name not in BASELINES:
             problems.append(f"baselines.models.{i}: unknown baseline {name!r}; allowed: {', '.join(BASELINES)}")
     if isinstance(params.tune.cv_folds, int) and not 0 <= params.tune.cv_folds <= params.data.folds:
-        problems.append(f"tune.cv_folds: {params.tune.cv_folds} folds asked but data.folds is {params.data.folds}; "
-                        f"allowed: 0 to {params.data.folds}, or auto")  # fmt: skip
+        problems.append(
+            f"tune.cv_folds: {params.tune.cv_folds} folds asked but data.folds is {params.data.folds}; "
+            f"allowed: 0 to {params.data.folds}, or auto"
+        )
     if not problems:
         problems += _check_space_values(params)
     if problems:
@@ -472,8 +476,9 @@ def _validate_section(cls: type[BaseModel], data: dict[str, Any], where: str) ->
     except ValidationError as exc:
         lines = format_validation_error(exc, cls).splitlines()
         top = "(top level)"
-        raise ConfigError("\n".join(where + line[len(top):] if line.startswith(top) else f"{where}.{line}"
-                                    for line in lines)) from None  # fmt: skip
+        raise ConfigError(
+            "\n".join(where + line[len(top) :] if line.startswith(top) else f"{where}.{line}" for line in lines)
+        ) from None
 
 
 def params_hash(*parts: Any) -> str:

@@ -102,8 +102,10 @@ def check_writable(*folders: str | os.PathLike[str]) -> None:
             with tempfile.NamedTemporaryFile(dir=folder, prefix=_temp_prefix(folder / "check"), suffix=TMP_SUFFIX):
                 pass
         except OSError as exc:
-            raise OutputNotWritable(f"{folder}: cannot write outputs here ({exc.strerror or exc}); "
-                                    "fix its permissions or free space, then run again") from None
+            raise OutputNotWritable(
+                f"{folder}: cannot write outputs here ({exc.strerror or exc}); "
+                "fix its permissions or free space, then run again"
+            ) from None
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

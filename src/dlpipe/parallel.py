@@ -135,8 +135,12 @@ class ProcessPool:
         parent, child = self._ctx.Pipe()
         alive_r, alive_w = self._ctx.Pipe(duplex=False)  # only this process holds the writing end
         env = self._env(index) if self._env else {}
-        proc = self._ctx.Process(target=_worker_main, args=(child, alive_r, index, env, self._init), daemon=True,
-                                 name=f"dlpipe-worker-{index}")  # fmt: skip
+        proc = self._ctx.Process(
+            target=_worker_main,
+            args=(child, alive_r, index, env, self._init),
+            daemon=True,
+            name=f"dlpipe-worker-{index}",
+        )
         proc.start()
         child.close()
         alive_r.close()
@@ -273,8 +277,9 @@ def _die_with_owner(lifeline: Connection) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _worker_main(conn: Connection, lifeline: Connection, index: int, env: dict[str, str],
-                 init: Callable[[int], None] | None) -> None:  # fmt: skip
+def _worker_main(
+    conn: Connection, lifeline: Connection, index: int, env: dict[str, str], init: Callable[[int], None] | None
+) -> None:
     threading.Thread(target=_die_with_owner, args=(lifeline,), name="lifeline", daemon=True).start()
     os.environ.update(env)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)

@@ -184,8 +184,9 @@ def test_exp_run_variant_is_compared_with_its_baseline_and_tracked(study: Path):
         assert len(metrics["select_run"]) == 32 and metrics["version"] >= 1
         tuned = rows[name]["params"]["reports/tuned.yaml"]["data"]
         assert set(tuned) == set(ARCHS) and "train.lr" in tuned["mlp"]
-    assert rows[branch]["metrics"]["reports/metrics.json"]["data"]["select_run"] != (
-        rows["three-epochs"]["metrics"]["reports/metrics.json"]["data"]["select_run"]
+    assert (
+        rows[branch]["metrics"]["reports/metrics.json"]["data"]["select_run"]
+        != (rows["three-epochs"]["metrics"]["reports/metrics.json"]["data"]["select_run"])
     )
     diff = subprocess.run(["dvc", "metrics", "diff"], cwd=study, env=subprocess_env(), capture_output=True, text=True)
     assert diff.returncode == 0 and "reports/metrics.json" in diff.stdout, diff.stdout + diff.stderr

@@ -92,8 +92,15 @@ def train(
     **train_overrides: Any,
 ) -> FitResult:
     """`fit` one architecture on `prob.split` on the CPU."""
-    return fit(spec(arch, model, **train_overrides), prob.split, prob.class_names, trainer, seed,
-               max_epochs=max_epochs, callbacks=callbacks)  # fmt: skip
+    return fit(
+        spec(arch, model, **train_overrides),
+        prob.split,
+        prob.class_names,
+        trainer,
+        seed,
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+    )
 
 
 def held_out_accuracy(result: FitResult, prob: Problem) -> float:

@@ -300,7 +300,6 @@ def fast_project(project: Path, mlflow_store: str):
     return params, paths, MlflowClient(tracking_uri=mlflow_store)
 
 
-
 def test_failed_fold_fails_the_runs_and_a_rerun_completes_only_the_missing_folds(fast_project, monkeypatch) -> None:
     params, paths, client = fast_project
     arch = "perceptron"

@@ -64,11 +64,24 @@ def mlflow_server(tmp_path: Path, mlflow_template_db: Path, monkeypatch: pytest.
     monkeypatch.setenv("no_proxy", HOST)
     log_path = tmp_path / "server" / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    cmd = [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(art),
-           "--host", HOST, "--port", str(port), "--workers", "1"]  # fmt: skip
+    cmd = [
+        str(MLFLOW),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{db}",
+        "--artifacts-destination",
+        str(art),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path / "server",
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path / "server", start_new_session=True
+        )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not healthy(url):

@@ -57,9 +57,17 @@ class Served:
 def fake_cv_report(arch: str, folds: int) -> dict:
     """select needs a cv report; this module is about the trained model, so a hand-written one will do."""
     per_fold = {f"fold_{k}": {m: 0.8 for m in SCALAR_METRICS} for k in range(folds)}
-    return {"architecture": arch, "params_hash": "hand", "mlflow_run_id": None, "folds": folds,
-            "mean": {m: 0.8 for m in SCALAR_METRICS}, "std": {m: 0.0 for m in SCALAR_METRICS}, "per_fold": per_fold,
-            "confusion_matrix": [], "class_names": [str(i) for i in range(10)]}  # fmt: skip
+    return {
+        "architecture": arch,
+        "params_hash": "hand",
+        "mlflow_run_id": None,
+        "folds": folds,
+        "mean": {m: 0.8 for m in SCALAR_METRICS},
+        "std": {m: 0.0 for m in SCALAR_METRICS},
+        "per_fold": per_fold,
+        "confusion_matrix": [],
+        "class_names": [str(i) for i in range(10)],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +116,14 @@ print(json.dumps({
 
 def test_a_fresh_process_loads_the_champion_and_reproduces_the_test_accuracy(served: Served, tmp_path: Path) -> None:
     np.savez(tmp_path / "test.npz", X=served.X, y=served.y)
-    proc = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, str(tmp_path / "test.npz"), CHAMPION],
-                          env=served.env, cwd=tmp_path, capture_output=True, text=True, timeout=180)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_SCRIPT, str(tmp_path / "test.npz"), CHAMPION],
+        env=served.env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["columns"] == ["prediction"] + [f"prob_{i}" for i in range(10)]
@@ -127,8 +141,9 @@ def free_port() -> int:
 
 
 def post(url: str, payload: dict, timeout: float = 30) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())
@@ -141,11 +156,21 @@ def mlflow_serve(model_uri: str, env: dict[str, str], cwd: Path) -> Iterator[str
     """`mlflow models serve` of `model_uri` on a free loopback port; yields its base URL once /ping answers."""
     port = free_port()
     log_path = cwd / "serve.log"
-    cmd = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-           "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    cmd = [
+        str(VENV_BIN / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 180
@@ -254,8 +279,14 @@ def test_dlpipe_predict_console_script(served: Served, tmp_path: Path) -> None:
     np.savez(tmp_path / "x.npz", X=served.X[:7])
     env = subprocess_env(served.root)
     env.pop("MLFLOW_TRACKING_URI", None)  # resolved from the project in DLPIPE_ROOT
-    proc = subprocess.run([str(VENV_BIN / "dlpipe"), "predict", "--model", CHAMPION, "--input", "x.npz", "--output",
-                           "out.csv"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)  # fmt: skip
+    proc = subprocess.run(
+        [str(VENV_BIN / "dlpipe"), "predict", "--model", CHAMPION, "--input", "x.npz", "--output", "out.csv"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     check_frame(pd.read_csv(tmp_path / "out.csv"), 7)
     assert "7 predictions written to out.csv" in proc.stderr

@@ -157,16 +157,28 @@ def test_select_writes_the_leaderboard_metrics_and_plots(study: Study) -> None:
     assert "±" in md and f"p={chosen['p_value']:.4f}" in md
     metrics = read_json(study.paths.reports / "metrics.json")
     assert metrics["champion"] == expected and metrics["select_run"] == chosen["mlflow_run_id"]
-    assert {a: metrics[a] for a in ARCHS} == pytest.approx({a: cv_reports[a]["mean"]["f1_macro"] for a in ARCHS},
-                                                           abs=5e-5)  # fmt: skip
+    assert {a: metrics[a] for a in ARCHS} == pytest.approx(
+        {a: cv_reports[a]["mean"]["f1_macro"] for a in ARCHS}, abs=5e-5
+    )
     confusion = pd.read_csv(study.paths.reports / "plots" / "confusion.csv")
     assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == 60
     comparison = pd.read_csv(study.paths.reports / "plots" / "comparison.csv")
     assert set(comparison["architecture"]) == set(ARCHS)
-    assert list(comparison.columns) == ["architecture", "kind", "metric", "cv_mean", "cv_std", "cv_low", "cv_high",
-                                        "test"]  # fmt: skip
-    for name, columns in (("pr", ["class", "recall", "precision"]), ("roc", ["class", "fpr", "tpr"]),
-                          ("calibration", ["architecture", "confidence", "accuracy", "count"])):  # fmt: skip
+    assert list(comparison.columns) == [
+        "architecture",
+        "kind",
+        "metric",
+        "cv_mean",
+        "cv_std",
+        "cv_low",
+        "cv_high",
+        "test",
+    ]
+    for name, columns in (
+        ("pr", ["class", "recall", "precision"]),
+        ("roc", ["class", "fpr", "tpr"]),
+        ("calibration", ["architecture", "confidence", "accuracy", "count"]),
+    ):
         frame = pd.read_csv(study.paths.reports / "plots" / f"{name}.csv", dtype={"class": str})
         assert list(frame.columns) == columns and len(frame) > 10
     # the select run links exactly the runs whose numbers are on the leaderboard
@@ -196,8 +208,7 @@ def test_select_registers_the_winner_with_tags_and_aliases(study: Study) -> None
     assert study.selected["registry"]["promotion"]["action"] == "promoted"
 
 
-def test_per_class_fold_metrics_are_in_the_cv_report_and_the_leaderboard_cli(study: Study, capsys,
-                                                                             monkeypatch) -> None:  # fmt: skip
+def test_per_class_fold_metrics_are_in_the_cv_report_and_the_leaderboard_cli(study: Study, capsys, monkeypatch) -> None:
     monkeypatch.chdir(study.root)
     monkeypatch.setenv("DLPIPE_ROOT", str(study.root))
     filled = {}
@@ -210,8 +221,9 @@ def test_per_class_fold_metrics_are_in_the_cv_report_and_the_leaderboard_cli(stu
             mean_f1 = np.mean([v["f1"] for v in per_class.values()])
             assert mean_f1 == pytest.approx(report["per_fold"][fold]["f1_macro"], abs=1e-5)
     # recall of class "3" as the selection metric (the *_positive path) ranks on the per-class fold values
-    board = sel.build_leaderboard(filled, {a: read_json(study.paths.test_report(a)) for a in ARCHS},
-                                  "recall_positive", "3")  # fmt: skip
+    board = sel.build_leaderboard(
+        filled, {a: read_json(study.paths.test_report(a)) for a in ARCHS}, "recall_positive", "3"
+    )
     expected = {a: np.mean([f["3"]["recall"] for f in filled[a]["per_fold_per_class"].values()]) for a in ARCHS}
     assert board.set_index("architecture")["cv_mean"].to_dict() == pytest.approx(expected)
     assert board.iloc[0]["architecture"] == max(expected, key=expected.get)
@@ -282,8 +294,16 @@ def test_promotion_is_gated_forced_recorded_and_rolled_back(study: Study, capsys
     model_tags = study.client.get_registered_model(NAME).tags
     assert json.loads(model_tags["champion_history"]) == [1]
     actions = [r["action"] for r in json.loads(model_tags["champion_audit"])]
-    assert actions == ["promoted", "refused", "refused", "promoted", "promoted", "refused", "rolled_back",
-                       "rolled_back"]  # fmt: skip
+    assert actions == [
+        "promoted",
+        "refused",
+        "refused",
+        "promoted",
+        "promoted",
+        "refused",
+        "rolled_back",
+        "rolled_back",
+    ]
 
 
 def test_promote_usage_errors_exit_with_dlpipe_codes(study: Study, capsys, monkeypatch) -> None:

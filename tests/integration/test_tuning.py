@@ -74,8 +74,13 @@ def experiment_runs(client: MlflowClient) -> list[Run]:
 
 
 def tune_parents(client: MlflowClient, arch: str) -> list[Run]:
-    return [r for r in experiment_runs(client) if "mlflow.parentRunId" not in r.data.tags
-            and r.data.tags.get("stage") == "tune" and r.data.tags.get("architecture") == arch]  # fmt: skip
+    return [
+        r
+        for r in experiment_runs(client)
+        if "mlflow.parentRunId" not in r.data.tags
+        and r.data.tags.get("stage") == "tune"
+        and r.data.tags.get("architecture") == arch
+    ]
 
 
 def children(client: MlflowClient, parent_id: str) -> list[Run]:
@@ -98,12 +103,20 @@ def pruned(tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: Path):
         uri = install_mlflow_store(root, mlflow_template_db)
         mp.setenv("MLFLOW_TRACKING_URI", uri)  # and removed after (mlflow.set_tracking_uri exports it)
         space = {"train.lr": LR_GOOD_BAD, "model.hidden": {"type": "categorical", "choices": [[16], [32, 16]]}}
-        params, paths = prepared(root, {"n_trials": 6, "max_epochs": 4, "sampler": "random", "pruner": "median",
-                                        "spaces": {"mlp": space}},
-                                 train={"max_epochs": 4, "early_stopping": {"enabled": False}})  # fmt: skip
+        params, paths = prepared(
+            root,
+            {"n_trials": 6, "max_epochs": 4, "sampler": "random", "pruner": "median", "spaces": {"mlp": space}},
+            train={"max_epochs": 4, "early_stopping": {"enabled": False}},
+        )
         report = tune.run(params, paths, "mlp")
-        yield {"params": params, "paths": paths, "report": report, "client": MlflowClient(uri), "uri": uri,
-               "study": load_study(paths, report["study_name"])}  # fmt: skip
+        yield {
+            "params": params,
+            "paths": paths,
+            "report": report,
+            "client": MlflowClient(uri),
+            "uri": uri,
+            "study": load_study(paths, report["study_name"]),
+        }
 
 
 def test_median_pruner_prunes_trials_in_the_hopeless_part_of_the_space(pruned):
@@ -146,12 +159,17 @@ def test_every_trial_is_a_child_run_with_its_state_params_and_intermediate_value
 def test_the_study_plots_trials_table_and_report_are_parent_artifacts(pruned):
     client, report = pruned["client"], pruned["report"]
     files = {a.path for a in client.list_artifacts(report["mlflow_run_id"], "plots")}
-    assert {"plots/optimization_history.png", "plots/intermediate_values.png", "plots/parallel_coordinate.png",
-            "plots/param_importances.png"} <= files  # fmt: skip
+    assert {
+        "plots/optimization_history.png",
+        "plots/intermediate_values.png",
+        "plots/parallel_coordinate.png",
+        "plots/param_importances.png",
+    } <= files
     top = {a.path for a in client.list_artifacts(report["mlflow_run_id"])}
     assert {"trials.csv", "tuning_report.json"} <= top
-    local = mlflow.artifacts.download_artifacts(run_id=report["mlflow_run_id"], artifact_path="plots",
-                                                tracking_uri=pruned["uri"])  # fmt: skip
+    local = mlflow.artifacts.download_artifacts(
+        run_id=report["mlflow_run_id"], artifact_path="plots", tracking_uri=pruned["uri"]
+    )
     assert (Path(local) / "optimization_history.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -161,8 +179,10 @@ def test_the_report_holds_real_best_params_that_model_spec_applies(pruned):
     assert on_disk == report
     best = max((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert report["best_value"] == pytest.approx(best.value) and report["best_trial"] == best.number
-    assert report["best_params"] == {"train.lr": best.params["train.lr"],
-                                     "model.hidden": yaml.safe_load(best.params["model.hidden"])}  # fmt: skip
+    assert report["best_params"] == {
+        "train.lr": best.params["train.lr"],
+        "model.hidden": yaml.safe_load(best.params["model.hidden"]),
+    }
     assert report["metric"] == "f1_macro" and report["direction"] == "maximize" and report["n_trials"] == 6
     assert sum(report["trials"].values()) == 6 and report["storage"] == str(paths.optuna / "journal.log")
     spec = model_spec(params, paths, "mlp")
@@ -273,8 +293,10 @@ def run_study(params, paths: ProjectPaths, arch: str) -> optuna.Study:
 
 
 def test_seeded_sequential_studies_repeat_their_trials(project):
-    space = {"train.lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
-             "train.batch_size": {"type": "categorical", "choices": [16, 64]}}  # fmt: skip
+    space = {
+        "train.lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
+        "train.batch_size": {"type": "categorical", "choices": [16, 64]},
+    }
     tpe = {"sampler": "tpe", "pruner": "none", "max_epochs": 2, "n_trials": 2, "space": space}
     params, paths = prepared(project, {**tpe, "storage": "optuna/a.log"})
     a = run_study(params, paths, "perceptron")
@@ -289,8 +311,11 @@ def test_seeded_sequential_studies_repeat_their_trials(project):
 
 
 def test_k_fold_objective_reports_every_fold_with_its_own_steps_and_returns_their_mean(project):
-    params, paths = prepared(project, {**PLAIN, "n_trials": 1, "cv_folds": 2, "space": {"train.lr": LR_GOOD_BAD}},
-                             train={"early_stopping": {"enabled": False}})  # fmt: skip
+    params, paths = prepared(
+        project,
+        {**PLAIN, "n_trials": 1, "cv_folds": 2, "space": {"train.lr": LR_GOOD_BAD}},
+        train={"early_stopping": {"enabled": False}},
+    )
     (trial,) = run_study(params, paths, "perceptron").trials
     assert sorted(trial.intermediate_values) == [0, 1, 2, 3]  # fold k reports steps 2k, 2k+1
     assert trial.value == pytest.approx((trial.user_attrs["fold_0"] + trial.user_attrs["fold_1"]) / 2)
@@ -302,9 +327,12 @@ def test_k_fold_objective_reports_every_fold_with_its_own_steps_and_returns_thei
 
 @pytest.mark.slow
 def test_two_worker_processes_share_the_journal_study(project, mlflow_store):
-    params, paths = prepared(project, {**PLAIN, "n_trials": 4, "workers": 2,
-                                       "space": {"train.lr": {"type": "float", "low": 1e-3, "high": 0.1}}},
-                             architectures=["perceptron"], trainer={"workers": 2})  # fmt: skip
+    params, paths = prepared(
+        project,
+        {**PLAIN, "n_trials": 4, "workers": 2, "space": {"train.lr": {"type": "float", "low": 1e-3, "high": 0.1}}},
+        architectures=["perceptron"],
+        trainer={"workers": 2},
+    )
     study_stage.run(params, paths)  # tune.workers: 2 of the study stage's two worker processes share the study
     report = read_json(paths.tuning_report("perceptron"))
     assert report["finished"] == 4 and report["stopped"] == "budget"

@@ -75,10 +75,16 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_workers_on_two_machines_share_one_study_in_postgresql(project, mlflow_store, postgres_url, tmp_path,
-                                                               mlflow_template_db, monkeypatch):  # fmt: skip
-    settings = {**PLAIN, "n_trials": 4, "workers": 2, "storage": postgres_url,
-                "space": {"train.lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}}}  # fmt: skip
+def test_workers_on_two_machines_share_one_study_in_postgresql(
+    project, mlflow_store, postgres_url, tmp_path, mlflow_template_db, monkeypatch
+):
+    settings = {
+        **PLAIN,
+        "n_trials": 4,
+        "workers": 2,
+        "storage": postgres_url,
+        "space": {"train.lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}},
+    }
     params, paths = prepared(project, settings, architectures=["perceptron"], trainer={"workers": 2})
     study_stage.run(params, paths)  # the study stage's two worker processes share the study in PostgreSQL
     report = read_json(paths.tuning_report("perceptron"))

@@ -129,8 +129,9 @@ def shards(monkeypatch, n: int, world: int, batch_size: int, shuffle: bool, epoc
     for rank in range(world):
         monkeypatch.setattr(batching, "_rank_and_world", lambda rank=rank: (rank, world))
         loader = TensorLoader(*indexed(n), batch_size, shuffle=shuffle, seed=5)
-        out.append((len(loader), [[int(i) for _, yb in loader for i in yb] for _ in range(epochs)],
-                    [sum(1 for _ in loader)]))  # fmt: skip
+        out.append(
+            (len(loader), [[int(i) for _, yb in loader for i in yb] for _ in range(epochs)], [sum(1 for _ in loader)])
+        )
     return out
 
 

@@ -127,12 +127,23 @@ def test_outputs_in_dvc_yaml_are_the_paths_the_code_writes(tmp_path):
         return str(path.relative_to(tmp_path))
 
     written = {
-        rel(paths.inputs), rel(paths.raw), rel(paths.prepared / "splits.npz"), rel(paths.prepared / "folds.json"),
-        rel(paths.prepared / "summary.json"), rel(paths.baselines_report), rel(paths.tuning_report("x").parent),
-        rel(paths.cv_report("x").parent), rel(paths.test_report("x").parent), rel(paths.tuned_params),
-        rel(paths.models), rel(paths.leaderboard_csv), rel(paths.leaderboard_md), rel(paths.selection),
-        rel(paths.plots), rel(paths.metrics),
-    }  # fmt: skip
+        rel(paths.inputs),
+        rel(paths.raw),
+        rel(paths.prepared / "splits.npz"),
+        rel(paths.prepared / "folds.json"),
+        rel(paths.prepared / "summary.json"),
+        rel(paths.baselines_report),
+        rel(paths.tuning_report("x").parent),
+        rel(paths.cv_report("x").parent),
+        rel(paths.test_report("x").parent),
+        rel(paths.tuned_params),
+        rel(paths.models),
+        rel(paths.leaderboard_csv),
+        rel(paths.leaderboard_md),
+        rel(paths.selection),
+        rel(paths.plots),
+        rel(paths.metrics),
+    }
     assert _declared_outputs() == written
     assert rel(paths.oof_predictions("x").parent) == rel(paths.cv_report("x").parent)
     assert rel(paths.test_predictions("x").parent) == rel(paths.test_report("x").parent)

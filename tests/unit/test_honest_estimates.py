@@ -83,15 +83,17 @@ def test_bad_operating_points_are_refused(text):
 
 def test_pareto_front_by_hand():
     # (score up, latency down, params down)
-    rows = np.array([
-        [0.99, 2.0, 1000],  # a: best score
-        [0.98, 1.0, 1000],  # b: faster than a, a bit worse: on the front
-        [0.97, 1.5, 2000],  # c: dominated by b (worse everywhere)
-        [0.95, 0.1, 10],  # d: tiny and fast: on the front
-        [0.95, 0.1, 20],  # e: dominated by d
-        [0.99, 2.0, 1000],  # f: ties a exactly: neither dominates the other
-        [np.nan, 0.1, 10],  # g: no score: never on the front
-    ])  # fmt: skip
+    rows = np.array(
+        [
+            [0.99, 2.0, 1000],  # a: best score
+            [0.98, 1.0, 1000],  # b: faster than a, a bit worse: on the front
+            [0.97, 1.5, 2000],  # c: dominated by b (worse everywhere)
+            [0.95, 0.1, 10],  # d: tiny and fast: on the front
+            [0.95, 0.1, 20],  # e: dominated by d
+            [0.99, 2.0, 1000],  # f: ties a exactly: neither dominates the other
+            [np.nan, 0.1, 10],  # g: no score: never on the front
+        ]
+    )
     assert pareto_front(rows, [True, False, False]).tolist() == [True, True, False, True, False, True, False]
 
 
@@ -168,8 +170,12 @@ def cv(name: str, values: list[float], n_params: int, latency: float) -> tuple[d
     folds = {f"fold_{k}": {"f1_macro": v, "accuracy": v} for k, v in enumerate(values)}
     mean = {"f1_macro": float(np.mean(values)), "accuracy": float(np.mean(values))}
     std = {"f1_macro": float(np.std(values, ddof=1)), "accuracy": float(np.std(values, ddof=1))}
-    test = {"f1_macro": mean["f1_macro"], "accuracy": mean["accuracy"], "n_params": n_params,
-            "latency_ms_per_sample": latency}  # fmt: skip
+    test = {
+        "f1_macro": mean["f1_macro"],
+        "accuracy": mean["accuracy"],
+        "n_params": n_params,
+        "latency_ms_per_sample": latency,
+    }
     return {"architecture": name, "per_fold": folds, "mean": mean, "std": std}, test
 
 

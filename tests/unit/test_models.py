@@ -196,8 +196,10 @@ def test_transformer_patch_size_must_divide_the_image(input_shape, patch):
         build("transformer", input_shape, patch_size=patch)
 
 
-@pytest.mark.parametrize(("input_shape", "patch", "tokens"), [((1, 8, 8), 4, 4), ((1, 28, 28), 7, 16),
-                                                              ((3, 32, 32), 4, 64), ((1, 28, 28), 0, 28)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("input_shape", "patch", "tokens"),
+    [((1, 8, 8), 4, 4), ((1, 28, 28), 7, 16), ((3, 32, 32), 4, 64), ((1, 28, 28), 0, 28)],
+)
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_transformer_tokens_and_positions(input_shape, patch, tokens, pooling):
     model = build("transformer", input_shape, patch_size=patch, pooling=pooling)

@@ -89,15 +89,25 @@ def cv_report(arch: str, values: dict[str, list[float]], positive: dict[str, lis
         per_fold[f"fold_{k}"] = row
     mean = {m: float(np.mean([per_fold[f][m] for f in per_fold])) for m in SCALAR_METRICS}
     std = {m: float(np.std([per_fold[f][m] for f in per_fold], ddof=1)) for m in SCALAR_METRICS}
-    out = {"architecture": arch, "params_hash": f"cv-{arch}", "mlflow_run_id": None, "folds": folds, "mean": mean,
-           "std": std, "per_fold": per_fold, "confusion_matrix": [[5, 1], [1, 5]],
-           "class_names": ["neg", "pos"]}  # fmt: skip
+    out = {
+        "architecture": arch,
+        "params_hash": f"cv-{arch}",
+        "mlflow_run_id": None,
+        "folds": folds,
+        "mean": mean,
+        "std": std,
+        "per_fold": per_fold,
+        "confusion_matrix": [[5, 1], [1, 5]],
+        "class_names": ["neg", "pos"],
+    }
     if positive is not None:
         out["per_fold_per_class"] = {
-            f"fold_{k}": {"pos": {"precision": positive["precision"][k], "recall": positive["recall"][k], "f1": 0.5},
-                          "neg": {"precision": 0.5, "recall": 0.5, "f1": 0.5}}
+            f"fold_{k}": {
+                "pos": {"precision": positive["precision"][k], "recall": positive["recall"][k], "f1": 0.5},
+                "neg": {"precision": 0.5, "recall": 0.5, "f1": 0.5},
+            }
             for k in range(folds)
-        }  # fmt: skip
+        }
     return out
 
 
@@ -106,12 +116,14 @@ def test_report(arch: str, value: float, n_params: int) -> dict:
         "architecture": arch,
         "params_hash": f"train-{arch}",
         **{m: value for m in SCALAR_METRICS},
-        "per_class": {"neg": {"precision": 0.6, "recall": 0.6, "f1": 0.6}, "pos": {"precision": value, "recall": value,
-                                                                                   "f1": value}},
+        "per_class": {
+            "neg": {"precision": 0.6, "recall": 0.6, "f1": 0.6},
+            "pos": {"precision": value, "recall": value, "f1": value},
+        },
         "n_params": n_params,
         "train_seconds": 1.5,
         "latency_ms_per_sample": 0.02,
-    }  # fmt: skip
+    }
 
 
 test_report.__test__ = False  # a helper, not a test
@@ -167,8 +179,9 @@ def test_significance_of_the_lead_is_reported(precision_vs_recall: ProjectPaths)
     cv_reports, test_reports = r.cv, r.test
     board = sel.build_leaderboard(cv_reports, test_reports, "recall_macro")
     verdict = sel.significance(cv_reports, board, "recall_macro", None, 0.5, 0.05)
-    expected = sel.corrected_resampled_ttest(np.array(SENSITIVE["recall_macro"]), np.array(PRECISE["recall_macro"]),
-                                             0.5)  # fmt: skip
+    expected = sel.corrected_resampled_ttest(
+        np.array(SENSITIVE["recall_macro"]), np.array(PRECISE["recall_macro"]), 0.5
+    )
     assert verdict["winner"] == "mlp" and verdict["runner_up"] == "perceptron"
     assert verdict["p_value"] == pytest.approx(expected.p_value) and verdict["t"] == pytest.approx(expected.t)
     assert verdict["significant"] is (expected.p_value < 0.05)
@@ -189,8 +202,11 @@ def test_ties_on_cv_go_to_the_steadier_then_the_smaller_model() -> None:
     steady = cv_report("steady", {"f1_macro": [0.75, 0.75, 0.75]})  # exact in binary: equal means
     shaky = cv_report("shaky", {"f1_macro": [0.5, 0.75, 1.0]})
     big = cv_report("big", {"f1_macro": [0.75, 0.75, 0.75]})
-    tests = {"steady": test_report("steady", 0.5, 100), "shaky": test_report("shaky", 0.5, 10),
-             "big": test_report("big", 0.9, 1000)}  # fmt: skip
+    tests = {
+        "steady": test_report("steady", 0.5, 100),
+        "shaky": test_report("shaky", 0.5, 10),
+        "big": test_report("big", 0.9, 1000),
+    }
     board = sel.build_leaderboard({"big": big, "shaky": shaky, "steady": steady}, tests, "f1_macro")
     assert list(board["architecture"]) == ["steady", "big", "shaky"]
 
@@ -213,8 +229,9 @@ def test_positive_class_metrics_use_per_fold_per_class_values(tmp_path: Path) ->
 
 
 def test_missing_reports_name_the_stage_to_run(tmp_path: Path) -> None:
-    paths = write_reports(tmp_path, {"perceptron": cv_report("perceptron", PRECISE)},
-                          {"perceptron": test_report("perceptron", 0.7, 1)})  # fmt: skip
+    paths = write_reports(
+        tmp_path, {"perceptron": cv_report("perceptron", PRECISE)}, {"perceptron": test_report("perceptron", 0.7, 1)}
+    )
     with pytest.raises(DataError, match=r"cv/mlp.json: missing; run the study stage first"):
         select.load_reports(params_for("f1_macro"), paths)
     write_json(paths.reports / "cv" / "mlp.json", cv_report("mlp", SENSITIVE))

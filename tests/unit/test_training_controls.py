@@ -142,8 +142,9 @@ def test_early_stopping_stops_when_the_monitor_stalls(digits, monitor, patience)
     stalled = {"monitor": monitor, "patience": patience, "min_delta": 0.5}
     result = train("mlp", digits, SMALL_MLP, max_epochs=10, lr=1e-9, early_stopping=stalled)
     assert result.epochs == patience + 1 < 10
-    control = train("mlp", digits, SMALL_MLP, max_epochs=patience + 3, lr=1e-9,
-                    early_stopping={**stalled, "enabled": False})  # fmt: skip
+    control = train(
+        "mlp", digits, SMALL_MLP, max_epochs=patience + 3, lr=1e-9, early_stopping={**stalled, "enabled": False}
+    )
     assert control.epochs == patience + 3
 
 
@@ -263,8 +264,15 @@ def test_augmentation_changes_training_inputs_and_never_validation_inputs(digits
 
 def test_without_augmentation_training_inputs_are_the_raw_batches(digits):
     spy = InputSpy()
-    train("mlp", digits, SMALL_MLP, max_epochs=1, callbacks=[spy], augmentation={**AUGMENT, "enabled": False},
-          **NO_EARLY_STOP)  # fmt: skip
+    train(
+        "mlp",
+        digits,
+        SMALL_MLP,
+        max_epochs=1,
+        callbacks=[spy],
+        augmentation={**AUGMENT, "enabled": False},
+        **NO_EARLY_STOP,
+    )
     assert spy.stage("train") and all(torch.equal(raw, seen) for raw, seen, _ in spy.stage("train"))
 
 
@@ -377,8 +385,18 @@ class LrRecorder(Callback):
 def test_every_scheduler_runs_and_sets_the_lr(digits, scheduler):
     lr, epochs = 4e-3, 3
     lrs, init = LrRecorder(), InitialWeights()
-    result = train("mlp", digits, SMALL_MLP, max_epochs=epochs, callbacks=[lrs, init], lr=lr, scheduler=scheduler,
-                   step_size=1, gamma=0.5, **NO_EARLY_STOP)  # fmt: skip
+    result = train(
+        "mlp",
+        digits,
+        SMALL_MLP,
+        max_epochs=epochs,
+        callbacks=[lrs, init],
+        lr=lr,
+        scheduler=scheduler,
+        step_size=1,
+        gamma=0.5,
+        **NO_EARLY_STOP,
+    )
     assert result.epochs == epochs
     after = weights(result.module)
     assert all(not torch.equal(after[k], init.weights[k]) for k in after)
@@ -403,7 +421,17 @@ def test_plateau_scheduler_cuts_the_lr_when_val_loss_stalls(digits):
     # SGD at 1e-6 leaves val_loss within ReduceLROnPlateau's 1e-4 relative threshold, yet the lr is large enough
     # for the cut to exceed the scheduler's eps (1e-8): smaller cuts are silently skipped
     lr = 1e-6
-    train("mlp", digits, SMALL_MLP, max_epochs=5, callbacks=[lrs], optimizer="sgd", lr=lr, scheduler="plateau",
-          gamma=0.5, **NO_EARLY_STOP)  # fmt: skip
+    train(
+        "mlp",
+        digits,
+        SMALL_MLP,
+        max_epochs=5,
+        callbacks=[lrs],
+        optimizer="sgd",
+        lr=lr,
+        scheduler="plateau",
+        gamma=0.5,
+        **NO_EARLY_STOP,
+    )
     # epoch 0 sets the best; epochs 1-3 are bad; after the third (> patience 2) the lr is halved
     assert lrs.epochs == pytest.approx([lr, lr, lr, lr, lr / 2])

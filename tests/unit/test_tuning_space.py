@@ -59,10 +59,12 @@ def sampled(space: SearchSpace, n: int, sampler: optuna.samplers.BaseSampler, va
 
 
 def test_space_merges_shared_and_architecture_entries_and_skips_keys_an_architecture_lacks():
-    p = params({
-        "space": {"train.lr": LR, "model.dropout": DROPOUT},
-        "spaces": {"mlp": {"model.hidden": HIDDEN, "train.lr": {"type": "float", "low": 0.01, "high": 0.1}}},
-    })  # fmt: skip
+    p = params(
+        {
+            "space": {"train.lr": LR, "model.dropout": DROPOUT},
+            "spaces": {"mlp": {"model.hidden": HIDDEN, "train.lr": {"type": "float", "low": 0.01, "high": 0.1}}},
+        }
+    )
     mlp = SearchSpace.for_arch(p, "mlp")
     assert mlp.keys == ["model.dropout", "model.hidden", "train.lr"]
     assert mlp.dims["train.lr"].dim.low == 0.01 and not mlp.dims["train.lr"].dim.log  # the architecture's entry wins
@@ -89,16 +91,25 @@ def test_list_choices_are_offered_to_optuna_as_text_and_decoded_to_the_real_valu
 
 
 def test_every_kind_of_dimension_becomes_the_matching_optuna_distribution():
-    space = SearchSpace.for_arch(params({"spaces": {"mlp": {
-        "train.lr": LR,
-        "train.batch_size": {"type": "int", "low": 16, "high": 128, "log": True},
-        "train.max_epochs": {"type": "int", "low": 2, "high": 10, "step": 2},
-        "model.dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1},
-        "model.activation": {"type": "categorical", "choices": ["relu", "tanh", "gelu"]},
-        "train.optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
-        "train.l1": {"type": "float", "low": 1e-8, "high": 1e-4, "log": True},
-        "train.l2": {"type": "float", "low": 1e-8, "high": 1e-4, "log": True},
-    }}}), "mlp")  # fmt: skip
+    space = SearchSpace.for_arch(
+        params(
+            {
+                "spaces": {
+                    "mlp": {
+                        "train.lr": LR,
+                        "train.batch_size": {"type": "int", "low": 16, "high": 128, "log": True},
+                        "train.max_epochs": {"type": "int", "low": 2, "high": 10, "step": 2},
+                        "model.dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1},
+                        "model.activation": {"type": "categorical", "choices": ["relu", "tanh", "gelu"]},
+                        "train.optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+                        "train.l1": {"type": "float", "low": 1e-8, "high": 1e-4, "log": True},
+                        "train.l2": {"type": "float", "low": 1e-8, "high": 1e-4, "log": True},
+                    }
+                }
+            }
+        ),
+        "mlp",
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     trial = study.ask()
     real = space.suggest(trial)
@@ -114,12 +125,15 @@ def test_every_kind_of_dimension_becomes_the_matching_optuna_distribution():
     space.validate(params())  # every value of this space is a valid train/model value for mlp
 
 
-@pytest.mark.parametrize(("dim", "key", "message"), [
-    ({"type": "categorical", "choices": ["adam", "lbfgs"]}, "train.optimizer", "'lbfgs' is not a valid train"),
-    ({"type": "float", "low": 16, "high": 101}, "train.batch_size", "58.5 is not a valid train.batch_size"),
-    ({"type": "float", "low": 0.0, "high": 1.5}, "model.dropout", "1.5 is not a valid model.dropout"),
-    ({"type": "categorical", "choices": [[64], []]}, "model.hidden", "[] is not a valid model.hidden"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("dim", "key", "message"),
+    [
+        ({"type": "categorical", "choices": ["adam", "lbfgs"]}, "train.optimizer", "'lbfgs' is not a valid train"),
+        ({"type": "float", "low": 16, "high": 101}, "train.batch_size", "58.5 is not a valid train.batch_size"),
+        ({"type": "float", "low": 0.0, "high": 1.5}, "model.dropout", "1.5 is not a valid model.dropout"),
+        ({"type": "categorical", "choices": [[64], []]}, "model.hidden", "[] is not a valid model.hidden"),
+    ],
+)
 def test_validate_names_the_key_and_the_value_that_training_would_reject(dim, key, message):
     """The same check runs when params are loaded (`dlpipe check` and the check stage refuse what tuning would)."""
     with pytest.raises(ConfigError) as info:
@@ -128,12 +142,15 @@ def test_validate_names_the_key_and_the_value_that_training_would_reject(dim, ke
     assert message in str(info.value)
 
 
-@pytest.mark.parametrize(("dim", "message"), [
-    ({"type": "int", "low": 1.5, "high": 4}, "tune.space.train.max_epochs.low: int dimensions need whole numbers"),
-    ({"type": "int", "low": 2, "high": 64, "log": True, "step": 2}, "log scale and step cannot be combined"),
-    ({"type": "float", "low": 1, "high": 64, "log": True, "step": 1}, "log scale and step cannot be combined"),
-    ({"type": "categorical", "choices": [3, 3]}, "tune.space.train.max_epochs.choices: 3 appears more than once"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("dim", "message"),
+    [
+        ({"type": "int", "low": 1.5, "high": 4}, "tune.space.train.max_epochs.low: int dimensions need whole numbers"),
+        ({"type": "int", "low": 2, "high": 64, "log": True, "step": 2}, "log scale and step cannot be combined"),
+        ({"type": "float", "low": 1, "high": 64, "log": True, "step": 1}, "log scale and step cannot be combined"),
+        ({"type": "categorical", "choices": [3, 3]}, "tune.space.train.max_epochs.choices: 3 appears more than once"),
+    ],
+)
 def test_unusable_dimensions_are_config_errors(dim, message):
     with pytest.raises(ConfigError, match=message):
         SearchSpace.for_arch(params({"space": {"train.max_epochs": dim}}), "mlp")
@@ -178,8 +195,9 @@ def test_study_name_changes_with_what_shapes_the_search_and_not_with_the_budget(
 
 @pytest.mark.parametrize("kind", ["tpe", "random", "cmaes"])
 def test_seeded_samplers_repeat_their_trials_and_another_seed_changes_them(kind):
-    space = SearchSpace.for_arch(params({"spaces": {"mlp": {"train.lr": LR, "model.dropout": DROPOUT,
-                                                            "model.hidden": HIDDEN}}}), "mlp")  # fmt: skip
+    space = SearchSpace.for_arch(
+        params({"spaces": {"mlp": {"train.lr": LR, "model.dropout": DROPOUT, "model.hidden": HIDDEN}}}), "mlp"
+    )
 
     def score(real):  # some signal so model-based samplers have something to learn
         return -abs(math.log10(real["train.lr"]) + 2) - real["model.dropout"]
@@ -198,8 +216,9 @@ def test_a_resumed_study_draws_what_an_uninterrupted_one_would():
     storage = optuna.storages.InMemoryStorage()
     resumed = []
     for _ in range(2):  # two processes, each with a new sampler, on one storage: 2 trials each
-        study = optuna.create_study(storage=storage, study_name="s", sampler=S.make_sampler("random", 7),
-                                    load_if_exists=True)  # fmt: skip
+        study = optuna.create_study(
+            storage=storage, study_name="s", sampler=S.make_sampler("random", 7), load_if_exists=True
+        )
         for _ in range(2):
             trial = study.ask()
             resumed.append(space.suggest(trial))
@@ -407,8 +426,9 @@ class FakeObjective:
 
 def journal_study(path: Path, kind: str = "random") -> optuna.Study:
     storage = JournalStorage(JournalFileBackend(str(path)))
-    return optuna.create_study(storage=storage, study_name="s", direction="maximize",
-                               sampler=S.make_sampler(kind, 0), load_if_exists=True)  # fmt: skip
+    return optuna.create_study(
+        storage=storage, study_name="s", direction="maximize", sampler=S.make_sampler(kind, 0), load_if_exists=True
+    )
 
 
 def lr_space() -> SearchSpace:
@@ -542,8 +562,13 @@ def test_trial_epochs_are_the_trials_own_max_epochs_capped_by_tune_max_epochs():
     from dlpipe.tuning.study import epochs_per_fit
 
     tuned = {"train.max_epochs": {"type": "int", "low": 2, "high": 3}}
-    params = parse_params({"architectures": ["resnet"], "train": {"max_epochs": 15},
-                           "tune": {"max_epochs": 5, "spaces": {"resnet": tuned}}})  # fmt: skip
+    params = parse_params(
+        {
+            "architectures": ["resnet"],
+            "train": {"max_epochs": 15},
+            "tune": {"max_epochs": 5, "spaces": {"resnet": tuned}},
+        }
+    )
     space = SearchSpace.for_arch(params, "resnet")
     assert epochs_per_fit(params, space) == 3  # the space's most, under the cap of 5
     objective = Objective(params, "resnet", space, data=None)

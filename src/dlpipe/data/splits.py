@@ -69,11 +69,11 @@ def split_problems(counts: np.ndarray, data: Any, source: str) -> list[str]:
     if smallest < 2 or n_test < len(counts):
         problems.append(f"{source}: data.test_size: {data.test_size} of {int(total)} samples leaves {n_test} test "
                         f"samples for {len(counts)} classes (smallest class has {smallest}); stratified splitting "
-                        "needs at least one per class on each side")  # fmt: skip
+                        "needs at least one per class on each side")
     smallest_train = int(np.floor(smallest * (1 - data.test_size)))
     if not problems and smallest_train < data.folds:
         problems.append(f"{source}: data.folds: {data.folds} folds need at least {data.folds} training samples per "
-                        f"class; the smallest class has about {smallest_train}")  # fmt: skip
+                        f"class; the smallest class has about {smallest_train}")
     return problems
 
 

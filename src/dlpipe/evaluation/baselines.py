@@ -134,5 +134,6 @@ def run_baseline(name: str, data: PreparedData, seed: int, max_train: int | None
     search = final[-1]
     chosen = dict(search.best_params_) if isinstance(search, GridSearchCV) else {}
     subsampled = len(train_idx) if len(train_idx) < len(data.splits.train_idx) else None
-    return BaselineResult(name, BASELINES[name][0], per_fold, per_class, test, time.perf_counter() - start, chosen,
-                          subsampled)  # fmt: skip
+    return BaselineResult(
+        name, BASELINES[name][0], per_fold, per_class, test, time.perf_counter() - start, chosen, subsampled
+    )

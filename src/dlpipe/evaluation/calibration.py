@@ -34,8 +34,13 @@ def reliability_bins(probs: np.ndarray, y: np.ndarray, bins: int = BINS) -> list
     for b in range(bins):
         members = index == b
         if members.any():
-            out.append({"confidence": float(confidence[members].mean()), "accuracy": float(correct[members].mean()),
-                        "count": int(members.sum())})  # fmt: skip
+            out.append(
+                {
+                    "confidence": float(confidence[members].mean()),
+                    "accuracy": float(correct[members].mean()),
+                    "count": int(members.sum()),
+                }
+            )
     return out
 
 

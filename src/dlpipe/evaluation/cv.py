@@ -60,8 +60,9 @@ def run_fold(
     """Train on the other folds (early stopping on an inner `val_size` slice of them), score fold `k` once."""
     split = data.fold(k, val_size, seed)
     with timed("fit"):
-        result = fit(spec, split.fit, data.dataset.class_names, trainer_params, seed, max_epochs=max_epochs,
-                     callbacks=callbacks)  # fmt: skip
+        result = fit(
+            spec, split.fit, data.dataset.class_names, trainer_params, seed, max_epochs=max_epochs, callbacks=callbacks
+        )
     with timed("evaluate"):
         report = evaluate(result.module, split.scored, trainer_params)
         temperature = 1.0

@@ -26,8 +26,9 @@ def parse_rule(text: str) -> tuple[str, float | None]:
     """`precision>=0.95` -> ("precision", 0.95); `max_f1` -> ("max_f1", None); ValueError for anything else."""
     match = RULE.match(text.replace(" ", ""))
     if not match:
-        raise ValueError(f"{text!r} is not an operating point; allowed: argmax, max_f1, precision>=X, recall>=X "
-                         "(0 < X <= 1)")  # fmt: skip
+        raise ValueError(
+            f"{text!r} is not an operating point; allowed: argmax, max_f1, precision>=X, recall>=X (0 < X <= 1)"
+        )
     if match.group(2):
         target = float(match.group(3))
         if not 0 < target <= 1:
@@ -78,8 +79,15 @@ def choose(rule: str, y_positive: np.ndarray, p_positive: np.ndarray, positive_c
             best = int(ok[np.argmax(other[ok])])
         else:  # the closest to the target
             best, reached = int(np.argmax(achieved)), False
-    return OperatingPoint(rule, float(thresholds[best]), positive_class, float(precision[best]), float(recall[best]),
-                          float(f1[best]), reached)  # fmt: skip
+    return OperatingPoint(
+        rule,
+        float(thresholds[best]),
+        positive_class,
+        float(precision[best]),
+        float(recall[best]),
+        float(f1[best]),
+        reached,
+    )
 
 
 def decide(probs: np.ndarray, point: OperatingPoint, class_names: list[str]) -> np.ndarray:

@@ -16,8 +16,9 @@ def confusion_matrix_figure(matrix: list[list[int]], class_names: list[str], tit
     size = max(4.0, 0.5 * len(class_names) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(cm, cmap="Blues")
-    ax.set(xticks=range(len(class_names)), yticks=range(len(class_names)), xlabel="predicted", ylabel="true",
-           title=title)  # fmt: skip
+    ax.set(
+        xticks=range(len(class_names)), yticks=range(len(class_names)), xlabel="predicted", ylabel="true", title=title
+    )
     ax.set_xticklabels(class_names, rotation=45, ha="right")
     ax.set_yticklabels(class_names)
     threshold = cm.max() / 2 if cm.size else 0

@@ -50,13 +50,16 @@ def fold_values(cv_report: dict, metric: str, positive_class: str | None = None)
             raise DataError(f"cv report of {name!r} has no per-fold {metric!r}") from None
     per_class = cv_report.get("per_fold_per_class")
     if not per_class or positive_class is None:
-        raise DataError(f"cv report of {name!r}: {metric!r} needs per-fold per-class metrics "
-                        "(per_fold_per_class) and selection.positive_class")  # fmt: skip
+        raise DataError(
+            f"cv report of {name!r}: {metric!r} needs per-fold per-class metrics "
+            "(per_fold_per_class) and selection.positive_class"
+        )
     try:
         return np.array([float(per_class[k][positive_class][per_class_name(metric)]) for k in keys])
     except KeyError:
-        raise DataError(f"cv report of {name!r}: no per-fold {per_class_name(metric)!r} of class "
-                        f"{positive_class!r}") from None  # fmt: skip
+        raise DataError(
+            f"cv report of {name!r}: no per-fold {per_class_name(metric)!r} of class {positive_class!r}"
+        ) from None
 
 
 def test_value(test_report: dict, metric: str, positive_class: str | None = None) -> float:
@@ -123,8 +126,9 @@ def build_leaderboard(
     frame["pareto"] = False
     frame.loc[deep, "pareto"] = pareto_front(objectives, [True, False, False]) if deep.any() else []
     frame["_params_key"] = frame["n_params"].fillna(math.inf)
-    frame = frame.sort_values(["cv_mean", "cv_std", "_params_key", "architecture"],
-                              ascending=[False, True, True, True], kind="mergesort")  # fmt: skip
+    frame = frame.sort_values(
+        ["cv_mean", "cv_std", "_params_key", "architecture"], ascending=[False, True, True, True], kind="mergesort"
+    )
     frame = frame.drop(columns="_params_key").reset_index(drop=True)
     frame.insert(0, "rank", range(1, len(frame) + 1))
     return frame
@@ -144,12 +148,15 @@ def compare(a: dict, b: dict, metric: str, positive: str | None, ratio: float, r
         names = [r.get("architecture") or r.get("name") for r in (a, b)]
         raise DataError(f"cv reports of {names[0]!r} and {names[1]!r} cover different folds; run both again")
     x, y = fold_values(a, metric, positive), fold_values(b, metric, positive)
-    return {"t_test": corrected_resampled_ttest(x, y, ratio).to_dict(),
-            "bayes": correlated_bayesian_ttest(x, y, ratio, rope).to_dict()}  # fmt: skip
+    return {
+        "t_test": corrected_resampled_ttest(x, y, ratio).to_dict(),
+        "bayes": correlated_bayesian_ttest(x, y, ratio, rope).to_dict(),
+    }
 
 
-def choose_by_rule(leaderboard: pd.DataFrame, cv_reports: dict[str, dict], selection: Any, ratio: float,
-                   positive: str | None) -> tuple[str, dict]:  # fmt: skip
+def choose_by_rule(
+    leaderboard: pd.DataFrame, cv_reports: dict[str, dict], selection: Any, ratio: float, positive: str | None
+) -> tuple[str, dict]:
     """The champion under `selection.rule`, with the comparisons behind the choice."""
     best = choose_winner(leaderboard)
     if selection.rule == "best":
@@ -164,8 +171,9 @@ def choose_by_rule(leaderboard: pd.DataFrame, cv_reports: dict[str, dict], selec
         result = compare(cv_reports[best], cv_reports[arch], selection.metric, positive, ratio, selection.rope)
         if result["bayes"]["p_right"] <= 1.0 - selection.equivalence:  # not practically worse than the best
             candidates.append((row, result["bayes"]))
-    row, bayes = min(candidates, key=lambda c: (_num(c[0]["n_params"]), _num(c[0]["latency_ms_per_sample"]),
-                                                -c[0]["cv_mean"]))  # fmt: skip
+    row, bayes = min(
+        candidates, key=lambda c: (_num(c[0]["n_params"]), _num(c[0]["latency_ms_per_sample"]), -c[0]["cv_mean"])
+    )
     return str(row["architecture"]), {"best": best, "equivalent_to_best": bayes}
 
 
@@ -174,38 +182,71 @@ def _num(value: Any) -> float:
     return math.inf if math.isnan(value) else value
 
 
-def verdict(leaderboard: pd.DataFrame, cv_reports: dict[str, dict], baselines: dict[str, dict] | None,
-            selection: Any, ratio: float) -> dict:  # fmt: skip
+def verdict(
+    leaderboard: pd.DataFrame,
+    cv_reports: dict[str, dict],
+    baselines: dict[str, dict] | None,
+    selection: Any,
+    ratio: float,
+) -> dict:
     """The champion, and how it compares with the runner-up and with the best baseline (both tests)."""
     metric, positive = selection.metric, selection.positive_class
     winner, rule = choose_by_rule(leaderboard, cv_reports, selection, ratio, positive)
-    out: dict = {"winner": winner, "metric": metric, "rule": selection.rule, "rope": selection.rope,
-                 "alpha": selection.alpha, "runner_up": None, "significant": None, "p_value": None, "t": None,
-                 "bayes": None, "baseline": None, **({"rule_detail": rule} if rule else {})}  # fmt: skip
+    out: dict = {
+        "winner": winner,
+        "metric": metric,
+        "rule": selection.rule,
+        "rope": selection.rope,
+        "alpha": selection.alpha,
+        "runner_up": None,
+        "significant": None,
+        "p_value": None,
+        "t": None,
+        "bayes": None,
+        "baseline": None,
+        **({"rule_detail": rule} if rule else {}),
+    }
     deep = [str(a) for a in leaderboard.loc[leaderboard["kind"] == "deep", "architecture"] if str(a) != winner]
     if deep:
         runner = deep[0]
         result = compare(cv_reports[winner], cv_reports[runner], metric, positive, ratio, selection.rope)
         t = result["t_test"]
-        out |= {"runner_up": runner, **t, "significant": bool(t["p_value"] < selection.alpha),
-                "bayes": result["bayes"]}  # fmt: skip
+        out |= {"runner_up": runner, **t, "significant": bool(t["p_value"] < selection.alpha), "bayes": result["bayes"]}
     base = leaderboard[leaderboard["kind"] == "baseline"]
     if not base.empty and baselines:
         name = str(base.iloc[0]["architecture"])
         result = compare(cv_reports[winner], baselines[name], metric, positive, ratio, selection.rope)
         t, b = result["t_test"], result["bayes"]
-        out["baseline"] = {"name": name, "mean_difference": t["mean_difference"], "p_value": t["p_value"],
-                           "significant": bool(t["p_value"] < selection.alpha), "bayes": b,
-                           "beats": bool(t["mean_difference"] > 0 and t["p_value"] < selection.alpha)}  # fmt: skip
+        out["baseline"] = {
+            "name": name,
+            "mean_difference": t["mean_difference"],
+            "p_value": t["p_value"],
+            "significant": bool(t["p_value"] < selection.alpha),
+            "bayes": b,
+            "beats": bool(t["mean_difference"] > 0 and t["p_value"] < selection.alpha),
+        }
     return out
 
 
-def significance(cv_reports: dict[str, dict], leaderboard: pd.DataFrame, metric: str, positive_class: str | None,
-                 test_train_ratio: float, alpha: float) -> dict:  # fmt: skip
+def significance(
+    cv_reports: dict[str, dict],
+    leaderboard: pd.DataFrame,
+    metric: str,
+    positive_class: str | None,
+    test_train_ratio: float,
+    alpha: float,
+) -> dict:
     """Is the top deep model's lead over the runner-up meaningful across folds? (corrected resampled t-test)."""
     winner = choose_winner(leaderboard)
-    out: dict = {"winner": winner, "metric": metric, "alpha": alpha, "runner_up": None, "significant": None,
-                 "p_value": None, "t": None}  # fmt: skip
+    out: dict = {
+        "winner": winner,
+        "metric": metric,
+        "alpha": alpha,
+        "runner_up": None,
+        "significant": None,
+        "p_value": None,
+        "t": None,
+    }
     deep = leaderboard[leaderboard["kind"] == "deep"] if "kind" in leaderboard else leaderboard
     if len(deep) < 2:
         return out
@@ -238,8 +279,9 @@ def compact_table(leaderboard: pd.DataFrame, winner: str | None = None) -> pd.Da
         name += " ◆" if bool(row.get("pareto")) else ""
         names.append(f"**{name}**" if row["architecture"] == winner and row["kind"] == "deep" else name)
     table = pd.DataFrame({"rank": leaderboard["rank"], "model": names})
-    table[f"CV {label(metric)}"] = [f"{_fmt(m)} ± {_fmt(s)}" for m, s in
-                                    zip(leaderboard["cv_mean"], leaderboard["cv_std"], strict=True)]  # fmt: skip
+    table[f"CV {label(metric)}"] = [
+        f"{_fmt(m)} ± {_fmt(s)}" for m, s in zip(leaderboard["cv_mean"], leaderboard["cv_std"], strict=True)
+    ]
     table["test acc"] = [_fmt(v) for v in leaderboard["test_accuracy"]]
     for short, m in (("P", "precision"), ("R", "recall"), ("F1", "f1")):
         column = f"test_{m}_{avg}"
@@ -275,30 +317,39 @@ def selection_sentence(selection: dict) -> str:
     detail = selection.get("rule_detail") or {}
     if selection.get("rule") == "smallest_within_rope" and detail.get("best") != selection["winner"]:
         b = detail.get("equivalent_to_best") or {}
-        text += (f", the smallest model practically equivalent to the best ({detail.get('best')}; P(worse by more "
-                 f"than {selection['rope']}) = {b.get('p_right', 0):.3f})")  # fmt: skip
+        text += (
+            f", the smallest model practically equivalent to the best ({detail.get('best')}; P(worse by more "
+            f"than {selection['rope']}) = {b.get('p_right', 0):.3f})"
+        )
     if selection.get("runner_up") is None:
         text += " (the only deep model)."
     else:
         verdict = "significant" if selection["significant"] else "not significant"
-        text += (f"; its lead of {selection['mean_difference']:+.4f} over {selection['runner_up']} is {verdict} at "
-                 f"alpha={selection['alpha']} (corrected resampled t-test over {selection['k']} folds: "
-                 f"t={selection['t']:.3f}, p={selection['p_value']:.4f})")  # fmt: skip
+        text += (
+            f"; its lead of {selection['mean_difference']:+.4f} over {selection['runner_up']} is {verdict} at "
+            f"alpha={selection['alpha']} (corrected resampled t-test over {selection['k']} folds: "
+            f"t={selection['t']:.3f}, p={selection['p_value']:.4f})"
+        )
         if selection.get("bayes"):
             b = selection["bayes"]
-            text += (f"; Bayesian correlated t-test, rope ±{selection['rope']}: P(better) {b['p_right']:.3f}, "
-                     f"P(equivalent) {b['p_rope']:.3f}, P(worse) {b['p_left']:.3f}")  # fmt: skip
+            text += (
+                f"; Bayesian correlated t-test, rope ±{selection['rope']}: P(better) {b['p_right']:.3f}, "
+                f"P(equivalent) {b['p_rope']:.3f}, P(worse) {b['p_left']:.3f}"
+            )
         text += "."
     base = selection.get("baseline")
     if base:
         outcome = "beats" if base["beats"] else "does not beat"
-        text += (f" It {outcome} the best baseline, {base['name']} ({base['mean_difference']:+.4f}, "
-                 f"p={base['p_value']:.4f}; P(better by more than the rope) {base['bayes']['p_right']:.3f}).")
+        text += (
+            f" It {outcome} the best baseline, {base['name']} ({base['mean_difference']:+.4f}, "
+            f"p={base['p_value']:.4f}; P(better by more than the rope) {base['bayes']['p_right']:.3f})."
+        )
     return text
 
 
-def score_predictions(y_true: np.ndarray, y_pred: np.ndarray, metric: str, class_names: list[str],
-                      positive_class: str | None = None) -> float:  # fmt: skip
+def score_predictions(
+    y_true: np.ndarray, y_pred: np.ndarray, metric: str, class_names: list[str], positive_class: str | None = None
+) -> float:
     """`metric` of class-index predictions (the promotion gate re-evaluates registered models with this)."""
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 

@@ -42,9 +42,16 @@ def run(params: Params, paths: ProjectPaths) -> dict:
                 record(child.info.run_id, out[name])
                 ctx.log_dataset(child.info.run_id)
             m = params.selection.metric if params.selection.metric in SCALAR_METRICS else "f1_macro"
-            log.info("baseline %s: CV %s %.4f +/- %.4f, test %.4f (%.1fs)%s", name, label(m), result.mean[m],
-                     result.std[m], result.test[m], result.fit_seconds,
-                     f"; chose {result.chosen}" if result.chosen else "")  # fmt: skip
+            log.info(
+                "baseline %s: CV %s %.4f +/- %.4f, test %.4f (%.1fs)%s",
+                name,
+                label(m),
+                result.mean[m],
+                result.std[m],
+                result.test[m],
+                result.fit_seconds,
+                f"; chose {result.chosen}" if result.chosen else "",
+            )
         mlflow.MlflowClient().log_dict(parent.info.run_id, out, "baselines.json")
     write_json(paths.baselines_report, out)
     return out
@@ -55,5 +62,3 @@ def record(run_id: str, result: dict) -> None:
     metrics = {f"mean_{m}": v for m, v in result["mean"].items()} | {f"std_{m}": v for m, v in result["std"].items()}
     metrics |= {f"test_{m}": result["test"][m] for m in SCALAR_METRICS}
     log_metrics(run_id, {**metrics, "fit_seconds": result["fit_seconds"]})
-
-

@@ -86,8 +86,9 @@ def run(params_path: Path, paths: ProjectPaths) -> dict[str, Any]:
     return _full_check(params_path, paths, csv, key, state, stamp)
 
 
-def _full_check(params_path: Path, paths: ProjectPaths, csv: Path | None, key: str, state: dict | None,
-                stamp: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _full_check(
+    params_path: Path, paths: ProjectPaths, csv: Path | None, key: str, state: dict | None, stamp: dict[str, Any]
+) -> dict[str, Any]:
     from dlpipe.config import load_params
     from dlpipe.io import sha256_file, write_json
 

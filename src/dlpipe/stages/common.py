@@ -77,11 +77,15 @@ class StageContext:
         sel, names = self.params.selection, self.data.dataset.class_names
         needs_class = is_positive_metric(sel.metric) or sel.operating_point != "argmax"
         if needs_class and sel.positive_class not in names:
-            raise ConfigError(f"selection.positive_class: {sel.positive_class!r} is not a class of "
-                              f"{self.params.data.name}; allowed: {', '.join(names)}")  # fmt: skip
+            raise ConfigError(
+                f"selection.positive_class: {sel.positive_class!r} is not a class of "
+                f"{self.params.data.name}; allowed: {', '.join(names)}"
+            )
         if sel.operating_point != "argmax" and len(names) != 2:
-            raise ConfigError(f"selection.operating_point: {sel.operating_point!r} is a threshold for binary tasks; "
-                              f"{self.params.data.name} has {len(names)} classes; allowed: argmax")  # fmt: skip
+            raise ConfigError(
+                f"selection.operating_point: {sel.operating_point!r} is a threshold for binary tasks; "
+                f"{self.params.data.name} has {len(names)} classes; allowed: argmax"
+            )
 
     def spec_hash(self, spec: ModelSpec, stage: str, **extra: Any) -> str:
         """Identifies a result: everything that changes it (model, training, data, split, seed, precision)."""
@@ -90,8 +94,15 @@ class StageContext:
         return params_hash(stage, RESULTS_PROTOCOL, *what)
 
     def tags(self, stage: str, arch: str | None, phash: str) -> dict[str, str]:
-        return standard_tags(stage, arch, phash, self.params.data.name, self.dataset_hash, self.commit,
-                             {**dvc_tags(self.paths.root), **self.study_tags()})  # fmt: skip
+        return standard_tags(
+            stage,
+            arch,
+            phash,
+            self.params.data.name,
+            self.dataset_hash,
+            self.commit,
+            {**dvc_tags(self.paths.root), **self.study_tags()},
+        )
 
     def study_tags(self) -> dict[str, str]:
         """The Optuna storage every run of the study can be traced to (its studies are named per architecture)."""
@@ -103,8 +114,9 @@ class StageContext:
         """Record the dataset as an input of `run_id` (every run that trains or evaluates on it)."""
         if self._dataset_input is None:
             ds = self.data.dataset
-            self._dataset_input = _dataset_input(str(self.paths.raw / DATASET_FILE), self.dataset_hash, ds.name,
-                                                 ds.X.numpy(), ds.y.numpy())  # fmt: skip
+            self._dataset_input = _dataset_input(
+                str(self.paths.raw / DATASET_FILE), self.dataset_hash, ds.name, ds.X.numpy(), ds.y.numpy()
+            )
         tagged = DatasetInput(self._dataset_input.dataset, [InputTag("mlflow.data.context", context)])
         mlflow.MlflowClient().log_inputs(run_id, datasets=[tagged])
 

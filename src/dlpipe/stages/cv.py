@@ -112,8 +112,16 @@ def plan(ctx: StageContext, arch: str) -> CvPlan:
 
 
 def run_params(params: Params, spec: ModelSpec) -> dict:
-    return flatten({"arch": spec.arch, "model": spec.model, "train": spec.train, "data": params.data,
-                    "seed": params.seed, "trainer": params.trainer})  # fmt: skip
+    return flatten(
+        {
+            "arch": spec.arch,
+            "model": spec.model,
+            "train": spec.train,
+            "data": params.data,
+            "seed": params.seed,
+            "trainer": params.trainer,
+        }
+    )
 
 
 def fold_unit(job: FoldJob) -> FoldResult:
@@ -127,15 +135,29 @@ def fold_unit(job: FoldJob) -> FoldResult:
     with tracked_run(run_name=name, parent_run_id=job.parent_run_id, tags=tags) as child:
         run_id = child.info.run_id
         ctx.log_dataset(run_id)
-        result = run_fold(spec, ctx.data, job.k, job.params.trainer, job.params.seed,
-                          val_size=job.params.data.val_size, callbacks=[EpochMetricsLogger(run_id)])  # fmt: skip
+        result = run_fold(
+            spec,
+            ctx.data,
+            job.k,
+            job.params.trainer,
+            job.params.seed,
+            val_size=job.params.data.val_size,
+            callbacks=[EpochMetricsLogger(run_id)],
+        )
         log_metrics(run_id, {**result.metrics, "epochs": result.epochs, "fit_seconds": result.seconds})
         with timed("logging"):
             mlflow.log_dict(result.to_dict(), FOLD_REPORT)  # last: its presence marks the fold reusable
     mlflow.flush_async_logging()
-    log.info("cv %s fold %d/%d: accuracy %.4f f1_macro %.4f (%d epochs, %.1fs)", job.arch, job.k + 1,
-             ctx.data.splits.folds, result.metrics["accuracy"], result.metrics["f1_macro"], result.epochs,
-             result.seconds)  # fmt: skip
+    log.info(
+        "cv %s fold %d/%d: accuracy %.4f f1_macro %.4f (%d epochs, %.1fs)",
+        job.arch,
+        job.k + 1,
+        ctx.data.splits.folds,
+        result.metrics["accuracy"],
+        result.metrics["f1_macro"],
+        result.epochs,
+        result.seconds,
+    )
     return result
 
 
@@ -160,14 +182,20 @@ def summary_unit(job: SummaryJob) -> dict:
 
 def finish(ctx: StageContext, p: CvPlan, folds: list[FoldResult], summary: dict) -> dict:
     """Write reports/cv/<arch>.json (with what the out-of-fold predictions say) and the out-of-fold file."""
-    out = {"architecture": p.arch, "params_hash": p.phash, "mlflow_run_id": p.parent_run_id, **summary,
-           "oof": oof_summary(ctx, folds)}  # fmt: skip
+    out = {
+        "architecture": p.arch,
+        "params_hash": p.phash,
+        "mlflow_run_id": p.parent_run_id,
+        **summary,
+        "oof": oof_summary(ctx, folds),
+    }
     if is_global_zero():
         write_oof(ctx, p.arch, folds)
         write_json(ctx.paths.cv_report(p.arch), out)
     m = ctx.params.selection.metric if ctx.params.selection.metric in SCALAR_METRICS else "f1_macro"
-    log.info("cv %s: %s %.4f +/- %.4f over %d folds", p.arch, label(m), summary["mean"][m], summary["std"][m],
-             len(folds))  # fmt: skip
+    log.info(
+        "cv %s: %s %.4f +/- %.4f over %d folds", p.arch, label(m), summary["mean"][m], summary["std"][m], len(folds)
+    )
     return out
 
 
@@ -226,8 +254,9 @@ def log_summary(run_id: str, summary: dict, arch: str, histories: dict[int, list
     log_metrics(run_id, metrics)
     client = mlflow.MlflowClient()
     with timed("figures"):
-        fig = plots.confusion_matrix_figure(summary["confusion_matrix"], summary["class_names"],
-                                            f"{arch}: confusion summed over folds")  # fmt: skip
+        fig = plots.confusion_matrix_figure(
+            summary["confusion_matrix"], summary["class_names"], f"{arch}: confusion summed over folds"
+        )
         client.log_figure(run_id, fig, "plots/confusion_matrix.png")
         plots.close(fig)
         if histories:  # one picture of every fold's curves (the per-epoch values are also each fold run's metrics)

@@ -120,8 +120,9 @@ def recorded_scorer(name: str, metric: str) -> Callable[[ModelVersion], float]:
     return score
 
 
-def gate_scorer(params: Params, paths: ProjectPaths, name: str, candidate: ModelVersion | None,
-                champion: ModelVersion | None) -> Callable[[ModelVersion], float]:  # fmt: skip
+def gate_scorer(
+    params: Params, paths: ProjectPaths, name: str, candidate: ModelVersion | None, champion: ModelVersion | None
+) -> Callable[[ModelVersion], float]:
     metric, positive = params.selection.metric, params.selection.positive_class
     test = load_test_set(params, paths)
     if test is not None:

@@ -160,8 +160,12 @@ class Study:
 
     def finish_tune(self, arch: str, p: tune.TunePlan) -> None:
         job = p.summary_job(self.ctx.params, self.ctx.paths)
-        self.submit(arch, "tune", Task(f"tune {arch} summary", tune.summary_unit, (job,)),
-                    lambda d, a=arch, plan=p: self.tuned(a, plan, d.result))  # fmt: skip
+        self.submit(
+            arch,
+            "tune",
+            Task(f"tune {arch} summary", tune.summary_unit, (job,)),
+            lambda d, a=arch, plan=p: self.tuned(a, plan, d.result),
+        )
 
     def tuned(self, arch: str, p: tune.TunePlan, report: dict) -> None:
         tune.finish(self.ctx, report)
@@ -189,8 +193,12 @@ class Study:
     def finish_cv(self, arch: str, p: cv.CvPlan) -> None:
         folds = p.all_folds(self.archs[arch].folds)
         job = p.summary_job(self.ctx.params, self.ctx.paths, folds)
-        self.submit(arch, "cv", Task(f"cv {arch} summary", cv.summary_unit, (job,)),
-                    lambda d, a=arch, plan=p, f=folds: self.cross_validated(a, plan, f, d.result))  # fmt: skip
+        self.submit(
+            arch,
+            "cv",
+            Task(f"cv {arch} summary", cv.summary_unit, (job,)),
+            lambda d, a=arch, plan=p, f=folds: self.cross_validated(a, plan, f, d.result),
+        )
 
     def cross_validated(self, arch: str, p: cv.CvPlan, folds: list, summary: dict) -> None:
         cv.finish(self.ctx, p, folds, summary)
@@ -212,5 +220,3 @@ class Study:
         if run_id:
             end_run(run_id)
             self.archs[arch].open_runs.discard(run_id)
-
-

@@ -62,8 +62,9 @@ def load_reports(params: Params, paths: ProjectPaths, dataset_hash: str | None =
         cv[arch], test[arch] = read_json(paths.cv_report(arch)), read_json(paths.test_report(arch))
         got = test[arch].get("dataset_hash")
         if dataset_hash and got and got != dataset_hash:
-            raise DataError(f"{paths.test_report(arch)}: trained on another version of the dataset; run the study "
-                            "stage again")  # fmt: skip
+            raise DataError(
+                f"{paths.test_report(arch)}: trained on another version of the dataset; run the study stage again"
+            )
         tuning_path = paths.tuning_report(arch)
         tuning[arch] = read_json(tuning_path) if tuning_path.is_file() else {}
     baselines: dict[str, dict] = {}
@@ -82,8 +83,9 @@ def run(params: Params, paths: ProjectPaths) -> dict:
     ctx.close_orphans(STAGE)
     reports = load_reports(params, paths, ctx.dataset_hash)
     ratio = sel.kfold_test_train_ratio(np.bincount(ctx.data.splits.fold, minlength=ctx.data.splits.folds))
-    board = sel.build_leaderboard(reports.cv, reports.test, params.selection.metric, params.selection.positive_class,
-                                  reports.baselines)  # fmt: skip
+    board = sel.build_leaderboard(
+        reports.cv, reports.test, params.selection.metric, params.selection.positive_class, reports.baselines
+    )
     board = with_run_ids(board, reports)
     verdict = sel.verdict(board, reports.cv, reports.baselines, params.selection, ratio)
     summary = {**summarize(ctx, reports, board, verdict), "sentence": sel.selection_sentence(verdict)}
@@ -91,8 +93,9 @@ def run(params: Params, paths: ProjectPaths) -> dict:
         return summary
     write_tables(paths, board, verdict)
     write_plots(ctx, board, verdict["winner"])
-    with tracked_run(run_name=STAGE, tags={**ctx.tags(STAGE, None, summary["params_hash"]),
-                                           "winner": verdict["winner"]}) as run_:  # fmt: skip
+    with tracked_run(
+        run_name=STAGE, tags={**ctx.tags(STAGE, None, summary["params_hash"]), "winner": verdict["winner"]}
+    ) as run_:
         summary["mlflow_run_id"] = run_.info.run_id
         record_summary(run_.info.run_id, params, paths, summary, reports)
         summary["registry"] = register(params, paths, reports, summary)
@@ -105,8 +108,11 @@ def run(params: Params, paths: ProjectPaths) -> dict:
 
 def with_run_ids(board: pd.DataFrame, reports: StudyReports) -> pd.DataFrame:
     board = board.copy()
-    board.insert(board.columns.get_loc("cv_run_id"), "tune_run_id",
-                 [reports.tuning.get(a, {}).get("mlflow_run_id") or "" for a in board["architecture"]])  # fmt: skip
+    board.insert(
+        board.columns.get_loc("cv_run_id"),
+        "tune_run_id",
+        [reports.tuning.get(a, {}).get("mlflow_run_id") or "" for a in board["architecture"]],
+    )
     return board
 
 
@@ -114,9 +120,13 @@ def summarize(ctx: StageContext, reports: StudyReports, board: pd.DataFrame, ver
     """reports/selection.json: the verdict, the champion's numbers, the runs behind every row."""
     params, winner = ctx.params, verdict["winner"]
     row = board[(board["architecture"] == winner) & (board["kind"] == "deep")].iloc[0]
-    phash = params_hash(STAGE, params.selection, params.architectures, params.baselines,
-                        {a: (reports.cv[a].get("params_hash"), reports.test[a].get("params_hash"))
-                         for a in params.architectures})  # fmt: skip
+    phash = params_hash(
+        STAGE,
+        params.selection,
+        params.architectures,
+        params.baselines,
+        {a: (reports.cv[a].get("params_hash"), reports.test[a].get("params_hash")) for a in params.architectures},
+    )
     return {
         **verdict,
         "positive_class": params.selection.positive_class,
@@ -134,8 +144,11 @@ def summarize(ctx: StageContext, reports: StudyReports, board: pd.DataFrame, ver
 
 def runs_of(reports: StudyReports, arch: str) -> dict[str, str | None]:
     """The MLflow runs whose numbers the leaderboard shows for `arch`."""
-    return {"tune": reports.tuning[arch].get("mlflow_run_id"), "cv": reports.cv[arch].get("mlflow_run_id"),
-            "train": reports.test[arch].get("mlflow_run_id")}  # fmt: skip
+    return {
+        "tune": reports.tuning[arch].get("mlflow_run_id"),
+        "cv": reports.cv[arch].get("mlflow_run_id"),
+        "train": reports.test[arch].get("mlflow_run_id"),
+    }
 
 
 def write_tables(paths: ProjectPaths, board: pd.DataFrame, verdict: dict) -> None:
@@ -165,16 +178,18 @@ def write_plots(ctx: StageContext, board: pd.DataFrame, winner: str) -> None:
     if not pred_path.is_file():
         raise DataError(f"{pred_path}: missing; run the study stage again (dvc repro study)")
     write_text(paths.plots / "confusion.csv", pred_path.read_text())
-    comparison = pd.DataFrame({
-        "architecture": board["architecture"],
-        "kind": board["kind"],
-        "metric": [label(m) for m in board["selection_metric"]],
-        "cv_mean": board["cv_mean"],
-        "cv_std": board["cv_std"],
-        "cv_low": board["cv_mean"] - board["cv_std"],
-        "cv_high": (board["cv_mean"] + board["cv_std"]).clip(upper=1.0),
-        "test": board["test_selection"],
-    })  # fmt: skip
+    comparison = pd.DataFrame(
+        {
+            "architecture": board["architecture"],
+            "kind": board["kind"],
+            "metric": [label(m) for m in board["selection_metric"]],
+            "cv_mean": board["cv_mean"],
+            "cv_std": board["cv_std"],
+            "cv_low": board["cv_mean"] - board["cv_std"],
+            "cv_high": (board["cv_mean"] + board["cv_std"]).clip(upper=1.0),
+            "test": board["test_selection"],
+        }
+    )
     write_text(paths.plots / "comparison.csv", comparison.to_csv(index=False))
     if paths.oof_predictions(winner).is_file():
         pr, roc = curves(ctx, winner)
@@ -184,8 +199,11 @@ def write_plots(ctx: StageContext, board: pd.DataFrame, winner: str) -> None:
         log.warning("select: %s has no out-of-fold predictions; no PR/ROC curves", paths.oof_predictions(winner))
         for name in ("pr.csv", "roc.csv"):
             (paths.plots / name).unlink(missing_ok=True)
-    rows = [{"architecture": arch, **b} for arch in ctx.params.architectures
-            for b in read_json(paths.cv_report(arch)).get("oof", {}).get("reliability", [])]  # fmt: skip
+    rows = [
+        {"architecture": arch, **b}
+        for arch in ctx.params.architectures
+        for b in read_json(paths.cv_report(arch)).get("oof", {}).get("reliability", [])
+    ]
     frame = pd.DataFrame(rows, columns=["architecture", "confidence", "accuracy", "count"])
     write_text(paths.plots / "calibration.csv", frame.to_csv(index=False))
 
@@ -222,22 +240,43 @@ def _thin(frame: pd.DataFrame) -> pd.DataFrame:
 
 def record_summary(run_id: str, params: Params, paths: ProjectPaths, summary: dict, reports: StudyReports) -> None:
     """The select run links the runs behind the leaderboard and carries the leaderboard and plots."""
-    links = {f"runs.{arch}.{stage}": rid for arch, stages in summary["runs"].items()
-             for stage, rid in stages.items() if rid}  # fmt: skip
+    links = {
+        f"runs.{arch}.{stage}": rid for arch, stages in summary["runs"].items() for stage, rid in stages.items() if rid
+    }
     set_tags(run_id, links)
-    log_params(run_id, {"selection": params.selection, "architectures": ",".join(params.architectures),
-                        "baselines": ",".join(reports.baselines)})  # fmt: skip
-    numbers = {"champion_cv_mean": summary["cv_mean"], "champion_cv_std": summary["cv_std"],
-               **{f"champion_test_{m}": reports.test[summary["winner"]][m] for m in SCALAR_METRICS}}  # fmt: skip
+    log_params(
+        run_id,
+        {
+            "selection": params.selection,
+            "architectures": ",".join(params.architectures),
+            "baselines": ",".join(reports.baselines),
+        },
+    )
+    numbers = {
+        "champion_cv_mean": summary["cv_mean"],
+        "champion_cv_std": summary["cv_std"],
+        **{f"champion_test_{m}": reports.test[summary["winner"]][m] for m in SCALAR_METRICS},
+    }
     if summary.get("p_value") is not None:
         numbers |= {"lead_p_value": summary["p_value"], "lead_t": summary["t"]}
     if summary.get("bayes"):
         numbers |= {f"lead_{k}": v for k, v in summary["bayes"].items() if k.startswith("p_")}
     log_metrics(run_id, {k: v for k, v in numbers.items() if v is not None and np.isfinite(v)})
-    lineage = [{"architecture": arch, "stage": stage, "run_id": rid,
-                "params_hash": {"tune": reports.tuning[arch].get("study_name"), "cv": reports.cv[arch].get(
-                    "params_hash"), "train": reports.test[arch].get("params_hash")}[stage]}
-               for arch, stages in summary["runs"].items() for stage, rid in stages.items() if rid]  # fmt: skip
+    lineage = [
+        {
+            "architecture": arch,
+            "stage": stage,
+            "run_id": rid,
+            "params_hash": {
+                "tune": reports.tuning[arch].get("study_name"),
+                "cv": reports.cv[arch].get("params_hash"),
+                "train": reports.test[arch].get("params_hash"),
+            }[stage],
+        }
+        for arch, stages in summary["runs"].items()
+        for stage, rid in stages.items()
+        if rid
+    ]
     mlflow.log_dict({"runs": lineage}, "lineage.json")
     for path in (paths.leaderboard_csv, paths.leaderboard_md):
         mlflow.log_artifact(str(path))
@@ -252,8 +291,9 @@ def register(params: Params, paths: ProjectPaths, reports: StudyReports, summary
     return register_and_promote(params, paths, winner, reports.cv[winner], reports.test[winner], summary)
 
 
-def register_and_promote(params: Params, paths: ProjectPaths, winner: str, cv_report: dict, test_report: dict,
-                         summary: dict) -> dict:  # fmt: skip
+def register_and_promote(
+    params: Params, paths: ProjectPaths, winner: str, cv_report: dict, test_report: dict, summary: dict
+) -> dict:
     """Register the winner's model (alias challenger) and, with registry.auto_promote, try to promote it."""
     name = params.registered_model_name
     metric = params.selection.metric
@@ -282,8 +322,9 @@ def register_and_promote(params: Params, paths: ProjectPaths, winner: str, cv_re
         f"{winner}: CV {metric} {summary['cv_mean']:.4f} ± {summary['cv_std']:.4f}, "
         f"test {metric} {summary['test_value']:.4f}. {sel.selection_sentence(summary)}"
     )
-    version = registry.register_challenger(name, test_report["model_uri"], test_report.get("model_id"), tags,
-                                           description)  # fmt: skip
+    version = registry.register_challenger(
+        name, test_report["model_uri"], test_report.get("model_id"), tags, description
+    )
     result = {"name": name, "version": int(version.version), "alias": registry.CHALLENGER, "promotion": None}
     if params.registry.auto_promote:
         decision = promote_stage.promote_version(

@@ -94,6 +94,8 @@ def run(params: Params, paths: ProjectPaths) -> dict[str, Any]:
         listing = "; ".join(f"{arch}: {state.failed}" for arch, state in failures.items())
         if all(isinstance(state.error, BadInputError) for state in failures.values()):
             raise BadInputError(listing)
-        raise DlpipeError(f"{len(failures)} of {len(params.architectures)} architecture(s) failed ({listing}); "
-                          "run it again to complete them (finished work is reused)")  # fmt: skip
+        raise DlpipeError(
+            f"{len(failures)} of {len(params.architectures)} architecture(s) failed ({listing}); "
+            "run it again to complete them (finished work is reused)"
+        )
     return {arch: "done" for arch in params.architectures}

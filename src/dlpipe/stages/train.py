@@ -93,9 +93,13 @@ def operating_point(paths: ProjectPaths, arch: str) -> OperatingPoint:
 
 
 def params_hash(ctx: StageContext, arch: str) -> str:
-    return ctx.spec_hash(model_spec(ctx.params, ctx.paths, arch), STAGE, val_size=ctx.params.data.val_size,
-                         log_models=ctx.params.mlflow.log_models,
-                         decision=operating_point(ctx.paths, arch).to_dict())  # fmt: skip
+    return ctx.spec_hash(
+        model_spec(ctx.params, ctx.paths, arch),
+        STAGE,
+        val_size=ctx.params.data.val_size,
+        log_models=ctx.params.mlflow.log_models,
+        decision=operating_point(ctx.paths, arch).to_dict(),
+    )
 
 
 def reusable(ctx: StageContext, arch: str) -> dict | None:
@@ -142,9 +146,16 @@ def train_unit(job: TrainJob) -> dict:
         log_results(run_id, summary, trained.result.history, arch)
         write_reports(ctx, arch, summary, trained.predicted_classes())
     mlflow.flush_async_logging()
-    log.info("train %s: test accuracy %.4f f1_macro %.4f (%d params, %d epochs, %.1fs, %.3f ms/sample on CPU)",
-             arch, summary["accuracy"], summary["f1_macro"], summary["n_params"], summary["epochs"],
-             summary["train_seconds"], summary["latency_ms_per_sample"])  # fmt: skip
+    log.info(
+        "train %s: test accuracy %.4f f1_macro %.4f (%d params, %d epochs, %.1fs, %.3f ms/sample on CPU)",
+        arch,
+        summary["accuracy"],
+        summary["f1_macro"],
+        summary["n_params"],
+        summary["epochs"],
+        summary["train_seconds"],
+        summary["latency_ms_per_sample"],
+    )
     return summary
 
 
@@ -157,8 +168,16 @@ def fit_final(ctx: StageContext, spec: ModelSpec, phash: str, callbacks: list) -
     temperature = 1.0
     if spec.train.calibration == "temperature":
         temperature = fit_temperature(logits_of(net, split.val.X), split.val.y)
-    return Trained(spec, phash, split, ctx.data.test(split.normalizer), result, net, temperature,
-                   operating_point(ctx.paths, spec.arch))  # fmt: skip
+    return Trained(
+        spec,
+        phash,
+        split,
+        ctx.data.test(split.normalizer),
+        result,
+        net,
+        temperature,
+        operating_point(ctx.paths, spec.arch),
+    )
 
 
 def test_summary(ctx: StageContext, trained: Trained, report: dict, run_id: str | None) -> dict[str, Any]:
@@ -230,12 +249,17 @@ def save_model(ctx: StageContext, trained: Trained, summary: dict) -> None:
         write_json(out / "params.json", meta)
         if ctx.params.mlflow.log_models:
             info = model_logging.log_classifier(
-                program, list(ds.class_names), ds.input_shape, ctx.data.raw(trained.split.train.idx[:5]).numpy(),
-                name=arch, step=trained.result.best_epoch or 0, decision=trained.decision.to_dict(),
+                program,
+                list(ds.class_names),
+                ds.input_shape,
+                ctx.data.raw(trained.split.train.idx[:5]).numpy(),
+                name=arch,
+                step=trained.result.best_epoch or 0,
+                decision=trained.decision.to_dict(),
                 params={"architecture": arch, "params_hash": trained.phash},
                 tags={"architecture": arch, "dataset": ctx.params.data.name, "experiment": ctx.params.experiment_name},
                 feature_names=ds.feature_names,
-            )  # fmt: skip
+            )
             summary["model_uri"], summary["model_id"] = info.model_uri, info.model_id
 
 
@@ -281,15 +305,27 @@ def log_results(run_id: str, summary: dict, history: list[dict], arch: str) -> N
     metrics = {f"test_{m}": summary[m] for m in SCALAR_METRICS}
     for name, per in summary["per_class"].items():
         metrics |= {f"test_{m}_class_{_metric_safe(name)}": v for m, v in per.items()}
-    extra = {k: summary[k] for k in ("n_params", "train_seconds", "epochs", "latency_ms_per_sample",
-                                     "batch_ms_per_sample", "ece", "temperature")}  # fmt: skip
+    extra = {
+        k: summary[k]
+        for k in (
+            "n_params",
+            "train_seconds",
+            "epochs",
+            "latency_ms_per_sample",
+            "batch_ms_per_sample",
+            "ece",
+            "temperature",
+        )
+    }
     log_metrics(run_id, {**metrics, **extra})
     if summary["model_id"]:  # the model page shows its test metrics beside the kept epoch's (linked at log time)
-        mlflow.log_metrics({f"test_{m}": summary[m] for m in SCALAR_METRICS}, run_id=run_id,
-                           model_id=summary["model_id"])  # fmt: skip
+        mlflow.log_metrics(
+            {f"test_{m}": summary[m] for m in SCALAR_METRICS}, run_id=run_id, model_id=summary["model_id"]
+        )
     with timed("figures"):
-        fig = plots.confusion_matrix_figure(summary["confusion_matrix"], summary["class_names"],
-                                            f"{arch}: test set confusion")  # fmt: skip
+        fig = plots.confusion_matrix_figure(
+            summary["confusion_matrix"], summary["class_names"], f"{arch}: test set confusion"
+        )
         mlflow.log_figure(fig, "plots/confusion_matrix.png")
         plots.close(fig)
         if history:

@@ -96,8 +96,14 @@ def plan(ctx: StageContext, arch: str) -> TunePlan | dict[str, Any]:
     ctx.check_against_data()
     handle = open_study(params, paths, arch, space, ctx.dataset_hash)
     counts = state_counts(handle.study)
-    log.info("tune %s: study %s in %s (%d of %d trials finished)", arch, handle.name, handle.storage,
-             counts["COMPLETE"] + counts["PRUNED"], params.tune.n_trials)  # fmt: skip
+    log.info(
+        "tune %s: study %s in %s (%d of %d trials finished)",
+        arch,
+        handle.name,
+        handle.storage,
+        counts["COMPLETE"] + counts["PRUNED"],
+        params.tune.n_trials,
+    )
     parent = latest_run(ctx.experiment_id, stage=STAGE, architecture=arch, params_hash=handle.hash)
     done = finished_count(handle.study.get_trials(deepcopy=False)) >= params.tune.n_trials
     if done and parent is not None and parent.info.status == "FINISHED":
@@ -142,8 +148,9 @@ def trials_unit(job: TrialsJob) -> str:
     if job.parent_run_id and is_global_zero():
         tags = {**ctx.tags(STAGE, arch, handle.hash), "study_name": handle.name}
         tracker = TrialTracker(arch, job.parent_run_id, tags, params.selection.metric, ctx.log_dataset)
-    runner = W.TrialRunner(handle.study, Objective(params, arch, space, ctx.data), params.tune.n_trials,
-                           W.worker_id(job.index), tracker)  # fmt: skip
+    runner = W.TrialRunner(
+        handle.study, Objective(params, arch, space, ctx.data), params.tune.n_trials, W.worker_id(job.index), tracker
+    )
     if job.rendezvous:  # runners started together share the first trials out however long each took to start
         W.rendezvous(handle.study, job.rendezvous, job.index)
     stopped = W.run_trials(runner, timeout=params.tune.timeout)
@@ -170,8 +177,15 @@ def summary_unit(job: TrialsJob) -> dict[str, Any]:
 def finish(ctx: StageContext, out: dict[str, Any]) -> dict[str, Any]:
     """Write reports/tuning/<arch>.json from the study's summary."""
     write_json(ctx.paths.tuning_report(out["architecture"]), out)
-    log.info("tune %s: best %s %.4f (trial %d) with %s; trials %s", out["architecture"], out["metric"],
-             out["best_value"], out["best_trial"], out["best_params"], out["trials"])  # fmt: skip
+    log.info(
+        "tune %s: best %s %.4f (trial %d) with %s; trials %s",
+        out["architecture"],
+        out["metric"],
+        out["best_value"],
+        out["best_trial"],
+        out["best_params"],
+        out["trials"],
+    )
     return out
 
 
@@ -261,8 +275,9 @@ def untuned_report(params: Params, arch: str, reason: str) -> dict[str, Any]:
     }
 
 
-def summarize(params: Params, arch: str, space: SearchSpace, handle: StudyHandle, stopped: str,
-              run_id: str | None) -> dict[str, Any]:  # fmt: skip
+def summarize(
+    params: Params, arch: str, space: SearchSpace, handle: StudyHandle, stopped: str, run_id: str | None
+) -> dict[str, Any]:
     study = handle.study
     best = best_trial(study)
     trials = study.get_trials(deepcopy=False)
@@ -294,24 +309,27 @@ def summarize(params: Params, arch: str, space: SearchSpace, handle: StudyHandle
 
 def no_result_message(arch: str, handle: StudyHandle) -> str:
     counts = state_counts(handle.study)
-    errors = [t.system_attrs[ATTR_ERROR] for t in handle.study.get_trials(deepcopy=False)
-              if ATTR_ERROR in t.system_attrs]  # fmt: skip
+    errors = [
+        t.system_attrs[ATTR_ERROR] for t in handle.study.get_trials(deepcopy=False) if ATTR_ERROR in t.system_attrs
+    ]
     first = f"; first error: {errors[0]}" if errors else ""
     return f"tune {arch}: no trial completed in study {handle.name} (trials {counts}){first}"
 
 
 def parent_params(params: Params, arch: str, space: SearchSpace, handle: StudyHandle) -> dict[str, Any]:
     tune = params.tune.model_dump(mode="json", exclude={"space", "spaces", "storage"})
-    return flatten({
-        "arch": arch,
-        "study_name": handle.name,
-        "storage": handle.storage,
-        "seed": params.seed,
-        "metric": params.selection.metric,
-        "pruning_monitor": monitor_for(params.selection.metric),
-        "tune": tune,
-        "space": space.to_dict(),
-    })  # fmt: skip
+    return flatten(
+        {
+            "arch": arch,
+            "study_name": handle.name,
+            "storage": handle.storage,
+            "seed": params.seed,
+            "metric": params.selection.metric,
+            "pruning_monitor": monitor_for(params.selection.metric),
+            "tune": tune,
+            "space": space.to_dict(),
+        }
+    )
 
 
 def log_summary(run_id: str, handle: StudyHandle, out: dict[str, Any]) -> None:

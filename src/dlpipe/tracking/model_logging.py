@@ -55,8 +55,14 @@ class ServingNet(nn.Module):
         return torch.softmax(self.net(self.normalize(x)) / self.temperature, dim=1)
 
 
-def export_program(net: nn.Module, normalizer: Normalizer, example: torch.Tensor, path: Path,
-                   temperature: float = 1.0, check: torch.Tensor | None = None) -> None:  # fmt: skip
+def export_program(
+    net: nn.Module,
+    normalizer: Normalizer,
+    example: torch.Tensor,
+    path: Path,
+    temperature: float = 1.0,
+    check: torch.Tensor | None = None,
+) -> None:
     """Export `ServingNet(net, normalizer, temperature)` (CPU, eval mode, any batch size) to `path`, reload it and
     check it gives the network's probabilities on `check` (raw inputs, e.g. the whole test set; default `example`).
     A normaliser with categorical columns puts their vocabularies into the program (`program_features`)."""

@@ -40,8 +40,13 @@ def git_commit(root: Path) -> str:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return "unknown"
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                capture_output=True, text=True, timeout=30)  # fmt: skip
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
@@ -51,8 +56,11 @@ def dvc_tags(root: Path) -> dict[str, str]:
     """Where a run stands in DVC: the experiment (`dvc exp run` sets DVC_EXP_NAME and DVC_EXP_BASELINE_REV), the
     stage running it, and the DVC hashes of the data it read (from dvc.lock), so a run leads back to its experiment."""
     tags = {}
-    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
-                     ("DVC_STAGE", "dvc.stage")):  # fmt: skip
+    for env, tag in (
+        ("DVC_EXP_NAME", "dvc.exp_name"),
+        ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
+        ("DVC_STAGE", "dvc.stage"),
+    ):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     try:
@@ -69,9 +77,14 @@ def dvc_tags(root: Path) -> dict[str, str]:
 
 
 def standard_tags(
-    stage: str, arch: str | None, params_hash: str, dataset: str, dataset_hash: str, commit: str,
+    stage: str,
+    arch: str | None,
+    params_hash: str,
+    dataset: str,
+    dataset_hash: str,
+    commit: str,
     extra: dict[str, str] | None = None,
-) -> dict[str, str]:  # fmt: skip
+) -> dict[str, str]:
     tags = {
         "stage": stage,
         "params_hash": params_hash,
@@ -164,8 +177,7 @@ def close_orphaned_runs(experiment_id: str, closed_by: str) -> list[str]:
         dead = Owner.from_tags(run.data.tags)
         if dead is None or not dead.is_dead():
             continue
-        reason = (f"process {dead.pid} on {dead.host} ended without closing this run (killed?); "
-                  f"closed by {closed_by}")  # fmt: skip
+        reason = f"process {dead.pid} on {dead.host} ended without closing this run (killed?); closed by {closed_by}"
         client.set_tag(run.info.run_id, "dlpipe.killed_reason", reason)
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
         closed.append(run.info.run_id)
@@ -218,8 +230,9 @@ def latest_run(experiment_id: str, **tags: str) -> mlflow.entities.Run | None:
     client = MlflowClient()
     token = None
     while True:
-        page = client.search_runs([experiment_id], clause, order_by=["attributes.start_time DESC"],
-                                  max_results=SEARCH_PAGE, page_token=token)  # fmt: skip
+        page = client.search_runs(
+            [experiment_id], clause, order_by=["attributes.start_time DESC"], max_results=SEARCH_PAGE, page_token=token
+        )
         for r in page:
             if "mlflow.parentRunId" not in r.data.tags:
                 return r

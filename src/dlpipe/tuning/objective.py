@@ -65,12 +65,14 @@ def objective_folds(params: Params, data: PreparedData) -> int:
 def tuning_trainer(trainer: TrainerParams) -> TrainerParams:
     """Trainer params for trials: one device per trial (parallel trials are worker processes, not DDP) and no
     progress bar unless asked for."""
-    return trainer.model_copy(update={
-        "devices": 1,
-        "strategy": "auto",
-        "num_nodes": 1,
-        "progress_bar": bool(trainer.progress_bar),
-    })  # fmt: skip
+    return trainer.model_copy(
+        update={
+            "devices": 1,
+            "strategy": "auto",
+            "num_nodes": 1,
+            "progress_bar": bool(trainer.progress_bar),
+        }
+    )
 
 
 class EpochReporter(Callback):
@@ -84,8 +86,9 @@ class EpochReporter(Callback):
         self.epochs = 0
         self._nonfinite: torch.Tensor | None = None  # any batch's optimised loss (with L1/L2) not finite
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:  # fmt: skip
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):  # flagged on the device; read once per epoch (no sync per batch)
             bad = ~torch.isfinite(loss.detach())
@@ -98,8 +101,9 @@ class EpochReporter(Callback):
         if self.on_epoch is not None:
             self.on_epoch(step, metrics)
         if self._nonfinite is not None and bool(self._nonfinite):
-            raise NonFiniteLoss(f"the training loss (with L1/L2 penalties) was not finite in epoch "
-                                f"{trainer.current_epoch}")  # fmt: skip
+            raise NonFiniteLoss(
+                f"the training loss (with L1/L2 penalties) was not finite in epoch {trainer.current_epoch}"
+            )
         for name in ("train_loss", "val_loss"):
             if name in metrics and not math.isfinite(metrics[name]):
                 raise NonFiniteLoss(f"{name} is {metrics[name]} at epoch {trainer.current_epoch}")
@@ -164,27 +168,44 @@ class Objective:
         trial.set_user_attr("val_loss", val_loss)
         return value
 
-    def _holdout_value(self, trial: optuna.Trial, spec: ModelSpec, reporters: list[EpochReporter],
-                       on_epoch: EpochHook | None) -> tuple[float, float]:  # fmt: skip
+    def _holdout_value(
+        self, trial: optuna.Trial, spec: ModelSpec, reporters: list[EpochReporter], on_epoch: EpochHook | None
+    ) -> tuple[float, float]:
         reporter = EpochReporter(trial, self.monitor, 0, on_epoch)
         reporters.append(reporter)
         split = self.holdout
         p = self.params
         with timed("fit"):
-            result = fit(spec, split, self.data.dataset.class_names, self.trainer, p.seed,
-                         max_epochs=self.epochs_for(spec), callbacks=[reporter])  # fmt: skip
+            result = fit(
+                spec,
+                split,
+                self.data.dataset.class_names,
+                self.trainer,
+                p.seed,
+                max_epochs=self.epochs_for(spec),
+                callbacks=[reporter],
+            )
         with timed("evaluate"):
             report = evaluate(result.module, split.val, self.trainer)
         return selection_value(report, self.metric, self.positive_class), float(result.val.get("val_loss", math.nan))
 
-    def _folds_value(self, trial: optuna.Trial, spec: ModelSpec, reporters: list[EpochReporter],
-                     on_epoch: EpochHook | None) -> tuple[float, float]:  # fmt: skip
+    def _folds_value(
+        self, trial: optuna.Trial, spec: ModelSpec, reporters: list[EpochReporter], on_epoch: EpochHook | None
+    ) -> tuple[float, float]:
         values, losses = [], []
         for k in range(self.folds):
             reporter = EpochReporter(trial, self.monitor, k * self.stride, on_epoch)
             reporters.append(reporter)
-            result = run_fold(spec, self.data, k, self.trainer, self.params.seed, val_size=self.params.data.val_size,
-                              max_epochs=self.epochs_for(spec), callbacks=[reporter])  # fmt: skip
+            result = run_fold(
+                spec,
+                self.data,
+                k,
+                self.trainer,
+                self.params.seed,
+                val_size=self.params.data.val_size,
+                max_epochs=self.epochs_for(spec),
+                callbacks=[reporter],
+            )
             values.append(selection_value(result.report, self.metric, self.positive_class))
             losses.append(float(result.val.get("val_loss", math.nan)))
             trial.set_user_attr(f"fold_{k}", values[-1])

@@ -112,8 +112,9 @@ class SearchSpace:
                 merged[key] = Dimension.make(key, dim, f"tune.space.{key}")
         for key, dim in params.tune.spaces.get(arch, {}).items():
             if key not in known:
-                raise ConfigError(f"tune.spaces.{arch}.{key}: unknown hyperparameter for {arch}; "
-                                  f"allowed: {', '.join(sorted(known))}")  # fmt: skip
+                raise ConfigError(
+                    f"tune.spaces.{arch}.{key}: unknown hyperparameter for {arch}; allowed: {', '.join(sorted(known))}"
+                )
             merged[key] = Dimension.make(key, dim, f"tune.spaces.{arch}.{key}")
         return cls(arch, dict(sorted(merged.items())))
 

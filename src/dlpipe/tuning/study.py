@@ -166,8 +166,10 @@ def open_storage(location: str) -> BaseStorage:
     try:
         return optuna.storages.RDBStorage(with_driver(location), engine_kwargs={"pool_pre_ping": True})
     except ImportError as exc:
-        raise ConfigError(f"tune.storage: {redact(location)} needs a database driver ({exc}); "
-                          "install dlpipe[postgres] (psycopg2-binary)") from None  # fmt: skip
+        raise ConfigError(
+            f"tune.storage: {redact(location)} needs a database driver ({exc}); "
+            "install dlpipe[postgres] (psycopg2-binary)"
+        ) from None
     except Exception as exc:  # sqlalchemy errors: server down, bad credentials, unknown database
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DlpipeError(f"tune.storage: cannot open {redact(location)}: {first}") from None
@@ -273,8 +275,9 @@ def make_pruner(kind: str, max_steps: int) -> optuna.pruners.BasePruner:
     if kind == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=REDUCTION_FACTOR)
     if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, max_steps),
-                                              reduction_factor=REDUCTION_FACTOR)  # fmt: skip
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=max(1, max_steps), reduction_factor=REDUCTION_FACTOR
+        )
     return optuna.pruners.NopPruner()
 
 

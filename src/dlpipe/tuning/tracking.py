@@ -44,8 +44,14 @@ class _TrialFailed(Exception):
 class TrialTracker:
     """Logs trials as child runs of `parent_run_id` (a top-level run when None)."""
 
-    def __init__(self, arch: str, parent_run_id: str | None, tags: dict[str, str], metric: str,
-                 log_dataset: Callable[[str], None] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        arch: str,
+        parent_run_id: str | None,
+        tags: dict[str, str],
+        metric: str,
+        log_dataset: Callable[[str], None] | None = None,
+    ):
         self.arch = arch
         self.parent_run_id = parent_run_id
         self.tags = tags
@@ -58,8 +64,13 @@ class TrialTracker:
         try:
             nested = mlflow.active_run() is not None  # the stage's own process runs trials inside its parent run
             name = f"tune-{self.arch}-trial{trial.number}"
-            tags = {**self.tags, "trial": str(trial.number), "worker": worker_id,
-                    "study_name": trial.study.study_name, "state": "RUNNING"}  # fmt: skip
+            tags = {
+                **self.tags,
+                "trial": str(trial.number),
+                "worker": worker_id,
+                "study_name": trial.study.study_name,
+                "state": "RUNNING",
+            }
             with tracked_run(run_name=name, parent_run_id=self.parent_run_id, nested=nested, tags=tags) as run:
                 run_id = run.info.run_id
                 if self.log_dataset is not None:

@@ -161,8 +161,11 @@ def fail_stale_trials(study: optuna.Study, trials: list[FrozenTrial] | None = No
         if t.state != TrialState.RUNNING or (owner is not None and owner.is_local):
             continue
         if now - last_alive(t) > STALE_SECONDS and close_dead(study, t, ATTR_STALE):
-            log.warning("tune: trial %d has been silent for %.0fs (its process died?): marked FAIL", t.number,
-                        now - last_alive(t))  # fmt: skip
+            log.warning(
+                "tune: trial %d has been silent for %.0fs (its process died?): marked FAIL",
+                t.number,
+                now - last_alive(t),
+            )
             failed.append(t.number)
     return failed
 
@@ -194,8 +197,9 @@ def claims_slot(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
 class TrialRunner:
     """Runs one trial at a time of `study` with `objective`, logged by `tracker` (None: no MLflow)."""
 
-    def __init__(self, study: optuna.Study, objective: Objective, budget: int, worker: str,
-                 tracker: TrialTracker | None = None):  # fmt: skip
+    def __init__(
+        self, study: optuna.Study, objective: Objective, budget: int, worker: str, tracker: TrialTracker | None = None
+    ):
         self.study = study
         self.objective = objective
         self.budget = budget
@@ -266,9 +270,18 @@ class TrialRunner:
         done = finished_count(self.study.get_trials(deepcopy=False))
         value = f" {self.objective.metric} {outcome.value:.4f}" if outcome.value is not None else ""
         why = f" ({outcome.error})" if outcome.error else ""
-        log.info("tune %s: trial %d %s%s after %d epochs%s; %d/%d finished; params %s", self.objective.arch,
-                 trial.number, outcome.state.name, value, outcome.epochs, why, done, self.budget,
-                 outcome.params)  # fmt: skip
+        log.info(
+            "tune %s: trial %d %s%s after %d epochs%s; %d/%d finished; params %s",
+            self.objective.arch,
+            trial.number,
+            outcome.state.name,
+            value,
+            outcome.epochs,
+            why,
+            done,
+            self.budget,
+            outcome.params,
+        )
 
 
 def run_trials(runner: TrialRunner, *, timeout: float | None = None, poll: float | None = None) -> str:
@@ -286,8 +299,10 @@ def run_trials(runner: TrialRunner, *, timeout: float | None = None, poll: float
         if finished >= budget:
             return "budget"
         if counted_failures(trials) >= max_failures(budget):
-            log.warning("tune: %d trials failed; stopping (see the trials' error attribute and MLflow runs)",
-                        counted_failures(trials))  # fmt: skip
+            log.warning(
+                "tune: %d trials failed; stopping (see the trials' error attribute and MLflow runs)",
+                counted_failures(trials),
+            )
             return "failures"
         if timeout is not None and time.monotonic() - start >= timeout:
             return "timeout"
