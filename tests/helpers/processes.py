@@ -14,12 +14,11 @@ VENV_BIN = Path(sys.executable).parent  # the interpreter running pytest: .venv/
 def subprocess_env(project: Path | None = None) -> dict[str, str]:
     """Environment for dlpipe subprocesses: the venv first on PATH, DLPIPE_ROOT = `project` (or unset)."""
     env = dict(os.environ)
-    # An in-process test before this one pointed MLflow at its own store, which MLflow exports as
-    # MLFLOW_TRACKING_URI: a child would take it for the user's choice and log into that other project's store.
-    # A test that sets MLFLOW_TRACKING_URI itself (monkeypatch.setenv) keeps it.
-    configured = env.pop(store.CONFIGURED_ENV, "").partition(":")[2]
-    if configured and env.get("MLFLOW_TRACKING_URI") == configured:
-        del env["MLFLOW_TRACKING_URI"]
+    # In-process tests point MLflow at their projects' stores, which MLflow exports (MLFLOW_TRACKING_URI and
+    # MLFLOW_REGISTRY_URI, kept by module fixtures beyond a test): a child would log into another project's store.
+    # A child uses its project's own store; a test that wants another passes MLFLOW_TRACKING_URI explicitly.
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", store.CONFIGURED_ENV):
+        env.pop(name, None)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.pop("DLPIPE_ROOT", None)
     if project is not None:
