@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers.mlflow_store import project_client
 from helpers.processes import subprocess_env
 from helpers.project import REPO_ROOT, deep_merge
-from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ def test_the_study_trains_every_tabular_architecture_on_text_columns(study: Path
     wide = json.loads((study / "models" / "wide_deep" / "params.json").read_text())
     assert wide["model"]["crosses"] == [["colour", "size"]]
     assert wide["normalizer"]["mean"][1:] == [0.0, 0.0, 0.0]  # codes are never scaled
-    client = MlflowClient(tracking_uri=f"sqlite:///{study / 'mlruns' / 'mlflow.db'}")
+    client = project_client(study)
     champion = client.get_model_version_by_alias("dlpipe-csv", "champion")
     assert champion.tags["architecture"] in ARCHS
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.mlflow_store import project_client
 from helpers.processes import subprocess_env
 from helpers.project import REPO_ROOT, deep_merge
-from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +98,7 @@ def test_metrics_show_has_the_champion_and_every_cv_score_and_fits_a_terminal(st
 
 
 def test_mlflow_holds_the_run_tree_and_a_champion(study: Path):
-    client = MlflowClient(tracking_uri=f"sqlite:///{study / 'mlruns' / 'mlflow.db'}")
+    client = project_client(study)
     exp = client.get_experiment_by_name("dlpipe/digits")
     assert exp is not None
     runs = client.search_runs([exp.experiment_id], max_results=1000)
@@ -131,7 +131,7 @@ def test_second_repro_is_a_no_op(study: Path):
 
 
 def _runs(study: Path, stage: str) -> dict[str, int]:
-    client = MlflowClient(tracking_uri=f"sqlite:///{study / 'mlruns' / 'mlflow.db'}")
+    client = project_client(study)
     exp = client.get_experiment_by_name("dlpipe/digits")
     runs = client.search_runs([exp.experiment_id], f"tags.stage = '{stage}'", max_results=1000)
     top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -153,7 +153,7 @@ def test_changing_one_architecture_retrains_only_that_architecture(study: Path):
 
 
 def _train_runs(study: Path) -> int:
-    client = MlflowClient(tracking_uri=f"sqlite:///{study / 'mlruns' / 'mlflow.db'}")
+    client = project_client(study)
     exp = client.get_experiment_by_name("dlpipe/digits")
     return len(client.search_runs([exp.experiment_id], "tags.stage = 'train'", max_results=1000))
 
@@ -191,7 +191,7 @@ def test_exp_run_variant_is_compared_with_its_baseline_and_tracked(study: Path):
     diff = subprocess.run(["dvc", "metrics", "diff"], cwd=study, env=subprocess_env(), capture_output=True, text=True)
     assert diff.returncode == 0 and "reports/metrics.json" in diff.stdout, diff.stdout + diff.stderr
     assert _train_runs(study) == before + len(ARCHS)
-    client = MlflowClient(tracking_uri=f"sqlite:///{study / 'mlruns' / 'mlflow.db'}")
+    client = project_client(study)
     exp = client.get_experiment_by_name("dlpipe/digits")
     tagged = client.search_runs([exp.experiment_id], "tags.`dvc.exp_name` = 'three-epochs'", max_results=1000)
     assert {r.data.tags["stage"] for r in tagged} >= {"tune", "cv", "train", "select"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from mlflow.tracking import MlflowClient
+
 
 def install_mlflow_store(project: Path, template: Path) -> str:
     """Copy the template store to project/mlruns/mlflow.db; returns its tracking URI."""
@@ -12,3 +14,10 @@ def install_mlflow_store(project: Path, template: Path) -> str:
     mlruns.mkdir(parents=True, exist_ok=True)
     shutil.copy2(template, mlruns / "mlflow.db")
     return f"sqlite:///{mlruns / 'mlflow.db'}"
+
+
+def project_client(project: Path) -> MlflowClient:
+    """A client of `project`'s own store, for runs and the registry alike. `MlflowClient(tracking_uri=...)` alone
+    reads the registry at MLflow's process-wide registry URI, which an earlier in-process test may have set."""
+    uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -22,7 +22,7 @@ import optuna
 import psutil
 import pytest
 import yaml
-from helpers.mlflow_store import install_mlflow_store
+from helpers.mlflow_store import install_mlflow_store, project_client
 from helpers.processes import subprocess_env
 from helpers.project import REPO_ROOT, copy_project, write_params
 from mlflow.entities import Run
@@ -145,7 +145,7 @@ def wait_gone(procs: list[psutil.Process], timeout: float = 60) -> None:
 
 
 def client_of(project: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    return project_client(project)
 
 
 def all_runs(client: MlflowClient) -> list[Run]:

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pytest
 from helpers import capabilities
-from helpers.mlflow_store import install_mlflow_store
+from helpers.mlflow_store import install_mlflow_store, project_client
 from helpers.processes import subprocess_env
 from helpers.project import SMALL_STUDY, copy_project, deep_merge, write_params
-from mlflow.tracking import MlflowClient
 
 from dlpipe.config import load_params
 from dlpipe.paths import ProjectPaths
@@ -89,7 +88,7 @@ def run_stage(project: Path, script: str) -> subprocess.CompletedProcess:
 
 def run_ids(project: Path) -> dict[str, str]:
     """Every run in the project's store: {run_id: status}."""
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    client = project_client(project)
     experiments = [e.experiment_id for e in client.search_experiments()]
     return {r.info.run_id: r.info.status for r in client.search_runs(experiments, max_results=5000)}
 
@@ -152,5 +151,5 @@ def test_the_select_stage_refuses_an_unwritable_reports_folder_before_it_logs_or
         proc = run_stage(studied, "select_model")
     assert_refused(proc, "select", studied / folder)
     assert run_ids(studied) == runs_before  # no select run (none FINISHED), nothing registered
-    assert MlflowClient(tracking_uri=f"sqlite:///{studied / 'mlruns' / 'mlflow.db'}").search_registered_models() == []
+    assert project_client(studied).search_registered_models() == []
     assert snapshot(studied, "reports", "models") == outputs_before

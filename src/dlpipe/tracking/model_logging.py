@@ -241,11 +241,3 @@ def categorical_of(model: mlflow.pyfunc.PyFuncModel) -> list[str]:
     if schema is None or schema.is_tensor_spec():
         return []
     return [str(c.name) for c in schema.inputs if c.name is not None and c.type == DataType.string]
-
-
-def class_names_of(model: mlflow.pyfunc.PyFuncModel) -> list[str] | None:
-    """The class names of a model's `prob_<class>` output columns."""
-    schema = model.metadata.get_output_schema()
-    if schema is None:
-        return None
-    return [str(n).removeprefix("prob_") for n in schema.input_names() if str(n).startswith("prob_")]

@@ -45,6 +45,7 @@ from optuna.trial import FrozenTrial, TrialState
 from dlpipe import RESULTS_PROTOCOL
 from dlpipe.config import Params, flatten, params_hash
 from dlpipe.errors import ConfigError, DlpipeError
+from dlpipe.metric_names import is_positive_metric
 from dlpipe.paths import ProjectPaths
 from dlpipe.tracking.store import project_root
 from dlpipe.tuning.journal import JournalFile
@@ -92,7 +93,7 @@ def study_key(params: Params, arch: str, space: SearchSpace, dataset_hash: str) 
         "sampler": params.tune.sampler,
         "pruner": params.tune.pruner,
         "metric": metric,
-        "positive_class": params.selection.positive_class if metric.endswith("_positive") else None,
+        "positive_class": params.selection.positive_class if is_positive_metric(metric) else None,
         "cv_folds": params.tune.cv_folds,
         "protocol": RESULTS_PROTOCOL,
         "max_epochs": params.tune.max_epochs,
