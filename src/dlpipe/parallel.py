@@ -120,6 +120,10 @@ class ProcessPool:
         self._ctx.set_forkserver_preload(list(preload))
         self._init = init
         self._env = env
+        # Workers take this process's environment as it is now, not the forkserver's: the forkserver is shared by
+        # every pool of the process and keeps the environment of the first (a second study in the same process,
+        # e.g. another project's DLPIPE_ROOT or MLflow store, would otherwise run in the first one's).
+        self._base_env = dict(os.environ)
         self._workers: dict[int, _Worker] = {}
         # Starting the first worker waits for the forkserver to import `preload` (seconds): do it in the
         # background, so the caller's own imports and set-up overlap with it.
@@ -134,7 +138,7 @@ class ProcessPool:
     def _start(self, index: int) -> None:
         parent, child = self._ctx.Pipe()
         alive_r, alive_w = self._ctx.Pipe(duplex=False)  # only this process holds the writing end
-        env = self._env(index) if self._env else {}
+        env = {**self._base_env, **(self._env(index) if self._env else {})}
         proc = self._ctx.Process(
             target=_worker_main,
             args=(child, alive_r, index, env, self._init),
@@ -281,6 +285,7 @@ def _worker_main(
     conn: Connection, lifeline: Connection, index: int, env: dict[str, str], init: Callable[[int], None] | None
 ) -> None:
     threading.Thread(target=_die_with_owner, args=(lifeline,), name="lifeline", daemon=True).start()
+    os.environ.clear()
     os.environ.update(env)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from helpers.mlflow_store import project_client
@@ -148,6 +149,14 @@ def test_changing_one_architecture_retrains_only_that_architecture(study: Path):
     after = {stage: _runs(study, stage) for stage in ("tune", "cv", "train")}
     for stage in ("tune", "cv", "train"):  # the study stage reused the perceptron's study, folds and fit
         assert after[stage] == {"perceptron": before[stage]["perceptron"], "mlp": before[stage]["mlp"] + 1}, stage
+    # the new select run links exactly the cv and train runs whose numbers are on the leaderboard: the perceptron's
+    # reused ones and the mlp's new ones
+    board = pd.read_csv(study / "reports" / "leaderboard.csv")
+    selection = json.loads((study / "reports" / "selection.json").read_text())
+    tags = project_client(study).get_run(selection["mlflow_run_id"]).data.tags
+    for _, row in board[board["kind"] == "deep"].iterrows():
+        assert tags[f"runs.{row['architecture']}.cv"] == row["cv_run_id"]
+        assert tags[f"runs.{row['architecture']}.train"] == row["train_run_id"]
     run(["git", "add", "-A"], study)
     run(["git", "commit", "-qm", "mlp xavier init"], study)
 
