@@ -87,7 +87,8 @@ def measure(params, paths, arch: str) -> dict:
         folds = {d.result.fold: d.result.metrics for d in done}
         plan = tune.plan(ctx, arch)
         start = time.perf_counter()
-        runners = [Task(f"tune {arch} runner{job.index}", tune.trials_unit, (job,)) for job in plan.jobs(params, paths)]
+        jobs = plan.jobs(params, paths, slots=pool.size)
+        runners = [Task(f"tune {arch} runner{job.index}", tune.trials_unit, (job,)) for job in jobs]
         run_all(pool, runners)
         trial_seconds = time.perf_counter() - start
         trials = plan.handle.study.get_trials(deepcopy=False)
