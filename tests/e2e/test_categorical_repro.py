@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from helpers.mlflow_store import project_client
 from helpers.processes import subprocess_env
-from helpers.project import REPO_ROOT, deep_merge
+from helpers.project import copy_dvc_study
 
 pytestmark = pytest.mark.slow
 
@@ -53,13 +51,7 @@ def run(cmd: list[str], cwd: Path, timeout: int = TIMEOUT) -> subprocess.Complet
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("e2e-csv") / "study"
-    root.mkdir()
-    for name in ("dvc.yaml", ".gitignore", "pyproject.toml"):
-        shutil.copy2(REPO_ROOT / name, root / name)
-    for folder in ("pipelines", "src"):
-        shutil.copytree(REPO_ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    base = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(deep_merge(base, OVERRIDE), sort_keys=False))
+    copy_dvc_study(root, OVERRIDE)
     shop(600, seed=0).to_csv(root / "shop.csv", index=False)
     setup = [
         ["git", "init", "-q"],

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 import yaml
 from helpers.mlflow_store import project_client
 from helpers.processes import subprocess_env
-from helpers.project import REPO_ROOT, deep_merge
+from helpers.project import copy_dvc_study
 
 pytestmark = pytest.mark.slow
 
@@ -49,13 +48,7 @@ def stages_run(output: str) -> set[str]:
 def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh project (git + DVC) with the small override, after one full `dvc repro`."""
     root = tmp_path_factory.mktemp("e2e") / "study"
-    root.mkdir()
-    for name in ("dvc.yaml", ".gitignore", "pyproject.toml"):
-        shutil.copy2(REPO_ROOT / name, root / name)
-    for folder in ("pipelines", "src"):
-        shutil.copytree(REPO_ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    base = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(deep_merge(base, OVERRIDE), sort_keys=False))
+    copy_dvc_study(root, OVERRIDE)
     run(["git", "init", "-q"], root)
     run(["git", "config", "user.email", "e2e@example.com"], root)
     run(["git", "config", "user.name", "e2e"], root)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 from helpers.processes import subprocess_env
-from helpers.project import REPO_ROOT, deep_merge
+from helpers.project import copy_dvc_study
 from sklearn.datasets import load_wine
 
 CSV = Path("data") / "wine.csv"
@@ -74,13 +73,7 @@ def snapshot(root: Path) -> dict[str, str]:
 def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh git + DVC project studying data/wine.csv, after one full `dvc repro`."""
     root = tmp_path_factory.mktemp("e2e-faults") / "study"
-    root.mkdir()
-    for name in ("dvc.yaml", ".gitignore", "pyproject.toml"):
-        shutil.copy2(REPO_ROOT / name, root / name)
-    for folder in ("pipelines", "src"):
-        shutil.copytree(REPO_ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    base = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(deep_merge(base, OVERRIDE), sort_keys=False))
+    copy_dvc_study(root, OVERRIDE)
     (root / CSV).parent.mkdir(parents=True)
     wine().to_csv(root / CSV, index=False)
     for cmd in (

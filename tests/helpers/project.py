@@ -29,6 +29,18 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+def copy_dvc_study(dest: Path, overrides: dict) -> Path:
+    """A project `dvc repro` can run from scratch: dvc.yaml, .gitignore, pyproject.toml, pipelines/ and src/ of this
+    repository copied into `dest` (a new folder), params.yaml overridden with `overrides`."""
+    dest.mkdir(parents=True)
+    for name in ("dvc.yaml", ".gitignore", "pyproject.toml"):
+        shutil.copy2(REPO_ROOT / name, dest / name)
+    for folder in ("pipelines", "src"):
+        shutil.copytree(REPO_ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    write_params(dest, overrides)
+    return dest
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     """`base` with `override` merged in, nested dicts key by key (neither argument is changed)."""
     out = dict(base)
