@@ -10,15 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-SCALARS = (
-    "accuracy",
-    "precision_macro",
-    "recall_macro",
-    "f1_macro",
-    "precision_weighted",
-    "recall_weighted",
-    "f1_weighted",
-)
+from dlpipe.metric_names import SCALAR_METRICS
+
 DEEP = ("transformer", "cnn", "resnet", "mlp", "gru", "lstm", "wide_deep", "perceptron")
 BASELINES = ("svc", "knn", "logreg", "random_forest")
 PARAMS = dict(zip(DEEP, (68_234, 206_922, 11_175_370, 43_018, 44_810, 58_890, 10_058, 650), strict=True))
@@ -34,10 +27,10 @@ def model_row(i: int, name: str, metric: str) -> dict:
     base = 0.99 - 0.01 * i
     row: dict = {"architecture": name, "kind": "deep" if deep else "baseline", "selection_metric": metric}
     row |= {"cv_mean": base, "cv_std": 0.001 * (i + 1), "folds": 5}
-    for j, m in enumerate(SCALARS):
+    for j, m in enumerate(SCALAR_METRICS):
         row[f"cv_{m}_mean"] = base - 0.0001 * j
         row[f"cv_{m}_std"] = 0.002 + 0.0001 * j
-    for j, m in enumerate(SCALARS):
+    for j, m in enumerate(SCALAR_METRICS):
         row[f"test_{m}"] = round(base - 0.005 - 0.0011 * j, 6)
     if metric.endswith("_positive"):
         for j, m in enumerate(("precision", "recall", "f1")):
