@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from helpers.mlflow_store import project_client
 from helpers.processes import subprocess_env
-from helpers.project import copy_dvc_study
+from helpers.project import copy_dvc_study, git_dvc_init
 
 pytestmark = pytest.mark.slow
 
@@ -53,16 +53,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("e2e-csv") / "study"
     copy_dvc_study(root, OVERRIDE)
     shop(600, seed=0).to_csv(root / "shop.csv", index=False)
-    setup = [
-        ["git", "init", "-q"],
-        ["git", "config", "user.email", "e2e@example.com"],
-        ["git", "config", "user.name", "e2e"],
-        ["dvc", "init", "-q"],
-        ["dvc", "config", "core.analytics", "false"],
-        ["git", "add", "-A"],
-        ["git", "commit", "-qm", "study"],
-    ]
-    for cmd in setup:
+    for cmd in git_dvc_init("study"):
         run(cmd, root)
     run(["dvc", "repro"], root)
     return root

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from helpers.mlflow_store import project_client
 from helpers.processes import subprocess_env
-from helpers.project import copy_dvc_study
+from helpers.project import copy_dvc_study, git_dvc_init
 
 pytestmark = pytest.mark.slow
 
@@ -49,13 +49,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh project (git + DVC) with the small override, after one full `dvc repro`."""
     root = tmp_path_factory.mktemp("e2e") / "study"
     copy_dvc_study(root, OVERRIDE)
-    run(["git", "init", "-q"], root)
-    run(["git", "config", "user.email", "e2e@example.com"], root)
-    run(["git", "config", "user.name", "e2e"], root)
-    run(["dvc", "init", "-q"], root)
-    run(["dvc", "config", "core.analytics", "false"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "study"], root)
+    for cmd in git_dvc_init("study"):
+        run(cmd, root)
     first = run(["dvc", "repro"], root)
     (root / "first_repro.log").write_text(first.stdout + first.stderr)
     return root

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 from helpers.processes import subprocess_env
-from helpers.project import copy_dvc_study
+from helpers.project import copy_dvc_study, git_dvc_init
 from sklearn.datasets import load_wine
 
 CSV = Path("data") / "wine.csv"
@@ -76,15 +76,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     copy_dvc_study(root, OVERRIDE)
     (root / CSV).parent.mkdir(parents=True)
     wine().to_csv(root / CSV, index=False)
-    for cmd in (
-        ["git", "init", "-q"],
-        ["git", "config", "user.email", "e2e@example.com"],
-        ["git", "config", "user.name", "e2e"],
-        ["dvc", "init", "-q"],
-        ["dvc", "config", "core.analytics", "false"],
-        ["git", "add", "-A"],
-        ["git", "commit", "-qm", "wine study"],
-    ):
+    for cmd in git_dvc_init("wine study"):
         run(cmd, root)
     first = run(["dvc", "repro"], root)
     assert stages_run(first) == {"check", "fetch", "prepare", "baselines", "study", "select"}

@@ -41,6 +41,19 @@ def copy_dvc_study(dest: Path, overrides: dict) -> Path:
     return dest
 
 
+def git_dvc_init(message: str) -> list[list[str]]:
+    """The commands that make a copied study a git + DVC repository with everything committed as `message`."""
+    return [
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "e2e@example.com"],
+        ["git", "config", "user.name", "e2e"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", message],
+    ]
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     """`base` with `override` merged in, nested dicts key by key (neither argument is changed)."""
     out = dict(base)
