@@ -320,10 +320,30 @@ def model_temp(project: Path) -> Path | None:
     return next((models / e.name for e in os.scandir(models) if TEMP.match(e.name)), None)
 
 
+def stop_a_writer_mid_write(project: Path, stage: Stage) -> tuple[Path, int]:
+    """Freeze (SIGSTOP) a process while its temporary model file exists: the kill then surely lands mid-write.
+
+    A write can finish between seeing its temporary file and signalling its writer; such a write is let go on
+    (SIGCONT) and the next one is caught instead.
+    """
+    deadline = time.monotonic() + STAGE_TIMEOUT
+    while time.monotonic() < deadline:
+        temp = wait_for(lambda: model_temp(project), stage, "a model being written", every=0.005)
+        writer = int(TEMP.match(temp.name)["pid"])
+        try:
+            os.kill(writer, signal.SIGSTOP)
+        except ProcessLookupError:
+            continue
+        if temp.exists():
+            return temp, writer
+        os.kill(writer, signal.SIGCONT)
+    stage.proc.kill()
+    pytest.fail(f"no write caught in progress within {STAGE_TIMEOUT}s:\n{stage.tail()}")
+
+
 def test_a_kill_while_the_final_fit_writes_its_model_leaves_no_temporary_files_after_the_rerun(study_project):
     stage = Stage(study_project, "train-killed")
-    temp = wait_for(lambda: model_temp(study_project), stage, "a model being written", every=0.005)
-    writer = int(TEMP.match(temp.name)["pid"])
+    temp, writer = stop_a_writer_mid_write(study_project, stage)
     assert writer in {stage.pid} | {p.pid for p in stage.descendants()}
     os.kill(writer, signal.SIGKILL)
     assert stage.wait() != 0
