@@ -119,7 +119,9 @@ def tutorial_loop(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: in
     dataset = TensorDataset(X, y)
     # shuffle=True is RandomSampler(dataset); seeded, its first permutation is the one dlpipe and the plain loops use
     sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
-    loader = DataLoader(dataset, batch_size=bs, sampler=sampler)
+    # the loader's own generator: without one, every epoch's iterator draws its base seed from the global RNG, which
+    # shifts the dropout masks of every later step away from the other loops'
+    loader = DataLoader(dataset, batch_size=bs, sampler=sampler, generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     model.train()
     times, losses = [], []
