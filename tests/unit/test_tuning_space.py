@@ -478,6 +478,25 @@ def test_a_trial_that_loses_the_race_for_the_last_slot_is_closed_as_surplus(tmp_
     assert W.run_trials(runner) == "budget" and S.state_counts(study)["COMPLETE"] == 1
 
 
+def test_a_worker_waiting_for_another_workers_last_trial_looks_again_soon_then_less_often(tmp_path: Path, monkeypatch):
+    study = journal_study(tmp_path / "j.log")
+    other = journal_study(tmp_path / "j.log")  # another worker runs the study's last trial
+    running = other.ask()
+    other._storage.set_trial_system_attr(running._trial_id, S.ATTR_OWNER, W.owner_record())  # alive: this process
+    sleeps = []
+
+    def sleep(seconds: float) -> None:  # the other worker's trial ends while this one waits for the 6th time
+        sleeps.append(seconds)
+        if len(sleeps) == 6:
+            other.tell(running, 0.5)
+
+    monkeypatch.setattr(W, "time", SimpleNamespace(time=time.time, monotonic=time.monotonic, sleep=sleep))
+    runner = W.TrialRunner(study, FakeObjective(lr_space(), lambda t, r: 1.0), 1, "w0")
+    assert W.run_trials(runner) == "budget"
+    assert sleeps == [0.05, 0.1, 0.2, 0.4, 0.8, W.POLL_SECONDS] and W.POLL_SECONDS == 1.0
+    assert S.state_counts(study)["COMPLETE"] == 1
+
+
 def test_a_stale_running_trial_is_failed_so_it_cannot_block_the_budget(tmp_path: Path, monkeypatch):
     study = journal_study(tmp_path / "j.log")
     dead = journal_study(tmp_path / "j.log").ask()  # its process "died": no heartbeat since

@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 15.0  # how often a running trial records that it is alive
 STALE_SECONDS = 300.0  # a RUNNING trial silent this long belongs to a dead process
-POLL_SECONDS = 1.0  # how often a worker waiting for running trials looks again
+POLL_SECONDS = 1.0  # how often a worker waiting for running trials looks again, at most
+FIRST_POLL_SECONDS = 0.05  # its first look: a study's last trials often end within moments of each other
 TERMINATE_GRACE_SECONDS = 30.0  # workers get this long to end their runs after SIGTERM
 RENDEZVOUS_SECONDS = 300.0  # how long workers started together wait for each other before the first trial
 RENDEZVOUS_ATTR = "dlpipe:rendezvous"
@@ -183,7 +184,7 @@ def rendezvous(study: optuna.Study, spec: str, index: int, timeout: float | None
         if time.monotonic() > deadline:
             log.warning("tune: not all %s workers joined within the rendezvous time; starting anyway", count)
             return False
-        time.sleep(0.2)
+        time.sleep(FIRST_POLL_SECONDS)
     return True
 
 
@@ -286,11 +287,12 @@ class TrialRunner:
 
 def run_trials(runner: TrialRunner, *, timeout: float | None = None, poll: float | None = None) -> str:
     """Run trials until the study has `runner.budget` finished trials; returns why it stopped: budget, failures
-    or timeout (no new trial starts after `timeout` seconds)."""
+    or timeout (no new trial starts after `timeout` seconds). A worker waiting for other workers' trials looks
+    again after FIRST_POLL_SECONDS, then twice as long each time, up to `poll` (POLL_SECONDS)."""
     study, budget = runner.study, runner.budget
     poll = POLL_SECONDS if poll is None else poll
     start = time.monotonic()
-    waiting = False
+    waiting, delay = False, min(FIRST_POLL_SECONDS, poll)
     while True:
         trials = study.get_trials(deepcopy=False)
         if fail_orphaned_trials(study, trials):
@@ -312,7 +314,8 @@ def run_trials(runner: TrialRunner, *, timeout: float | None = None, poll: float
                 log.info("tune: %d trials running elsewhere take the rest of the budget; waiting", running)
                 waiting = True
             if not fail_stale_trials(study, trials):
-                time.sleep(poll)
+                time.sleep(delay)
+                delay = min(2 * delay, poll)
             continue
-        waiting = False
+        waiting, delay = False, min(FIRST_POLL_SECONDS, poll)
         runner.run_next()
