@@ -63,11 +63,12 @@ class StageContext:
         return ctx
 
     def close_orphans(self, stage: str) -> None:
-        """End KILLED the runs that killed processes of this host left RUNNING (every stage does it first)."""
+        """End the runs that killed processes of this host left RUNNING (every stage does it first): KILLED, or
+        FINISHED when their work was recorded."""
         if self.experiment_id is None or not is_global_zero():
             return
-        for run_id in close_orphaned_runs(self.experiment_id, f"dlpipe {stage}"):
-            log.warning("%s: run %s was left RUNNING by a killed process; ended it KILLED", stage, run_id)
+        for run_id, status in close_orphaned_runs(self.experiment_id, f"dlpipe {stage}").items():
+            log.warning("%s: run %s was left RUNNING by a killed process; ended it %s", stage, run_id, status)
 
     def check_against_data(self) -> None:
         """Params that name classes or need a binary task, checked against the prepared data (exit 2)."""

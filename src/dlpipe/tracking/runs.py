@@ -2,7 +2,10 @@
 
 Every run dlpipe opens carries its owner (`dlpipe.host`, `dlpipe.pid`, `dlpipe.pid_started`), set in the same call
 that creates the run, so a run whose process was killed can be recognised later: `close_orphaned_runs` ends such
-runs KILLED with a reason (`dlpipe.killed_reason`), and every stage calls it before it starts.
+runs KILLED with a reason (`dlpipe.killed_reason`), and every stage calls it before it starts. A `tracked_run` whose
+block completed is tagged `dlpipe.recorded` just before it ends FINISHED: a process killed between the two has
+recorded all its work, and the sweep ends that run FINISHED instead (with `dlpipe.closed_reason`), so the work is
+reused, not done again.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dlpipe.processes import Owner
 from dlpipe.profile import timed
 
 MAX_BATCH = 100  # MLflow's limit of params/tags per log_batch call
+RECORDED_TAG = "dlpipe.recorded"  # set last in a completed tracked_run: everything the run's work wrote is stored
 SEARCH_PAGE = 200
 
 
@@ -126,8 +130,10 @@ def tracked_run(**start_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
         raise
     else:
         # The block's work is done and recorded: an interrupt now would leave the run RUNNING (MLflow drops it from
-        # the active runs before it writes the status) and its finished work would be redone. Raise it after.
+        # the active runs before it writes the status) and its finished work would be redone. Raise it after. The
+        # tag covers what deferring cannot: a SIGKILL between it and the status (see close_orphaned_runs).
         with timed("logging"), deferred_interrupts():
+            mlflow.set_tag(RECORDED_TAG, "true")
             mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
@@ -167,20 +173,28 @@ def closing_run(run_id: str | None) -> Iterator[None]:
         end_run(run_id)
 
 
-def close_orphaned_runs(experiment_id: str, closed_by: str) -> list[str]:
-    """End KILLED every RUNNING run of this host whose owning process is gone; returns their run ids."""
+def close_orphaned_runs(experiment_id: str, closed_by: str) -> dict[str, str]:
+    """End every RUNNING run of this host whose owning process is gone: KILLED with `dlpipe.killed_reason`, or
+    FINISHED with `dlpipe.closed_reason` when the run had recorded its work (`RECORDED_TAG`). Returns {run id:
+    status}."""
     client = MlflowClient()
     owner = Owner.current()
     clause = f"attributes.status = 'RUNNING' and tags.`dlpipe.host` = '{owner.host}'"
-    closed = []
+    closed = {}
     for run in client.search_runs([experiment_id], clause, max_results=SEARCH_PAGE * 5):
         dead = Owner.from_tags(run.data.tags)
         if dead is None or not dead.is_dead():
             continue
-        reason = f"process {dead.pid} on {dead.host} ended without closing this run (killed?); closed by {closed_by}"
-        client.set_tag(run.info.run_id, "dlpipe.killed_reason", reason)
-        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
-        closed.append(run.info.run_id)
+        who = f"process {dead.pid} on {dead.host}"
+        if run.data.tags.get(RECORDED_TAG) == "true":
+            status, tag = RunStatus.FINISHED, "dlpipe.closed_reason"
+            reason = f"{who} ended after recording this run's work, before closing it; closed by {closed_by}"
+        else:
+            status, tag = RunStatus.KILLED, "dlpipe.killed_reason"
+            reason = f"{who} ended without closing this run (killed?); closed by {closed_by}"
+        client.set_tag(run.info.run_id, tag, reason)
+        client.set_terminated(run.info.run_id, RunStatus.to_string(status))
+        closed[run.info.run_id] = RunStatus.to_string(status)
     return closed
 
 

@@ -58,8 +58,15 @@ class TrialTracker:
         self.metric = metric
         self.log_dataset = log_dataset  # records the training data as the trial run's input
 
-    def track(self, trial: optuna.Trial, worker_id: str, body: Callable[[EpochHook], Outcome]) -> Outcome:
-        """Run `body(on_epoch)` inside the trial's run and record its outcome there."""
+    def track(
+        self,
+        trial: optuna.Trial,
+        worker_id: str,
+        body: Callable[[EpochHook], Outcome],
+        finish: Callable[[Outcome], None],
+    ) -> Outcome:
+        """Run `body(on_epoch)` inside the trial's run, record its outcome there, then `finish(outcome)` (tell
+        Optuna) before the run ends: a run never ends FINISHED for a trial the study did not get."""
         outcome: Outcome | None = None
         try:
             nested = mlflow.active_run() is not None  # the stage's own process runs trials inside its parent run
@@ -87,6 +94,11 @@ class TrialTracker:
                     set_tags(run_id, {"state": TrialState.FAIL.name, "interrupted": "true"})
                     raise
                 self._record(run_id, outcome)
+                try:
+                    finish(outcome)
+                except Exception:  # the study did not take the result (e.g. another worker failed it as stale)
+                    set_tags(run_id, {"state": TrialState.FAIL.name, "dropped": "true"})
+                    raise
                 if outcome.state == TrialState.FAIL:
                     raise _TrialFailed
         except _TrialFailed:

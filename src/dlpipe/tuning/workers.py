@@ -22,6 +22,7 @@ GPU, one trial per device.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -195,6 +196,10 @@ def claims_slot(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
     return finished_count(trials) + ahead < budget
 
 
+class _Dropped(Exception):
+    """The trial was failed by another worker (stale) while it ran: its result cannot be told."""
+
+
 class TrialRunner:
     """Runs one trial at a time of `study` with `objective`, logged by `tracker` (None: no MLflow)."""
 
@@ -219,28 +224,35 @@ class TrialRunner:
             self.study.tell(trial, state=TrialState.FAIL)
             log.info("tune: trial %d closed: the budget of %d trials is taken", trial.number, self.budget)
             return None
+        finish = functools.partial(self._tell, trial)
         try:
             with Heartbeat(self.study, trial_id(trial)):
                 if self.tracker is not None:
-                    outcome = self.tracker.track(trial, self.worker, lambda hook: self._evaluate(trial, hook))
+                    outcome = self.tracker.track(trial, self.worker, lambda hook: self._evaluate(trial, hook), finish)
                 else:
                     outcome = self._evaluate(trial, None)
+                    finish(outcome)
+        except _Dropped:
+            log.warning("tune: trial %d was marked FAIL (stale) while it ran; its result is dropped", trial.number)
+            return None
         except BaseException:  # Ctrl-C, SIGTERM, sys.exit: the trial is FAIL (and does not count as a failure)
             self._close_interrupted(trial)
             raise
+        self._log(trial, outcome)
+        return outcome
+
+    def _tell(self, trial: optuna.Trial, outcome: Outcome) -> None:
+        """Hand the outcome to the study (inside the trial's MLflow run, which ends only after this)."""
         try:
             trial.set_user_attr("epochs", outcome.epochs)
             if outcome.error:
-                storage.set_trial_system_attr(trial_id(trial), ATTR_ERROR, outcome.error[:4000])
+                storage_of(self.study).set_trial_system_attr(trial_id(trial), ATTR_ERROR, outcome.error[:4000])
             if outcome.state == TrialState.COMPLETE:
                 self.study.tell(trial, outcome.value)
             else:
                 self.study.tell(trial, state=outcome.state)
-        except UpdateFinishedTrialError:  # another worker found it stale and failed it meanwhile
-            log.warning("tune: trial %d was marked FAIL (stale) while it ran; its result is dropped", trial.number)
-            return None
-        self._log(trial, outcome)
-        return outcome
+        except UpdateFinishedTrialError as exc:  # another worker found it stale and failed it meanwhile
+            raise _Dropped from exc
 
     def _evaluate(self, trial: optuna.Trial, on_epoch: Callable | None) -> Outcome:
         state, value, error = TrialState.COMPLETE, None, None

@@ -1,0 +1,141 @@
+"""A unit killed after it recorded its work keeps that work (issue #11: nothing recorded is ever lost).
+
+Real processes run a `tracked_run` (and a tracked Optuna trial) and are SIGKILLed at a chosen point: inside the
+block, or in the last moment of the run, where MLflow would write its FINISHED status (the process kills itself in
+place of `mlflow.end_run`). The sweep every stage runs first (`close_orphaned_runs`, in another process, as a
+stage would) must end the first kind KILLED and the second FINISHED, each with its reason; a trial's result must
+reach the study before its run can end.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+from helpers.processes import subprocess_env
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
+
+from dlpipe.tracking.runs import RECORDED_TAG
+
+KILL_AT_END = "mlflow.end_run = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # dies where the status goes"
+
+UNIT = """
+import os, signal, sys, mlflow
+from dlpipe.tracking.runs import tracked_run
+mlflow.set_tracking_uri(sys.argv[1])
+mlflow.set_experiment("faults")
+where = sys.argv[2]
+if where == "end":
+    {kill_at_end}
+with tracked_run(run_name="unit", tags={{"unit": where}}):
+    mlflow.log_dict({{"accuracy": 0.9}}, "fold_report.json")
+    if where == "block":
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+TRIAL = """
+import os, signal, sys, mlflow, optuna
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from dlpipe.tuning.tracking import TrialTracker
+from dlpipe.tuning.workers import TrialRunner
+mlflow.set_tracking_uri(sys.argv[1])
+mlflow.set_experiment("faults")
+storage = JournalStorage(JournalFileBackend(sys.argv[2]))
+study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+
+class Space:
+    def decode(self, params):
+        return dict(params)
+
+class Objective:
+    arch, metric, epochs, space = "mlp", "f1_macro", 1, Space()
+    def __call__(self, trial, on_epoch=None):
+        return trial.suggest_float("train.lr", 1e-3, 1e-1, log=True)
+
+{kill_at_end}
+TrialRunner(study, Objective(), 1, "w0", TrialTracker("mlp", None, {{"stage": "tune"}}, "f1_macro")).run_next()
+"""
+
+SWEEP = """
+import json, sys, mlflow
+from dlpipe.tracking.runs import close_orphaned_runs
+mlflow.set_tracking_uri(sys.argv[1])
+experiment = mlflow.set_experiment("faults")
+print(json.dumps(close_orphaned_runs(experiment.experiment_id, "the test's sweep")))
+"""
+
+
+def python(tmp_path: Path, code: str, *args: str) -> subprocess.CompletedProcess:
+    env = subprocess_env(tmp_path)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+
+
+def killed(tmp_path: Path, code: str, *args: str) -> None:
+    proc = python(tmp_path, code.format(kill_at_end=KILL_AT_END), *args)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+
+
+def sweep(tmp_path: Path, uri: str) -> dict[str, str]:
+    proc = python(tmp_path, SWEEP, uri)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def store(tmp_path: Path, mlflow_template_db: Path) -> str:
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(mlflow_template_db.read_bytes())
+    return f"sqlite:///{db}"
+
+
+def client_of(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_a_unit_killed_after_recording_its_work_ends_finished_and_one_killed_inside_its_work_ends_killed(
+    tmp_path, store
+):
+    killed(tmp_path, UNIT, store, "end")
+    killed(tmp_path, UNIT, store, "block")
+    client = client_of(store)
+    runs = {r.data.tags["unit"]: r for r in client.search_runs([client.get_experiment_by_name("faults").experiment_id])}
+    assert {w: r.info.status for w, r in runs.items()} == {"end": "RUNNING", "block": "RUNNING"}
+    assert runs["end"].data.tags.get(RECORDED_TAG) == "true" and RECORDED_TAG not in runs["block"].data.tags
+
+    closed = sweep(tmp_path, store)
+    assert closed == {runs["end"].info.run_id: "FINISHED", runs["block"].info.run_id: "KILLED"}
+    end, block = (client.get_run(runs[w].info.run_id) for w in ("end", "block"))
+    assert "ended after recording this run's work" in end.data.tags["dlpipe.closed_reason"]
+    assert "dlpipe.killed_reason" not in end.data.tags
+    assert "ended without closing this run" in block.data.tags["dlpipe.killed_reason"]
+    assert sweep(tmp_path, store) == {}  # nothing is left to close
+
+
+def test_a_trial_killed_as_its_run_ends_has_told_the_study_and_its_run_ends_finished(tmp_path, store):
+    journal = tmp_path / "journal.log"
+    killed(tmp_path, TRIAL, store, str(journal))
+    study = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(journal))))
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE  # told before the run could end
+    assert sweep(tmp_path, store) == {
+        r.info.run_id: "FINISHED" for r in client_of(store).search_runs([study_experiment(store)])
+    }
+    (run,) = client_of(store).search_runs([study_experiment(store)])
+    assert run.info.status == "FINISHED" and run.data.tags["state"] == "COMPLETE"
+    assert run.data.tags["trial"] == str(trial.number)
+
+
+def study_experiment(uri: str) -> str:
+    return client_of(uri).get_experiment_by_name("faults").experiment_id
