@@ -133,6 +133,7 @@ def tracked_run(**start_kwargs: Any) -> Iterator[mlflow.ActiveRun]:
         # the active runs before it writes the status) and its finished work would be redone. Raise it after. The
         # tag covers what deferring cannot: a SIGKILL between it and the status (see close_orphaned_runs).
         with timed("logging"), deferred_interrupts():
+            mlflow.flush_async_logging()  # the run's queued metrics are part of what it recorded
             mlflow.set_tag(RECORDED_TAG, "true")
             mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
