@@ -405,11 +405,11 @@ def check_runs(project: Path) -> list[str]:
     return problems
 
 
-def lost_work(project: Path) -> int:
-    """Finished units done twice, or finished and thrown away."""
+def lost_work(project: Path) -> list[str]:
+    """Finished units done twice, or finished and thrown away: one line naming each."""
     runs = all_runs(project)
-    lost = 0
-    done: Counter = Counter()
+    lost = []
+    done: dict[tuple, list[str]] = {}
     for r in runs:
         tags, status = r.data.tags, r.info.status
         if "fold" in tags:
@@ -422,17 +422,22 @@ def lost_work(project: Path) -> int:
         else:
             continue
         if status == "FINISHED":
-            done[key] += 1
+            done.setdefault(key, []).append(r.info.run_id)
         elif artifact(r, recorded).is_file():  # its result was recorded, then the run was killed: thrown away
-            lost += 1
-    lost += sum(n - 1 for n in done.values())
+            lost.append(f"{r.info.run_name} ({r.info.run_id}): {recorded} logged, then the run ended {status}")
+    for key, run_ids in done.items():
+        if len(run_ids) > 1:
+            unit = " ".join(str(part) for i, part in enumerate(key) if i != 2)  # kind, architecture, fold
+            lost.append(f"{unit}: FINISHED {len(run_ids)} times ({', '.join(run_ids)})")
     for arch in ARCHS:  # trials: a FINISHED trial run whose Optuna trial is not finished was thrown away
         tuning = read_json(project / "reports" / "tuning" / f"{arch}.json")
         states = {t.number: t.state.name for t in study_trials(project, tuning["study_name"])}
         for r in runs:
             tags = r.data.tags
             if tags.get("study_name") == tuning["study_name"] and "trial" in tags and r.info.status == "FINISHED":
-                lost += states.get(int(tags["trial"])) not in ("COMPLETE", "PRUNED")
+                state = states.get(int(tags["trial"]))
+                if state not in ("COMPLETE", "PRUNED"):
+                    lost.append(f"{r.info.run_name} ({r.info.run_id}): FINISHED run of a {state} trial")
     return lost
 
 
@@ -614,15 +619,18 @@ def pipeline_round(
         problems = check_project(project, ref)
     tally.completions += 1
     try:
-        lost = lost_work(project)
+        lost_units = lost_work(project)
     except (OSError, KeyError, ValueError) as exc:  # no reports to read after a failed rerun
-        lost, problems = 0, [*problems, f"could not count lost work: {exc}"]
+        lost_units, problems = [], [*problems, f"could not count lost work: {exc}"]
+    lost = len(lost_units)
     tally.lost += lost
     for kill in kills:
         kill.survived = not problems and not kill.hung
     tally.kills += kills
     tally.failures += [f"round {index}: {p}" for p in problems]
     log(f"  checks: {'all passed' if not problems else f'{len(problems)} FAILED'}; lost work {lost}")
+    for unit in lost_units:
+        log(f"    lost: {unit}")
     for p in problems:
         log(f"    - {p}")
     return project
