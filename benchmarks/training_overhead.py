@@ -1,8 +1,8 @@
 """Training overhead: dlpipe's `fit` beside plain PyTorch loops, measured in the same run.
 
 For the MLP and the CNN of dlpipe's registry (default params) on MNIST-sized synthetic data (N x 1 x 28 x 28,
-10 classes), one table compares three loops that train the same network from the same initial weights (same seed)
-with the same optimizer (Adam, lr 1e-3) and batch size, in four loops:
+10 classes), one table compares five loops that train the same network from the same initial weights (same
+seed) with the same optimizer (Adam, lr 1e-3) and batch size:
 
 - `dlpipe`: `dlpipe.training.fit.fit` (Lightning Trainer, TensorLoader, torchmetrics), early stopping off, validating
   on a tiny split (512 samples) after each epoch, keeping the best epoch's weights, at its defaults (deterministic
@@ -13,7 +13,11 @@ with the same optimizer (Adam, lr 1e-3) and batch size, in four loops:
   `zero_grad(set_to_none)`, the loss accumulated on the tensor side (no per-step host sync);
 - `plain-gather`: the same, but one gather of the whole epoch into a fresh tensor, then contiguous slices (the
   previous plain-best; here a fresh 63 MB tensor every epoch costs ~25 ms of first-touch page faults, and the gather
-  `X[perm]` ~40 ms in all against ~5 ms for the per-batch `index_select`s: ~10% of a small MLP's epoch).
+  `X[perm]` ~40 ms in all against ~5 ms for the per-batch `index_select`s: ~10% of a small MLP's epoch);
+- `lightning-bare`: Lightning's own floor: a LightningModule whose `training_step` returns the loss and nothing else,
+  on the same TensorLoader, in a Trainer with every optional feature off (no logger, checkpoint, progress bar,
+  summary, validation) and dlpipe's deterministic setting: what any Lightning loop pays per step before dlpipe adds
+  anything.
 
 One row per model, the loops side by side: epoch seconds (mean over epochs, the fastest of --repeats interleaved runs;
 dlpipe's from epoch start to epoch end, its tiny validation included), each loop's time relative to plain-best, and
@@ -26,7 +30,7 @@ All loops run in one process, after `import lightning`: Lightning sets PYTORCH_N
 machine without a GPU every Adam step then retries loading NVML (torch's CUDA graph-capture check, ~50 us a step).
 That cost is in every loop alike, so it is part of the baseline here, not of dlpipe's overhead.
 
-Correctness check (exit status 1 when it fails): all four loops start from identical weights and, in epoch 1, see
+Correctness check (exit status 1 when it fails): all five loops start from identical weights and, in epoch 1, see
 identical batches (the permutation `randperm(n, Generator().manual_seed(seed))` that dlpipe's TensorLoader draws for
 epoch 0), so their epoch-1 mean losses may differ only by floating-point noise: LOSS_RTOL = 1e-3 relative (they agree
 to ~1e-6 in practice). Comparing loops that shuffle independently would need a far looser bound: over six shuffles
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -56,7 +61,9 @@ from dlpipe.config import TrainerParams, TrainParams
 from dlpipe.data.prepared import Part, TrainValSplit
 from dlpipe.data.splits import Normalizer
 from dlpipe.models import build_model, get_architecture
+from dlpipe.training.batching import TensorLoader
 from dlpipe.training.fit import ModelSpec, fit
+from dlpipe.training.trainer import no_nan_fill
 
 LOSS_RTOL = 1e-3
 now = time.perf_counter  # the benchmark's clock (--clock cpu: time.process_time)
@@ -198,6 +205,48 @@ def dlpipe_loop(arch: str, split: TrainValSplit, epochs: int, bs: int, seed: int
     return Run(arch, "dlpipe", clock.seconds, losses, len(split.train)), clock, result.seconds
 
 
+class BareModule(L.LightningModule):
+    """The least a LightningModule can be: the network, its loss, Adam."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.losses: list[torch.Tensor] = []
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self.model(x), y)
+        self.losses.append(loss.detach() * len(y))
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=LR)
+
+
+def bare_lightning_loop(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, bs: int, seed: int) -> Run:
+    """Lightning's floor: `BareModule` in a Trainer with every optional feature off; deterministic like dlpipe."""
+    module, clock = BareModule(model), EpochClock()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        deterministic=TrainerParams().deterministic,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[clock],
+    )
+    with no_nan_fill():  # as dlpipe's fit runs its Trainer
+        trainer.fit(module, TensorLoader(X, y, bs, shuffle=True, seed=seed))
+    torch.use_deterministic_algorithms(False)
+    steps = math.ceil(len(y) / bs)
+    losses = [float(torch.stack(module.losses[e * steps : (e + 1) * steps]).sum()) / len(y) for e in range(epochs)]
+    return Run("", "lightning-bare", clock.seconds, losses, len(y))
+
+
 def warm_up_dlpipe(arch: str, split: TrainValSplit, bs: int) -> float:
     """One untimed `fit` of one epoch on a small slice: the process's first-call costs; returns its seconds."""
     small = TrainValSplit(Part(split.train.X[: 20 * bs], split.train.y[: 20 * bs]), split.val, split.normalizer)
@@ -206,7 +255,7 @@ def warm_up_dlpipe(arch: str, split: TrainValSplit, bs: int) -> float:
     return now() - start
 
 
-LOOPS = ("plain-best", "plain-gather", "tutorial", "dlpipe")
+LOOPS = ("plain-best", "plain-gather", "tutorial", "lightning-bare", "dlpipe")
 
 
 def print_table(runs: list[Run]) -> str:
@@ -214,7 +263,7 @@ def print_table(runs: list[Run]) -> str:
     by = {(r.model, r.loop): r for r in runs}
     models = list(dict.fromkeys(r.model for r in runs))
     others = LOOPS[1:]
-    w = 13
+    w = 15
     lines = [
         f"{'':<6} {'epoch seconds':<{w * len(LOOPS)}} {'time / plain-best':<{w * len(others)}} epoch-1 loss",
         f"{'model':<6} "
@@ -270,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     for arch in args.models:
         warm_up(arch, train_part.X, train_part.y, args.batch_size)
+        few = 20 * args.batch_size  # Lightning's first fit in the process pays one-time costs: untimed
+        bare_lightning_loop(fresh_model(arch, args.seed), train_part.X[:few], train_part.y[:few], 1, args.batch_size, 0)
         warm_fit = warm_up_dlpipe(arch, split, args.batch_size)
         best_model = fresh_model(arch, args.seed)
         initial = {k: v.detach().clone() for k, v in best_model.state_dict().items()}
@@ -281,9 +332,10 @@ def main(argv: list[str] | None = None) -> int:
             best = plain_loop(model, *data)
             gather = plain_loop(fresh_model(arch, args.seed), *data, gather_epoch=True)
             tutorial = tutorial_loop(fresh_model(arch, args.seed), *data)
+            bare = bare_lightning_loop(fresh_model(arch, args.seed), *data)
             dl, clock, seconds = dlpipe_loop(arch, split, args.epochs, args.batch_size, args.seed)
             fit_seconds.append(seconds)
-            for run in (dl, tutorial, gather, best):
+            for run in (dl, bare, tutorial, gather, best):
                 run.model = arch
                 if run.loop in kept and kept[run.loop].losses[0] != run.losses[0]:
                     problems.append(f"{arch}: {run.loop} epoch-1 loss changed between repeats (not reproducible)")
