@@ -16,7 +16,12 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.trainer.states import TrainerFn
 
 from dlpipe.config import TrainerParams, TrainParams
+from dlpipe.training.cuda_check import drop_nvml_check_without_driver
 from dlpipe.training.metrics import metric_value, metric_values
+
+# Lightning's import set the NVML-based CUDA check; where no NVIDIA driver exists it only costs (see cuda_check).
+# Every process that trains imports this module, after Lightning, which never sets the variable again.
+drop_nvml_check_without_driver()
 
 
 class NoProfiler(PassThroughProfiler):
