@@ -53,13 +53,19 @@ def one_torch_thread():
         yield
 
 
-@pytest.fixture
-def keep_signal_handlers():
-    """Lightning ignores SIGINT after it caught an interrupt, stage_main installs a SIGTERM handler: restore both."""
+@pytest.fixture(autouse=True)
+def keep_signal_handlers(request: pytest.FixtureRequest):
+    """Lightning ignores SIGINT after it caught an interrupt, stage_main installs a SIGTERM handler: restore both
+    after every test. A SIGINT left ignored would be inherited by every process a later test starts in this worker
+    (an ignored disposition survives exec), and Ctrl-C sent to such a process does nothing; a test that leaves it
+    ignored is named in a warning."""
     import signal
+    import warnings
 
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     yield
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and saved[signal.SIGINT] is not signal.SIG_IGN:
+        warnings.warn(f"{request.node.nodeid} left SIGINT ignored (restored)", stacklevel=1)
     for s, handler in saved.items():
         signal.signal(s, handler)
 
