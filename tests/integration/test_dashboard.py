@@ -7,6 +7,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -49,10 +50,17 @@ def get_json(url: str) -> dict:
 def test_dashboard_serves_the_projects_journal_on_loopback(project: Path) -> None:
     make_journal(project)
     port = free_port()
+    env = {**subprocess_env(project), "PYTHONFAULTHANDLER": "1"}  # SIGABRT prints every thread's stack
+    # started as from a terminal, with SIGINT at its default: a test run in the background of a non-interactive
+    # shell (`make test &`) inherits SIGINT ignored, and an ignored disposition survives exec
+    dashboard = [str(VENV_BIN / "dlpipe"), "dashboard", "--port", str(port)]
+    as_from_a_terminal = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    )
     proc = subprocess.Popen(
-        [str(VENV_BIN / "dlpipe"), "dashboard", "--port", str(port)],
+        [sys.executable, "-c", as_from_a_terminal, *dashboard],
         cwd=project,
-        env=subprocess_env(project),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -75,9 +83,12 @@ def test_dashboard_serves_the_projects_journal_on_loopback(project: Path) -> Non
         try:
             _, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()  # never leave a server behind; the test fails below
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            masks = "; ".join(line for line in status.splitlines() if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+            proc.send_signal(signal.SIGABRT)  # never leave a server behind; the test fails below, with its stacks
             _, err = proc.communicate()
-    assert proc.returncode == 0  # Ctrl-C stops the server cleanly
+            err = f"{masks}\n{err}"
+    assert proc.returncode == 0, err[:8000]  # Ctrl-C stops the server cleanly (else: signal masks, thread stacks)
     assert err.splitlines()[0] == (
         f"dlpipe dashboard: {project.resolve()}/optuna/journal.log on http://127.0.0.1:{port}/ (Ctrl-C stops it)"
     )
