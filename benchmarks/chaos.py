@@ -738,6 +738,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="where the projects go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the projects afterwards")
     args = parser.parse_args(argv)
+    # every command it starts takes SIGINT as a terminal's Ctrl-C, also when this runs in the background of a
+    # non-interactive shell (which starts it with SIGINT ignored, a disposition its children would inherit)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rng = random.Random(args.seed)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dlpipe-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
