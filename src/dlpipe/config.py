@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -214,7 +215,9 @@ class MlflowParams(Section):
 
 
 class RegistryParams(Section):
-    model_name: str | None = Field(None, description="registered model; null = dlpipe-<dataset>")
+    model_name: str | None = Field(
+        None, description="registered model; null = dlpipe-<dataset>, dlpipe-csv-<file stem> for a CSV"
+    )
     auto_promote: bool = Field(True, description="promote the challenger after select when it beats the champion")
 
 
@@ -249,7 +252,14 @@ class Params(Section):
 
     @property
     def registered_model_name(self) -> str:
-        return self.registry.model_name or f"dlpipe-{self.data.name}"
+        """registry.model_name, or one per data set: dlpipe-<dataset>, and dlpipe-csv-<file stem> for a CSV (each
+        file has its own champion; a champion is compared only with models of the same data)."""
+        if self.registry.model_name:
+            return self.registry.model_name
+        if self.data.name == "csv" and self.data.csv.path:
+            stem = re.sub(r"[^\w.-]+", "-", Path(self.data.csv.path).stem).strip("-.") or "data"
+            return f"dlpipe-csv-{stem}"
+        return f"dlpipe-{self.data.name}"
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

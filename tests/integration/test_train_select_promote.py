@@ -278,7 +278,9 @@ def test_promotion_is_gated_forced_recorded_and_rolled_back(study: Study, capsys
 
     # a tie does not promote: the same logged model registered again as version 3
     v1 = study.client.get_model_version(NAME, "1")
-    study.client.create_model_version(NAME, v1.source, run_id=v1.run_id)
+    study.client.create_model_version(
+        NAME, v1.source, run_id=v1.run_id, tags={"test_set_hash": v1.tags["test_set_hash"]}
+    )
     code, out, _ = promote_cli(capsys, "--version", "3")
     assert code == 0 and "not promoted" in out and alias(study, "champion") == 1
 

@@ -1,12 +1,13 @@
 """Promotion of registered versions to alias `champion`, gated on the held-out test set (`dlpipe promote`).
 
-Both the challenger and the current champion are loaded from the registry and re-evaluated on the current
-prepared test set (raw inputs; each model carries its own normaliser), so the comparison is fair even when the
-champion came from an older pipeline run. Without prepared data, the test metrics recorded on the versions are
-compared instead, and only when both were measured on the same test set (tag `test_set_hash`).
-A refused promotion is a normal outcome, not an error: `dlpipe promote` prints both scores and exits 0.
-Tabular models logged with feature names get the test set as named columns (the current dataset's names), so a
-champion trained on the same features in another column order is still scored correctly.
+A fair gate compares two versions only on rows neither trained on: both must have been held out on the same test
+set (tag `test_set_hash`: the dataset's hash and the test indices). Then both are loaded from the registry and
+re-evaluated on the current prepared test set when it is that test set (raw inputs, as their signatures take them:
+named columns, categorical ones as text; each model carries its own normaliser and vocabularies), else their
+recorded test metrics are compared. Versions held out on different test sets (another seed, split or data), or that
+cannot be scored, are not compared: the champion stays, and the decision is left to the user (`--force`), said in
+one line and recorded (action `not_compared`). Neither a refusal nor a non-comparison is an error: `dlpipe
+promote` prints the outcome and exits 0.
 `dlpipe promote` needs the existing MLflow store: a missing local store is refused (exit 2) and not created.
 """
 
@@ -23,9 +24,10 @@ import torch
 from mlflow.entities.model_registry import ModelVersion
 
 from dlpipe.config import Params
+from dlpipe.data.base import Features
 from dlpipe.data.prepared import PreparedData
-from dlpipe.data.store import SPLITS_FILE, dataset_digest, dataset_feature_names
-from dlpipe.errors import DataError, RegistryError
+from dlpipe.data.store import SPLITS_FILE, dataset_digest, dataset_features
+from dlpipe.errors import DataError
 from dlpipe.evaluation.selection import score_predictions
 from dlpipe.paths import ProjectPaths
 from dlpipe.tracking import registry, store
@@ -40,6 +42,7 @@ class TestSet:
     class_names: list[str]
     hash: str
     feature_names: list[str] | None = None  # tabular data: X's column names, in order
+    features: Features | None = None  # tabular data: the categorical columns' vocabularies (X holds their codes)
 
 
 def test_set_hash(dataset_hash: str, test_idx: np.ndarray) -> str:
@@ -56,18 +59,20 @@ def load_test_set(params: Params, paths: ProjectPaths) -> TestSet | None:
     try:
         data = PreparedData.load(paths.raw, paths.prepared, params.data.normalize)
         dhash = dataset_digest(paths.raw)
-        names = dataset_feature_names(paths.raw)
+        features = dataset_features(paths.raw)
     except (DataError, FileNotFoundError):
         return None
     idx = data.splits.test_idx
     X = data.dataset.X[torch.from_numpy(idx)].numpy().astype(np.float32)
     y = data.dataset.y[torch.from_numpy(idx)].numpy()
-    return TestSet(X, y, list(data.dataset.class_names), test_set_hash(dhash, idx), names)
+    names = list(features.names) if features is not None else None
+    return TestSet(X, y, list(data.dataset.class_names), test_set_hash(dhash, idx), names, features)
 
 
 def model_input(model, test: TestSet) -> np.ndarray | pd.DataFrame:
-    """The test inputs as `model` takes them: named columns for a model with feature names, else the array."""
-    from dlpipe.tracking.model_logging import feature_names_of
+    """The test inputs as `model`'s signature takes them: named columns (categorical ones as their text) for a
+    model with feature names, else the array."""
+    from dlpipe.tracking.model_logging import feature_names_of, input_frame
 
     wanted = feature_names_of(model)
     if wanted is None:
@@ -76,11 +81,13 @@ def model_input(model, test: TestSet) -> np.ndarray | pd.DataFrame:
     names = test.feature_names if test.feature_names is not None else wanted  # older data: by position
     if len(names) != flat.shape[1]:
         names = [str(i) for i in range(flat.shape[1])]  # cannot match: MLflow names the missing columns
-    return pd.DataFrame(flat.astype(np.float64), columns=names)
+        return pd.DataFrame(flat.astype(np.float64), columns=names)
+    return input_frame(flat, names, test.features)
 
 
 def model_scorer(name: str, metric: str, positive_class: str | None, test: TestSet) -> Callable[[ModelVersion], float]:
-    """score(version): `metric` of the registered version's predictions on `test`."""
+    """score(version): `metric` of the registered version's predictions on `test` (NotComparable if it cannot be
+    scored there)."""
     from dlpipe.tracking.model_logging import load, read_output
 
     def score(version: ModelVersion) -> float:
@@ -88,16 +95,16 @@ def model_scorer(name: str, metric: str, positive_class: str | None, test: TestS
             model = load(f"models:/{name}/{version.version}")
             probs = model.predict(model_input(model, test))
         except Exception as exc:  # schema/shape mismatch, missing artifacts
-            raise RegistryError(
-                f"{name} version {version.version} cannot be evaluated on the current test set "
-                f"({' '.join(str(exc).split())[:300]}); use --force to promote without comparing"
+            raise registry.NotComparable(
+                f"could not both be scored on the held-out test set (version {version.version}: "
+                f"{' '.join(str(exc).split())[:200]})"
             ) from None
         predicted_names, class_probs = read_output(probs)
         columns = [str(c) for c in class_probs.columns]
         if sorted(columns) != sorted(test.class_names):
-            raise RegistryError(
-                f"{name} version {version.version} predicts classes {columns} but the test set has "
-                f"{test.class_names}; use --force to promote without comparing"
+            raise registry.NotComparable(
+                f"cannot both be scored on the held-out test set: version {version.version} predicts classes "
+                f"{columns}, the test set has {test.class_names}"
             )
         index = {c: i for i, c in enumerate(test.class_names)}
         y_pred = np.array([index[c] for c in predicted_names], dtype=np.int64)
@@ -108,33 +115,54 @@ def model_scorer(name: str, metric: str, positive_class: str | None, test: TestS
     return score
 
 
-def recorded_scorer(name: str, metric: str) -> Callable[[ModelVersion], float]:
-    """score(version) from its recorded `test_<metric>` tag (same test set checked by the caller)."""
+def recorded_scorer(metric: str) -> Callable[[ModelVersion], float]:
+    """score(version) from its recorded `test_<metric>` tag (both measured on the same test set: see `unfair`)."""
 
     def score(version: ModelVersion) -> float:
         value = version.tags.get(f"test_{metric}")
         if value is None:
-            raise RegistryError(f"{name} version {version.version} has no recorded test_{metric}; use --force")
+            raise registry.NotComparable(
+                f"cannot be compared: version {version.version} records no test_{metric}, and the prepared data "
+                f"is not their test set to score it again"
+            )
         return float(value)
 
     return score
 
 
+def unfair(candidate: ModelVersion, champion: ModelVersion) -> str | None:
+    """Why comparing the two versions on a test set would not be fair (None: they were held out on the same one,
+    so neither trained on a row the other is scored on)."""
+    ours, theirs = candidate.tags.get("test_set_hash"), champion.tags.get("test_set_hash")
+    if not ours or not theirs:
+        which = candidate if not ours else champion
+        return f"cannot be compared fairly: version {which.version} records no held-out test set (tag test_set_hash)"
+    if ours != theirs:
+        return (
+            "were tested on different held-out test sets (the seed, the split or the data changed): each may have "
+            "trained on rows of the other's test set"
+        )
+    return None
+
+
 def gate_scorer(
     params: Params, paths: ProjectPaths, name: str, candidate: ModelVersion | None, champion: ModelVersion | None
 ) -> Callable[[ModelVersion], float]:
+    """score(version) for the gate between `candidate` and `champion`: on the prepared test set when it is the one
+    both were held out on, else their recorded scores; raises NotComparable when no fair comparison exists."""
     metric, positive = params.selection.metric, params.selection.positive_class
-    test = load_test_set(params, paths)
-    if test is not None:
-        return model_scorer(name, metric, positive, test)
     if candidate is not None and champion is not None:
-        a, b = candidate.tags.get("test_set_hash"), champion.tags.get("test_set_hash")
-        if not a or a != b:
-            raise RegistryError(
-                f"no prepared data to re-evaluate {name} versions {candidate.version} and {champion.version}, and "
-                f"their recorded test metrics come from different test sets; run `dvc repro prepare` or use --force"
-            )
-    return recorded_scorer(name, metric)
+        reason = unfair(candidate, champion)
+        if reason is not None:
+
+            def refuse(version: ModelVersion) -> float:
+                raise registry.NotComparable(reason)
+
+            return refuse
+        test = load_test_set(params, paths)
+        if test is not None and test.hash == candidate.tags["test_set_hash"]:
+            return model_scorer(name, metric, positive, test)
+    return recorded_scorer(metric)
 
 
 def run(

@@ -4,7 +4,8 @@
   version already made from the same logged model), tags it and points alias `challenger` at it.
 - `promote` moves alias `champion` to a version if its score beats the current champion's (a tie does not), if
   there is no champion yet, or when forced. `score(version)` is supplied by the caller: the CLI and the select
-  stage re-evaluate both versions on the current held-out test set.
+  stage re-evaluate both versions on the held-out test set both were held out on. When it raises `NotComparable`,
+  nothing moves and the outcome is `not_compared`: the reason and the command that promotes all the same.
 - Every move is recorded: tags on the version (`promoted_at`, `previous_champion`, both scores, `promoted_by`,
   `promotion_forced`), a JSON stack of champions on the registered model (`champion_history`, the last one is the
   champion) and a JSON audit list (`champion_audit`, also refusals and rollbacks).
@@ -57,6 +58,11 @@ LIST_MAX = 20  # names listed in one error line
 
 class NotInRegistryError(BadInputError):
     """A registered model, version or alias that the user named does not exist (the message lists what does)."""
+
+
+class NotComparable(RegistryError):
+    """Raised by a `score` callback: the two versions cannot be compared fairly (the text says why, as the end of
+    "version N and champion version M ..."). `promote` then leaves the champion and the decision to the user."""
 
 
 def now() -> str:
@@ -191,7 +197,7 @@ def _version_from(name: str, model_id: str) -> ModelVersion | None:
 class Decision:
     """The outcome of a promotion request or rollback."""
 
-    action: str  # promoted | refused | unchanged | rolled_back
+    action: str  # promoted | refused | not_compared | unchanged | rolled_back
     name: str
     version: int
     previous: int | None
@@ -363,7 +369,27 @@ def promote(
     if champion is not None and not force:
         if score is None:
             raise RegistryError("promotion needs a way to score both versions (or --force)")
-        new_score, old_score = score(candidate), score(champion)
+        try:
+            new_score, old_score = score(candidate), score(champion)
+        except NotComparable as exc:
+            message = (
+                f"not compared: {name} version {new} and {CHAMPION} version {old} {exc}; {CHAMPION} stays version "
+                f"{old}. To promote version {new} all the same: dlpipe promote --version {new} --force"
+            )
+            c.set_model_version_tag(name, str(new), "promotion_undecided_at", now())
+            c.set_model_version_tag(name, str(new), "promotion_undecided", message)
+            _append_audit(name, _entry("not_compared", version=new, champion=old, reason=str(exc), by=actor))
+            log.warning(message)
+            return Decision(
+                "not_compared",
+                name,
+                new,
+                old,
+                metric,
+                forced=force,
+                message=_with(recovered, message),
+                recovered=recovered,
+            )
         if not new_score > old_score:
             message = (
                 f"not promoted: {name} version {new} {metric} {_fmt(new_score)} does not beat {CHAMPION} version "
