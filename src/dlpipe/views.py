@@ -5,8 +5,8 @@
 - the study's runs (`reports/selection.json`) with MLflow UI links;
 - two DVC experiments side by side (`dvc exp show --json`, each one's `reports/metrics.json`).
 
-Standard library and dlpipe.metric_names only: `dlpipe leaderboard` must answer at once, without torch, Lightning or
-MLflow (the CLI looks up what the store knows and hands it in).
+Standard library, dlpipe.metric_names and dlpipe.evaluation.wording only: `dlpipe leaderboard` must answer at once,
+without torch, Lightning or MLflow (the CLI looks up what the store knows and hands it in).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dlpipe.errors import BadInputError
+from dlpipe.evaluation.wording import baseline_sentence
 from dlpipe.metric_names import LABELS, is_positive_metric
 
 SELECT_STAGE = "dvc repro select"
@@ -244,18 +245,7 @@ def verdict(selection: Mapping[str, Any]) -> str:
                 f"P(equivalent) {b['p_rope']:.3f}, P(worse) {b['p_left']:.3f}"
             )
         text += "."
-    base = selection.get("baseline") or {}
-    if (
-        base.get("name")
-        and _number(base.get("mean_difference")) is not None
-        and _number(base.get("p_value")) is not None
-    ):
-        outcome = "beats" if base.get("beats") else "does not beat"
-        text += (
-            f" It {outcome} the best baseline, {base['name']} ({base['mean_difference']:+.4f}, p={base['p_value']:.4f}"
-        )
-        p_right = _number((base.get("bayes") or {}).get("p_right"))
-        text += f"; P(better by more than the rope) {p_right:.3f})." if p_right is not None else ")."
+    text += baseline_sentence(selection.get("baseline") or {}, metric)
     return text
 
 

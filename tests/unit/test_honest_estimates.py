@@ -15,6 +15,7 @@ from dlpipe.evaluation.calibration import expected_calibration_error, fit_temper
 from dlpipe.evaluation.operating_point import OperatingPoint, choose, decide, parse_rule
 from dlpipe.evaluation.pareto import pareto_front
 from dlpipe.evaluation.statistics import corrected_resampled_ttest, correlated_bayesian_ttest
+from dlpipe.evaluation.wording import baseline_sentence
 
 # --- operating points -----------------------------------------------------------------------------------------------
 
@@ -213,4 +214,25 @@ def test_the_verdict_compares_the_champion_with_the_best_baseline():
     assert out["winner"] == "net"  # the champion is a deep model ...
     assert out["baseline"]["name"] == "svc" and not out["baseline"]["beats"]  # ... and the truth is stated
     assert out["baseline"]["mean_difference"] < 0
-    assert "does not beat the best baseline, svc" in sel.selection_sentence(out)
+    lead = out["baseline"]["mean_difference"]
+    assert f"on CV, it trails svc by {-lead:.4f}, significantly (p = " in sel.selection_sentence(out)
+    net_test = board.set_index("architecture").loc["net", "test_selection"]
+    assert out["baseline"]["test_value"] == pytest.approx(net_test) and out["baseline"]["baseline_test_value"] == 0.99
+    assert f"on the test set, F1 (macro) {net_test:.4f} vs 0.9900 ({net_test - 0.99:+.4f})." in sel.selection_sentence(
+        out
+    )
+
+
+@pytest.mark.parametrize(
+    ("lead", "significant", "said"),
+    [
+        (0.0094, False, "on CV, the lead of +0.0094 over logreg is not significant (p = 0.5700"),
+        (0.0451, True, "on CV, the lead of +0.0451 over logreg is significant (p = 0.5700"),
+        (-0.0200, False, "on CV, it trails logreg by 0.0200, not significantly (p = 0.5700"),
+    ],
+)
+def test_the_baseline_verdict_never_puts_a_lead_beside_does_not_beat(lead, significant, said):
+    base = {"name": "logreg", "mean_difference": lead, "p_value": 0.57, "significant": significant, "beats": False}
+    text = baseline_sentence({**base, "test_value": 0.93, "baseline_test_value": 0.92}, "F1 (macro)")
+    assert said in text and "beat" not in text
+    assert text.endswith("; on the test set, F1 (macro) 0.9300 vs 0.9200 (+0.0100).")

@@ -61,7 +61,7 @@ def test_compact_leaderboard_of_8_architectures_and_4_baselines_fits_120_columns
     assert "-- test, macro --" in out
     assert "Ranked on cross-validated F1 (macro), mean ± std over 5 folds" in out
     assert "Champion: transformer on the cross-validated F1 (macro); its lead of +0.0100 over cnn is not" in out
-    assert "It beats the best baseline, svc (+0.0800, p=0.0010;" in out
+    assert "Against the best baseline: on CV, the lead of +0.0800 over svc is significant (p =\n0.0010;" in out
     assert "Registered: dlpipe-digits version 4 (alias challenger); champion: version 3." in out
 
 

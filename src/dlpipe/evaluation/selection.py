@@ -29,6 +29,7 @@ from dlpipe.evaluation.statistics import (
     correlated_bayesian_ttest,
     kfold_test_train_ratio,
 )
+from dlpipe.evaluation.wording import baseline_sentence
 from dlpipe.metric_names import LABELS, SCALAR_METRICS, is_positive_metric, label, per_class_name
 
 LEADERBOARD_METRICS = SCALAR_METRICS  # every metric kept in the CSV as CV mean/std and test value
@@ -224,8 +225,16 @@ def verdict(
             "significant": bool(t["p_value"] < selection.alpha),
             "bayes": b,
             "beats": bool(t["mean_difference"] > 0 and t["p_value"] < selection.alpha),
+            "test_value": _test_selection(leaderboard, winner, "deep"),
+            "baseline_test_value": _test_selection(leaderboard, name, "baseline"),
         }
     return out
+
+
+def _test_selection(leaderboard: pd.DataFrame, name: str, kind: str) -> float | None:
+    row = leaderboard[(leaderboard["architecture"] == name) & (leaderboard["kind"] == kind)]
+    value = float(row.iloc[0]["test_selection"]) if len(row) else math.nan
+    return None if math.isnan(value) else value
 
 
 def significance(
@@ -337,13 +346,8 @@ def selection_sentence(selection: dict) -> str:
                 f"P(equivalent) {b['p_rope']:.3f}, P(worse) {b['p_left']:.3f}"
             )
         text += "."
-    base = selection.get("baseline")
-    if base:
-        outcome = "beats" if base["beats"] else "does not beat"
-        text += (
-            f" It {outcome} the best baseline, {base['name']} ({base['mean_difference']:+.4f}, "
-            f"p={base['p_value']:.4f}; P(better by more than the rope) {base['bayes']['p_right']:.3f})."
-        )
+    if selection.get("baseline"):
+        text += baseline_sentence(selection["baseline"], metric)
     return text
 
 
