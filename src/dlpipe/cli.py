@@ -73,10 +73,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from dlpipe.io import write_text
     from dlpipe.paths import ProjectPaths
-    from dlpipe.predict import predict, use_project_store
+    from dlpipe.predict import predict, unknown_categories_note, use_project_store
 
     use_project_store(ProjectPaths.from_env().root, args.model)
     frame = predict(args.model, args.input, drop=args.drop)
+    note = unknown_categories_note(frame)
+    if note:
+        print(f"dlpipe predict: {note}", file=sys.stderr)
     if args.output:
         write_text(args.output, frame.to_csv(index=False))
         print(f"{len(frame)} predictions written to {args.output}", file=sys.stderr)

@@ -12,7 +12,8 @@ Inputs, raw like the dataset the model was trained on (the model normalises them
   resizing), converted to grayscale or RGB for 1 or 3 channels and scaled to [0, 1] like the image datasets. Any
   other file in the folder is refused (hidden files, named `.*`, and subfolders are ignored).
 Output: one row per sample with `prediction` (a class name) and `prob_<class>` per class (image folders also get
-a `file` column first), as CSV.
+a `file` column first; a model with categorical columns adds `unknown_categories`, the columns of that row holding a
+category the model never saw, counted on stderr), as CSV.
 """
 
 from __future__ import annotations
@@ -80,6 +81,15 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _looks_like_data(fields: list[str], feature_names: list[str], drop: list[str] | None) -> bool:
+    """Whether a first row that is not all numbers is a row of values rather than a header: it names none of the
+    model's columns (nor a --drop column), and it has one field per feature or holds a number."""
+    named = set(feature_names) | set(drop or [])
+    if any(f in named for f in fields):
+        return False
+    return len(fields) == len(feature_names) or any(_is_number(f) for f in fields)
+
+
 def _match_columns(frame: pd.DataFrame, feature_names: list[str], path: Path) -> pd.DataFrame:
     """The model's feature columns of `frame`, in training order; BadInputError naming missing and extra ones."""
     columns = [str(c) for c in frame.columns]
@@ -121,9 +131,12 @@ def read_csv(
     header = not all(_is_number(f) for f in fields) or (
         feature_names is not None and sorted(set(fields) - set(drop or [])) == sorted(feature_names)
     )
+    if header and feature_names is not None and _looks_like_data(fields, feature_names, drop):
+        header = False  # a first row of values: refused below for a model with text columns, else read by position
     if categorical and not header:
         raise BadInputError(
-            f"{path}: no header row; the model takes columns by name, {names_text(categorical, 10)} as text: "
+            f"{path}: no header row (the first row, {names_text(fields, 5)}, is data); the model takes columns by "
+            f"name, {names_text(categorical, 10)} as text: add a header row naming them: "
             f"{names_text(feature_names or [])}"
         )
     try:
@@ -248,16 +261,36 @@ def load_inputs(
 
 
 def predictions_frame(output: pd.DataFrame, files: list[str] | None = None) -> pd.DataFrame:
-    """prediction (the class the model decides on, under its operating point) and prob_<class> columns (plus file)."""
-    from dlpipe.tracking.model_logging import read_output
+    """prediction (the class the model decides on, under its operating point) and prob_<class> columns (plus file,
+    and unknown_categories for a model with categorical columns)."""
+    from dlpipe.tracking.model_logging import UNKNOWN, read_output
 
     predicted, probs = read_output(output)
     out = pd.DataFrame({"prediction": predicted})
     for name in probs.columns:
         out[f"prob_{name}"] = probs[name].to_numpy(dtype=float)
+    if UNKNOWN in output.columns:
+        out[UNKNOWN] = output[UNKNOWN].fillna("").astype(str).to_numpy()
     if files is not None:
         out.insert(0, "file", files)
     return out
+
+
+def unknown_categories_note(frame: pd.DataFrame) -> str | None:
+    """One line counting the rows and cells that hold a category the model never saw (None: there are none)."""
+    from dlpipe.tracking.model_logging import UNKNOWN
+
+    if UNKNOWN not in frame.columns:
+        return None
+    cells = frame[UNKNOWN].fillna("").astype(str)
+    counts = pd.Series([c for row in cells if row for c in row.split(";")], dtype=object).value_counts(sort=False)
+    if counts.empty:
+        return None
+    per_column = ", ".join(f"{name} {n}" for name, n in counts.items())
+    return (
+        f"{int((cells != '').sum())} of {len(frame)} row(s) hold a category the model never saw ({per_column}); "
+        f"each is taken as the unknown category (column {UNKNOWN} names them per row)"
+    )
 
 
 def uses_store(model_uri: str) -> bool:

@@ -145,15 +145,20 @@ def test_predict_takes_raw_text_and_an_unseen_category(in_project: Trained, tmp_
     rows[rows.columns[::-1]].to_csv(tmp_path / "rows.csv", index=False)  # any column order
     code, out, err = predict_cli(capsys, "--input", str(tmp_path / "rows.csv"))
     assert code == 0, err
-    got = pd.read_csv(io.StringIO(out), dtype={"prediction": str})
+    got = pd.read_csv(io.StringIO(out), dtype={"prediction": str}, keep_default_na=False)
     assert len(got) == 60 and np.allclose(got[["prob_bad", "prob_good"]].sum(axis=1), 1, atol=1e-5)
+    # the unseen categories are counted, not silent: on stderr, and per row in the output
+    assert "15 of 60 row(s) hold a category the model never saw (colour 10, city 10)" in err
+    unknown = got["unknown_categories"]
+    assert list(unknown[:5]) == ["colour"] * 5 and list(unknown[5:10]) == ["colour;city"] * 5
+    assert list(unknown[10:15]) == ["city"] * 5 and (unknown[15:] == "").all()
     assert (got["prediction"].to_numpy() == in_process(t, rows)).all()
     # "purple" and "mauve" are both the unknown colour: the same probabilities
     other = rows.assign(colour=rows["colour"].replace("purple", "mauve"))
     other.to_csv(tmp_path / "other.csv", index=False)
     code, out2, err = predict_cli(capsys, "--input", str(tmp_path / "other.csv"))
     assert code == 0, err
-    pd.testing.assert_frame_equal(pd.read_csv(io.StringIO(out2), dtype={"prediction": str}), got)
+    pd.testing.assert_frame_equal(pd.read_csv(io.StringIO(out2), dtype={"prediction": str}, keep_default_na=False), got)
     # the zip codes are text: "02134" keeps its leading zero (read as a number it would be unknown)
     assert "02134" in (tmp_path / "rows.csv").read_text()
 
@@ -171,6 +176,10 @@ def test_numbers_without_names_are_refused_for_a_text_model(in_project: Trained,
     assert code == 2 and out == ""
     assert "takes text column(s) colour, city, size, zip" in err and "header row" in err
     assert len(err.strip().splitlines()) == 1
+    in_project.features.to_csv(tmp_path / "headerless.csv", index=False, header=False)
+    code, _, err = predict_cli(capsys, "--input", str(tmp_path / "headerless.csv"))
+    assert code == 2 and "headerless.csv: no header row (the first row, " in err and "is data" in err
+    assert "add a header row naming them: amount, colour, city, size, zip" in err and "unexpected" not in err
     in_project.features.drop(columns=["city"]).to_csv(tmp_path / "missing.csv", index=False)
     code, _, err = predict_cli(capsys, "--input", str(tmp_path / "missing.csv"))
     assert code == 2 and "missing column(s) city" in err
@@ -189,3 +198,25 @@ def test_coded_rows_become_the_text_the_model_takes(in_project: Trained) -> None
     by_codes = model.predict(frame)  # MLflow's schema enforcement: text columns must hold text
     by_text = model.predict(t.features.iloc[:50].astype({"zip": str}))
     pd.testing.assert_frame_equal(by_codes, by_text)
+    assert (by_text["unknown_categories"] == "").all()  # every category of the training data is known
+
+
+def test_the_served_model_names_unseen_categories_and_refuses_nan(in_project: Trained) -> None:
+    """What `mlflow models serve` answers is the pyfunc's frame: an `unknown_categories` field per row, and an
+    InputError (HTTP 400) leading with the reason for a NaN."""
+    from mlflow.exceptions import MlflowException
+
+    store.connect(None, in_project.root)
+    model = mlflow.pyfunc.load_model(CHAMPION)
+    rows = in_project.features.iloc[:4].astype({"zip": str}).copy()
+    rows.loc[1, "colour"], rows.loc[2, "size"] = "purple", "XL"
+    assert list(model.predict(rows)["unknown_categories"]) == ["", "colour", "size", ""]
+    assert model.metadata.get_output_schema().input_names()[-1] == "unknown_categories"
+    rows.loc[3, "amount"] = np.nan
+    with pytest.raises(MlflowException) as caught:
+        model.predict(rows)
+    assert caught.value.get_http_status_code() == 400
+    assert (
+        caught.value.message
+        == "input holds 1 NaN or infinite value(s) (row(s) 3, column(s) amount); the model takes finite numbers only"
+    )

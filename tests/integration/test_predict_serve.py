@@ -204,7 +204,16 @@ def test_mlflow_models_serve_answers_invocations(served: Served, tmp_path: Path)
         accuracy = float((answer["prediction"].astype(int).to_numpy() == served.y).mean())
         assert accuracy == pytest.approx(served.report["accuracy"], abs=1e-6)
         status, body = post(f"{base}/invocations", {"inputs": [[0.0] * 60]})
-        assert status == 400 and "(-1, 1, 8, 8)" in body.get("message", "")
+        message = body.get("message", "")
+        assert status == 400 and "(-1, 1, 8, 8)" in message
+        assert len(message) < 400, message  # MLflow quotes the request twice: summarised, not 60 numbers each time
+        # a NaN pixel is refused (not answered with class "0" and NaN probabilities), the reason first
+        pixels = served.X[:2].copy()
+        pixels[1, 0, 3, 4] = np.nan
+        status, body = post(f"{base}/invocations", {"inputs": pixels.tolist()})
+        assert status == 400, body
+        assert body["message"].startswith("input holds 1 NaN or infinite value(s) (row(s) 1)"), body["message"]
+        assert len(body["message"]) < 300
 
 
 def predict_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -273,6 +282,12 @@ def test_dlpipe_predict_rejects_wrong_shapes_with_exit_code_2(in_project: Served
 
     code, _, err = predict_cli(capsys, "--input", str(tmp_path / "missing.csv"))
     assert code == 2 and "no such file" in err
+
+    pixels = s.X[:3].copy()
+    pixels[2, 0, 0, 0] = np.inf
+    np.savez(tmp_path / "inf.npz", X=pixels)
+    code, out, err = predict_cli(capsys, "--input", str(tmp_path / "inf.npz"))
+    assert code == 2 and out == "" and "input holds 1 NaN or infinite value(s) (row(s) 2)" in err
 
 
 def test_dlpipe_predict_console_script(served: Served, tmp_path: Path) -> None:

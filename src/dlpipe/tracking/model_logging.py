@@ -9,7 +9,8 @@ point: argmax, or a threshold on the positive class's probability) and `prob_<cl
 - tabular models logged with `feature_names`: one named column per feature, so MLflow's schema enforcement, the
   served model and `dlpipe predict` match columns by name, in any order; the pyfunc reorders them by name before
   the exported program. Numeric columns are doubles; categorical columns are strings (the raw text), which the
-  pyfunc maps to codes with the vocabularies the program carries (`features.json`; an unseen category is unknown).
+  pyfunc maps to codes with the vocabularies the program carries (`features.json`; an unseen category is unknown,
+  and the output column `unknown_categories` names, per row, the columns that held one).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ PROGRAM_FILE = "model.pt2"
 META_FILE = "serving.json"
 FEATURES_FILE = "features.json"  # inside the exported program: the tabular columns and their vocabularies
 PREDICTION = "prediction"  # the output column with the predicted class name (under the model's operating point)
+UNKNOWN = "unknown_categories"  # output column of models with categorical inputs: the row's unseen categories' columns
 
 
 class ServingNet(nn.Module):
@@ -131,7 +133,10 @@ def signature(
     else:  # double: JSON numbers arrive as float64/int64
         text = set(categorical or ())
         inputs = Schema([ColSpec("string" if name in text else "double", name) for name in names])
-    outputs = Schema([ColSpec("string", PREDICTION)] + [ColSpec("float", f"prob_{name}") for name in class_names])
+    columns = [ColSpec("string", PREDICTION)] + [ColSpec("float", f"prob_{name}") for name in class_names]
+    if names is not None and categorical:
+        columns.append(ColSpec("string", UNKNOWN))
+    outputs = Schema(columns)
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
