@@ -74,7 +74,7 @@ def test_the_study_trains_every_tabular_architecture_on_text_columns(study: Path
     assert wide["model"]["crosses"] == [["colour", "size"]]
     assert wide["normalizer"]["mean"][1:] == [0.0, 0.0, 0.0]  # codes are never scaled
     client = project_client(study)
-    champion = client.get_model_version_by_alias("dlpipe-csv", "champion")
+    champion = client.get_model_version_by_alias("dlpipe-csv-shop", "champion")  # named after shop.csv
     assert champion.tags["architecture"] in ARCHS
 
 
@@ -83,7 +83,9 @@ def test_predict_with_the_champion_on_raw_rows_and_an_unseen_category(study: Pat
     rows.loc[0, "colour"] = "purple"  # a colour the data never had
     rows.loc[1, "shop"] = "east"
     rows[["shop", "size", "colour", "price"]].to_csv(study / "rows.csv", index=False)
-    out = run(["dlpipe", "predict", "--model", "models:/dlpipe-csv@champion", "--input", "rows.csv"], study).stdout
-    got = pd.read_csv(io.StringIO(out))
+    proc = run(["dlpipe", "predict", "--model", "models:/dlpipe-csv-shop@champion", "--input", "rows.csv"], study)
+    assert "2 of 20 row(s) hold a category the model never saw (colour 1, shop 1)" in proc.stderr
+    got = pd.read_csv(io.StringIO(proc.stdout), keep_default_na=False)
+    assert list(got["unknown_categories"][:3]) == ["colour", "shop", ""]
     assert len(got) == 20 and set(got["prediction"]) <= {"yes", "no"}
     assert np.allclose(got[["prob_no", "prob_yes"]].sum(axis=1), 1, atol=1e-5)
