@@ -261,7 +261,11 @@ def registry_line(selection: Mapping[str, Any]) -> str | None:
         tail = "it is the champion"
     else:
         tail = f"champion: version {champion}"
-    return f"Registered: {reg.get('name')} version {reg.get('version')} (alias {alias}); {tail}."
+    line = f"Registered: {reg.get('name')} version {reg.get('version')} (alias {alias}); {tail}."
+    promotion = reg.get("promotion") or {}
+    if promotion.get("action") == "not_compared" and promotion.get("message"):
+        line += f" {str(promotion['message'])[0].upper()}{str(promotion['message'])[1:]}"
+    return line
 
 
 def leaderboard_text(

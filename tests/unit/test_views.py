@@ -173,6 +173,13 @@ def test_registry_line() -> None:
     same = selection()
     same["registry"]["champion"] = 4
     assert views.registry_line(same).endswith("version 4 (alias challenger); it is the champion.")
+    undecided = selection()
+    message = "not compared: dlpipe-digits version 4 and champion version 3 were tested on different held-out ..."
+    undecided["registry"]["promotion"] = {"action": "not_compared", "message": message}
+    assert views.registry_line(undecided) == (
+        "Registered: dlpipe-digits version 4 (alias challenger); champion: version 3. Not compared: dlpipe-digits "
+        "version 4 and champion version 3 were tested on different held-out ..."
+    )
 
 
 # --------------------------------------------------------------------------------------------------- runs

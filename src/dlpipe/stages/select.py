@@ -4,8 +4,10 @@ promotion, and the study's summary run in MLflow.
 The champion is chosen on the CV mean of `selection.metric` (never a test-set number), by `selection.rule` (see
 `evaluation.selection`); its lead over the runner-up and over the best baseline is judged with the corrected
 resampled t-test and the Bayesian correlated t-test over the folds. Its logged model becomes a new version of
-`registry.model_name` with alias `challenger`; with `registry.auto_promote` the `champion` alias moves to it when it
-beats the current champion on the held-out test set (see stages.promote).
+`registry.model_name` (default: one registered model per data set or CSV file) with alias `challenger`; with
+`registry.auto_promote` the `champion` alias moves to it when it beats the current champion on the held-out test set
+both were held out on; when they were held out on different ones, nothing is compared and the decision is left to the
+user (see stages.promote).
 
 The `select` MLflow run is the study's summary: it links (tags `runs.<arch>.<stage>` and the logged lineage.json)
 the exact tune, cv and train runs whose numbers are on the leaderboard, and logs the leaderboard and plots.
