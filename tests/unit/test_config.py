@@ -370,3 +370,19 @@ def test_autoencoder_bce_needs_image_data():
     )
     parse_params(raw)  # mse is fine on tabular data
     parse_params({"architectures": ["autoencoder"], "models": {"autoencoder": {"reconstruction": "bce"}}})
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("churn.csv", "dlpipe-csv-churn"),
+        ("data/My Churn (v2).csv", "dlpipe-csv-My-Churn-v2"),
+        ("données/clients.2024.csv", "dlpipe-csv-clients.2024"),
+        ("../???.csv", "dlpipe-csv-data"),
+    ],
+)
+def test_each_csv_file_names_its_own_registered_model(path: str, name: str) -> None:
+    params = Params.model_validate({"data": {"name": "csv", "csv": {"path": path}}})
+    assert params.registered_model_name == name
+    chosen = Params.model_validate({"data": {"name": "csv", "csv": {"path": path}}, "registry": {"model_name": "m"}})
+    assert chosen.registered_model_name == "m"
