@@ -653,8 +653,11 @@ def add_versions(project: Path, n: int) -> list[int]:
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")  # the registry resolves the model here
     c = client(project)
     champion = c.get_model_version_by_alias(MODEL, "champion")
+    held_out = {"test_set_hash": champion.tags.get("test_set_hash", "")}  # the gate compares only on the same test set
     for _ in range(n):
-        c.create_model_version(MODEL, champion.source, champion.run_id, model_id=getattr(champion, "model_id", None))
+        c.create_model_version(
+            MODEL, champion.source, champion.run_id, tags=held_out, model_id=getattr(champion, "model_id", None)
+        )
     return sorted(int(v.version) for v in c.search_model_versions(f"name = '{MODEL}'"))
 
 
