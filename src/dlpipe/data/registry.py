@@ -14,7 +14,8 @@ from typing import Any
 from dlpipe.data.base import Dataset, InputKind
 from dlpipe.errors import ConfigError
 
-# load(root, data_params) -> Dataset; `root` is where downloads go (data/raw), data_params is config.DataParams.
+# load(root, data_params) -> Dataset; `root` is where downloaded or user-copied files are (data/downloads),
+# data_params is config.DataParams.
 Loader = Callable[[Path, Any], Dataset]
 
 
@@ -46,5 +47,5 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
 
 def load_dataset(name: str, root: Path, data_params: Any) -> Dataset:
-    """Load dataset `name` (downloading into `root` where it must)."""
+    """Load dataset `name` (from files under `root`, downloading into it what is missing)."""
     return get_dataset_info(name).load(Path(root), data_params)
