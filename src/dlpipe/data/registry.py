@@ -26,14 +26,24 @@ class DatasetInfo:
     description: str
     load: Loader
     needs_network: bool = False
+    # samples per class of the whole dataset as published (None: known only once read, a CSV): the check stage
+    # refuses data.* params these counts cannot split before anything is fetched
+    class_counts: tuple[int, ...] | None = None
 
 
 DATASETS: dict[str, DatasetInfo] = {}
 
 
-def register_dataset(name: str, kind: InputKind, description: str, *, needs_network: bool = False):
+def register_dataset(
+    name: str,
+    kind: InputKind,
+    description: str,
+    *,
+    needs_network: bool = False,
+    class_counts: tuple[int, ...] | None = None,
+):
     def decorator(load: Loader) -> Loader:
-        DATASETS[name] = DatasetInfo(name, kind, description, load, needs_network)
+        DATASETS[name] = DatasetInfo(name, kind, description, load, needs_network, class_counts)
         return load
 
     return decorator

@@ -57,17 +57,35 @@ def _load_idx_dataset(name: str, cls_name: str, root: Path) -> Dataset:
     return Dataset(name, images, targets, "image", list(parts[0].classes))
 
 
-@register_dataset("mnist", "image", "MNIST handwritten digits, 70k 28x28 (downloads)", needs_network=True)
+@register_dataset(
+    "mnist",
+    "image",
+    "MNIST handwritten digits, 70k 28x28 (downloads)",
+    needs_network=True,
+    class_counts=(6903, 7877, 6990, 7141, 6824, 6313, 6876, 7293, 6825, 6958),  # train + test, pooled
+)
 def load_mnist(root: Path, data_params: Any) -> Dataset:
     return _load_idx_dataset("mnist", "MNIST", root)
 
 
-@register_dataset("fashion_mnist", "image", "Fashion-MNIST, 70k 28x28 clothing (downloads)", needs_network=True)
+@register_dataset(
+    "fashion_mnist",
+    "image",
+    "Fashion-MNIST, 70k 28x28 clothing (downloads)",
+    needs_network=True,
+    class_counts=(7000,) * 10,
+)
 def load_fashion_mnist(root: Path, data_params: Any) -> Dataset:
     return _load_idx_dataset("fashion_mnist", "FashionMNIST", root)
 
 
-@register_dataset("cifar10", "image", "CIFAR-10, 60k 32x32 colour images (downloads)", needs_network=True)
+@register_dataset(
+    "cifar10",
+    "image",
+    "CIFAR-10, 60k 32x32 colour images (downloads)",
+    needs_network=True,
+    class_counts=(6000,) * 10,
+)
 def load_cifar10(root: Path, data_params: Any) -> Dataset:
     from torchvision.datasets import CIFAR10
     from torchvision.datasets.utils import download_and_extract_archive
