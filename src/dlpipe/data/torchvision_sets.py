@@ -91,8 +91,8 @@ def load_cifar10(root: Path, data_params: Any) -> Dataset:
     from torchvision.datasets.utils import download_and_extract_archive
 
     folder = root / CIFAR_DIR
-    verify_cifar_files(folder, present_only=True)  # a file a user copied is refused before anything overwrites it
     if not all((folder / name).is_file() for name in [*CIFAR_BATCHES, CIFAR_META]):
+        verify_cifar_files(folder, present_only=True)  # a file a user copied is refused before the archive is unpacked
         try:
             download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
         except Exception as exc:
