@@ -67,3 +67,15 @@ def test_a_labeled_fraction_no_training_part_holds_every_class_with_is_refused(t
     write_params(project, {"data": {"labeled_fraction": enough}})
     ok = run(["dlpipe", "check", "params.yaml"], project)
     assert ok.returncode == 0 and "params.yaml: ok" in ok.stdout, ok.stderr
+
+
+@pytest.mark.parametrize(
+    "content", [bytes(range(256)) * 16, b"data:\n  name: digits\n\x00\x01: [\n"], ids=["binary", "nul"]
+)
+def test_a_binary_params_file_is_refused_in_one_line(tmp_path, content):
+    project = copy_project(tmp_path / "p")
+    (project / "params.yaml").write_bytes(content)
+    cli = refusal(run(["dlpipe", "check", "params.yaml"], project), "dlpipe check: error: ")
+    stage = refusal(run([sys.executable, "pipelines/check.py"], project), "dlpipe check: error: ")
+    assert cli.startswith("params.yaml: not ") and stage.startswith(f"{project / 'params.yaml'}: not "), (cli, stage)
+    assert cli.split(": ", 1)[1] == stage.split(": ", 1)[1]  # the same message, each naming the file as it was given
