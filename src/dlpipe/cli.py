@@ -19,9 +19,11 @@ from dlpipe.errors import BadInputError, DlpipeError
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from dlpipe.config import load_params
+    """What the check stage refuses (the same code): params, the CSV they name, the splits data.* asks for."""
+    from dlpipe.paths import ProjectPaths
+    from dlpipe.stages.check import validate
 
-    params = load_params(args.params_file)
+    params = validate(Path(args.params_file), ProjectPaths.from_env())
     print(f"{args.params_file}: ok ({params.data.name}; {', '.join(params.architectures)})")
     return 0
 

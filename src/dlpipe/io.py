@@ -89,6 +89,30 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+PARAMS_DIGITS = 12  # significant digits of a float in a params file DVC reads (see params_yaml)
+
+
+def params_yaml(data: Any) -> str:
+    """`data` as YAML for a params file DVC reads (flow style for short mappings, keys sorted), every float rounded
+    to PARAMS_DIGITS significant digits. DVC records a params file's values in dvc.lock and rewrites that file with
+    ruamel's round-trip dumper, which truncates a float's last digit in exponent form (5.896835909914791e-05 became
+    ...790e-05), and a value that changes in dvc.lock reruns its stage on every other `dvc repro`. Floats of 12
+    significant digits survive that rewrite exactly; 13 did not always (tests/unit/test_tuned_params_yaml.py)."""
+    import yaml
+
+    return yaml.safe_dump(_rounded(data), sort_keys=True, default_flow_style=None)
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.{PARAMS_DIGITS}g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     return json.loads(Path(path).read_text())
 

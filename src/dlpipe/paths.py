@@ -34,6 +34,12 @@ class ProjectPaths:
         return self.root / "data" / "raw"
 
     @property
+    def downloads(self) -> Path:
+        """Downloaded and user-copied dataset files (torchvision's layout), read by fetch. Never a stage output, so
+        DVC never deletes what is here (it deletes data/raw before every fetch)."""
+        return self.root / "data" / "downloads"
+
+    @property
     def prepared(self) -> Path:
         return self.root / "data" / "prepared"
 

@@ -121,6 +121,7 @@ def two_rows_per_class() -> pd.DataFrame:
 BAD = {
     "lr-not-a-number": (set_param("train", "lr", value="fast"), "train.lr"),
     "one-fold": (set_param("data", "folds", value=1), "data.folds"),
+    "labels-for-no-class": (set_param("data", "labeled_fraction", value=0.001), "data.labeled_fraction"),
     "lr-space-up-to-50": (
         set_param("tune", "space", "train.lr", value={"type": "float", "low": 1e-3, "high": 50.0, "log": True}),
         "tune.space.train.lr",

@@ -32,6 +32,17 @@ def test_registry_names_kinds_and_network_flags():
     assert get_dataset_info("digits") is DATASETS["digits"]
 
 
+def test_published_class_counts_are_the_data_s():
+    """The check stage judges splits from these counts before anything is fetched."""
+    for name in ("digits", "breast_cancer"):  # offline: compare with the data itself
+        y = load_dataset(name, ".", DataParams(name=name)).y.numpy()
+        assert DATASETS[name].class_counts == tuple(np.bincount(y).tolist())
+    sizes = {"mnist": 70000, "fashion_mnist": 70000, "cifar10": 60000}  # train + test, pooled
+    assert {name: sum(DATASETS[name].class_counts) for name in sizes} == sizes
+    assert all(len(DATASETS[name].class_counts) == 10 for name in sizes)
+    assert DATASETS["csv"].class_counts is None  # known only once the file is read
+
+
 def test_unknown_dataset_is_a_config_error_listing_the_choices():
     with pytest.raises(ConfigError) as info:
         get_dataset_info("nope")

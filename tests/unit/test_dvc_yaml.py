@@ -150,6 +150,13 @@ def test_outputs_in_dvc_yaml_are_the_paths_the_code_writes(tmp_path):
     assert rel(paths.model_dir("x").parent) == rel(paths.models)
 
 
+def test_downloaded_and_user_copied_data_is_no_stage_output(tmp_path):
+    """DVC deletes a stage's outputs before it runs the stage: files a user copied into data/downloads/ must survive."""
+    downloads = str(ProjectPaths(tmp_path).downloads.relative_to(tmp_path))
+    for out in _declared_outputs():
+        assert not covered(downloads, [out]) and not covered(out, [downloads]), out
+
+
 def suggested_deps(stage: str) -> list[str]:
     """The code deps of `stage`: whole packages where every module runs, single files otherwise."""
     script = entry_script(STAGES[stage])

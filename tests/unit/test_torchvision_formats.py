@@ -1,14 +1,14 @@
 """MNIST, Fashion-MNIST (IDX files) and CIFAR-10 (python pickle batches) parsed from tiny generated files.
 
 No test here touches the network: the download functions are replaced by fakes that raise URLError, and a guard
-makes any socket connection fail loudly.
+makes any socket connection fail loudly. CIFAR-10 files are unpickled only when their md5 is the published one: the
+tests publish the md5 of the files they write (torchvision's list, patched), as the real files' md5 are published.
 """
 
 from __future__ import annotations
 
 import pickle
 import socket
-import struct
 import urllib.error
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import pytest
 import torch
 import torchvision.datasets.mnist as tv_mnist
 import torchvision.datasets.utils as tv_utils
+from helpers.dataset_files import CIFAR_LABELS, make_idx_files, publish_md5s, write_cifar
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 
 from dlpipe.config import DataParams
@@ -28,7 +29,6 @@ IDX_SETS = [
     pytest.param("mnist", MNIST, "MNIST", id="mnist"),
     pytest.param("fashion_mnist", FashionMNIST, "FashionMNIST", id="fashion_mnist"),
 ]
-CIFAR_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @pytest.fixture(autouse=True)
@@ -38,31 +38,6 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-
-
-def write_idx_images(path: Path, images: np.ndarray) -> None:
-    n, h, w = images.shape
-    path.write_bytes(struct.pack(">IIII", 0x00000803, n, h, w) + images.astype(np.uint8).tobytes())
-
-
-def write_idx_labels(path: Path, labels: np.ndarray) -> None:
-    path.write_bytes(struct.pack(">II", 0x00000801, len(labels)) + labels.astype(np.uint8).tobytes())
-
-
-def make_idx_files(root: Path, folder: str, n_train: int, n_test: int, seed: int):
-    """Uncompressed IDX files where torchvision looks for them: root/<folder>/raw/."""
-    rng = np.random.default_rng(seed)
-    raw = root / folder / "raw"
-    raw.mkdir(parents=True)
-    parts = {}
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        images[0, 0, 0], images[0, 27, 27] = 0, 255  # make sure both ends of the range appear
-        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
-        write_idx_images(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx_labels(raw / f"{prefix}-labels-idx1-ubyte", labels)
-        parts[prefix] = (images, labels)
-    return parts
 
 
 @pytest.mark.parametrize(("name", "tv_class", "folder"), IDX_SETS)
@@ -102,27 +77,19 @@ def test_idx_without_files_or_network_is_unavailable(tmp_path, monkeypatch, name
     assert DatasetUnavailableError.exit_code == 1  # a failure, not bad input
 
 
-def write_cifar(root: Path, per_batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The CIFAR-10 python layout: 5 data batches + test_batch (data N x 3072 uint8, labels list) + batches.meta."""
-    rng = np.random.default_rng(seed)
-    folder = root / CIFAR_DIR
-    folder.mkdir(parents=True)
-    xs, ys = [], []
-    for batch in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
-        data[0, 0], data[0, 1] = 0, 255  # make sure both ends of the range appear
-        labels = rng.integers(0, 10, size=per_batch).tolist()
-        with open(folder / batch, "wb") as fh:
-            pickle.dump({"batch_label": batch, "data": data, "labels": labels, "filenames": []}, fh)
-        xs.append(data)
-        ys.extend(labels)
-    with open(folder / "batches.meta", "wb") as fh:
-        pickle.dump({"label_names": CIFAR_LABELS, "num_cases_per_batch": per_batch, "num_vis": 3072}, fh)
-    return np.concatenate(xs), np.array(ys)
+class Touch:
+    """Unpickling this creates `path`: what a hostile pickle could do instead."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
 
 
-def test_cifar_batches_parse(tmp_path):
+def test_cifar_batches_parse(tmp_path, monkeypatch):
     data, labels = write_cifar(tmp_path, per_batch=3, seed=1)
+    publish_md5s(monkeypatch, tmp_path / CIFAR_DIR)
     ds = load_dataset("cifar10", tmp_path, DataParams(name="cifar10"))
     assert ds.name == "cifar10" and ds.kind == "image"
     assert ds.X.shape == (18, 3, 32, 32) and ds.input_shape == (3, 32, 32)
@@ -157,6 +124,7 @@ def test_cifar_without_files_or_network_is_unavailable(tmp_path, monkeypatch):
 
 def test_cifar_with_a_batch_missing_downloads_again(tmp_path, monkeypatch):
     write_cifar(tmp_path, per_batch=2, seed=2)
+    publish_md5s(monkeypatch, tmp_path / CIFAR_DIR)
     (tmp_path / CIFAR_DIR / "data_batch_3").unlink()
     tried = []
 
@@ -170,10 +138,40 @@ def test_cifar_with_a_batch_missing_downloads_again(tmp_path, monkeypatch):
     assert tried == [CIFAR10.url]
 
 
-def test_cifar_corrupt_batch_is_a_data_error(tmp_path):
+def test_cifar_corrupt_batch_is_a_data_error(tmp_path, monkeypatch):
     write_cifar(tmp_path, per_batch=2, seed=3)
+    publish_md5s(monkeypatch, tmp_path / CIFAR_DIR)
     bad = tmp_path / CIFAR_DIR / "test_batch"
     bad.write_bytes(b"not a pickle")
-    with pytest.raises(DataError, match="not a readable CIFAR-10 batch") as info:
+    with pytest.raises(DataError, match="md5 is not the published CIFAR-10 test_batch") as info:
         load_dataset("cifar10", tmp_path, DataParams(name="cifar10"))
-    assert str(bad) in str(info.value)
+    assert str(info.value).startswith(f"{bad}: ") and "\n" not in str(info.value)
+    assert bad.read_bytes() == b"not a pickle"  # the user's file is kept
+
+
+@pytest.mark.parametrize("name", ["data_batch_2", "test_batch", "batches.meta"])
+def test_a_cifar_file_with_another_md5_is_never_unpickled(tmp_path, monkeypatch, name):
+    """A user-copied pickle that is not the published file is refused before it is unpickled, also when other files
+    are missing (no download overwrites it first)."""
+    folder = tmp_path / CIFAR_DIR
+    write_cifar(tmp_path, per_batch=2, seed=4)
+    publish_md5s(monkeypatch, folder)
+    marker = tmp_path / "unpickled"
+    with open(folder / name, "wb") as fh:
+        pickle.dump({"data": Touch(marker), "labels": [0], "label_names": Touch(marker)}, fh)
+    hostile = (folder / name).read_bytes()
+    pickle.loads(hostile)  # the file does what it says when unpickled ...
+    assert marker.is_file()
+    marker.unlink()
+
+    tried = []
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", lambda url, *a, **k: tried.append(url))
+    for missing in ([], ["data_batch_1"] if name != "data_batch_1" else ["data_batch_3"]):
+        for other in missing:
+            (folder / other).unlink()
+        with pytest.raises(DataError) as info:
+            load_dataset("cifar10", tmp_path, DataParams(name="cifar10"))
+        assert str(info.value).startswith(f"{folder / name}: md5 is not the published CIFAR-10 {name} (")
+        assert not marker.exists()  # ... and dlpipe never unpickled it
+        assert (folder / name).read_bytes() == hostile and tried == []
+    assert DataError.exit_code == 2

@@ -36,13 +36,17 @@ def _read(path: Path, **kwargs: Any) -> pd.DataFrame:
     try:
         return pd.read_csv(path, **kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CSV file ({exc})") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: not a readable CSV file ({reason})") from None
 
 
 def read_csv_dataset(path: Path, target: str, categorical: Sequence[str] = ()) -> Dataset:
     """Parse a CSV into a tabular Dataset; every problem is a DataError naming the file and column."""
     if not path.is_file():
         raise DataError(f"data.csv.path: no such file {str(path)!r}")
+    with open(path, "rb") as fh:
+        if b"\0" in fh.read(1 << 16):  # pandas would read a binary file's bytes as column names
+            raise DataError(f"{path}: not a readable CSV file (binary content: NUL bytes)")
     columns = [str(c) for c in _read(path, nrows=0).columns]
     if target not in columns:
         raise DataError(f"{path}: target column {target!r} (data.csv.target) not found; columns: {', '.join(columns)}")

@@ -14,7 +14,8 @@ from typing import Any
 from dlpipe.data.base import Dataset, InputKind
 from dlpipe.errors import ConfigError
 
-# load(root, data_params) -> Dataset; `root` is where downloads go (data/raw), data_params is config.DataParams.
+# load(root, data_params) -> Dataset; `root` is where downloaded or user-copied files are (data/downloads),
+# data_params is config.DataParams.
 Loader = Callable[[Path, Any], Dataset]
 
 
@@ -25,14 +26,24 @@ class DatasetInfo:
     description: str
     load: Loader
     needs_network: bool = False
+    # samples per class of the whole dataset as published (None: known only once read, a CSV): the check stage
+    # refuses data.* params these counts cannot split before anything is fetched
+    class_counts: tuple[int, ...] | None = None
 
 
 DATASETS: dict[str, DatasetInfo] = {}
 
 
-def register_dataset(name: str, kind: InputKind, description: str, *, needs_network: bool = False):
+def register_dataset(
+    name: str,
+    kind: InputKind,
+    description: str,
+    *,
+    needs_network: bool = False,
+    class_counts: tuple[int, ...] | None = None,
+):
     def decorator(load: Loader) -> Loader:
-        DATASETS[name] = DatasetInfo(name, kind, description, load, needs_network)
+        DATASETS[name] = DatasetInfo(name, kind, description, load, needs_network, class_counts)
         return load
 
     return decorator
@@ -46,5 +57,5 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
 
 def load_dataset(name: str, root: Path, data_params: Any) -> Dataset:
-    """Load dataset `name` (downloading into `root` where it must)."""
+    """Load dataset `name` (from files under `root`, downloading into it what is missing)."""
     return get_dataset_info(name).load(Path(root), data_params)

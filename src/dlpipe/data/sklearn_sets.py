@@ -12,7 +12,12 @@ from dlpipe.data.base import Dataset
 from dlpipe.data.registry import register_dataset
 
 
-@register_dataset("digits", "image", "scikit-learn's 8x8 handwritten digits (1797 images, 10 classes), offline")
+@register_dataset(
+    "digits",
+    "image",
+    "scikit-learn's 8x8 handwritten digits (1797 images, 10 classes), offline",
+    class_counts=(178, 182, 177, 183, 181, 182, 181, 179, 174, 180),
+)
 def load_digits(root: Path, data_params: Any) -> Dataset:
     from sklearn.datasets import load_digits as sk_digits
 
@@ -22,7 +27,12 @@ def load_digits(root: Path, data_params: Any) -> Dataset:
     return Dataset("digits", images, y, "image", [str(c) for c in bunch.target_names])
 
 
-@register_dataset("breast_cancer", "tabular", "scikit-learn's Wisconsin breast cancer (569 x 30, binary), offline")
+@register_dataset(
+    "breast_cancer",
+    "tabular",
+    "scikit-learn's Wisconsin breast cancer (569 x 30, binary), offline",
+    class_counts=(212, 357),
+)
 def load_breast_cancer(root: Path, data_params: Any) -> Dataset:
     from sklearn.datasets import load_breast_cancer as sk_bc
 

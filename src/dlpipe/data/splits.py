@@ -55,26 +55,102 @@ def make_splits(y: np.ndarray, test_size: float, folds: int, seed: int) -> Split
     return Splits(train_idx.astype(np.int64), test_idx.astype(np.int64), fold, folds)
 
 
-def split_problems(counts: np.ndarray, data: Any, source: str) -> list[str]:
-    """What `make_splits` would refuse for a dataset with these class counts and `data` params (DataParams),
-    known before anything is fetched or split (the check stage); approximate for data.limit subsamples."""
+def split_problems(counts: np.ndarray, data: Any, source: str, labeled_min: int = 1) -> list[str]:
+    """What the stages would refuse or crash on for a dataset with these class counts and `data` params
+    (DataParams), known before anything is fetched or split (the check stage): at most one line, naming the key.
+
+    Every training part must hold every class: a fold's training folds (baselines fit there), the same with the
+    validation slice carved out (deep models), the whole training part with its slice carved out (tuning, final
+    fit); with `data.labeled_fraction` < 1, their labelled parts too, at least `labeled_min` of each class in the
+    baselines' (their inner cross-validation). Class counts after a split are bounded from below (sklearn gives a
+    class the floor or ceiling of its share); data.limit subsamples are approximate."""
     counts = np.asarray(counts, dtype=float)
     counts = counts[counts > 0]
     total = counts.sum()
     if data.limit is not None and data.limit < total:
+        if total - data.limit < len(counts):  # sklearn's stratified subsample leaves out one of each class at least
+            return [
+                f"{source}: data.limit: {data.limit} of {int(total)} samples is a stratified subsample only up to "
+                f"{int(total) - len(counts)} ({len(counts)} classes); use that or less, or null for all"
+            ]
         counts, total = np.floor(counts * data.limit / total), float(data.limit)
     smallest = int(counts.min()) if len(counts) else 0
     n_test = int(np.ceil(data.test_size * total))
-    problems = []
     if smallest < 2 or n_test < len(counts):
-        problems.append(f"{source}: data.test_size: {data.test_size} of {int(total)} samples leaves {n_test} test "
-                        f"samples for {len(counts)} classes (smallest class has {smallest}); stratified splitting "
-                        "needs at least one per class on each side")
-    smallest_train = int(np.floor(smallest * (1 - data.test_size)))
-    if not problems and smallest_train < data.folds:
-        problems.append(f"{source}: data.folds: {data.folds} folds need at least {data.folds} training samples per "
-                        f"class; the smallest class has about {smallest_train}")
-    return problems
+        return [
+            f"{source}: data.test_size: {data.test_size} of {int(total)} samples leaves {n_test} test "
+            f"samples for {len(counts)} classes (smallest class has {smallest}); stratified splitting "
+            "needs at least one per class on each side"
+        ]
+    train = counts - np.ceil(counts * n_test / total)
+    if train.min() < data.folds:
+        return [
+            f"{source}: data.folds: {data.folds} folds need at least {data.folds} training samples per "
+            f"class; the smallest class has about {int(train.min())}"
+        ]
+    others = train - np.ceil(train / data.folds)  # a fold's training folds
+    parts = {}
+    for name, part in (("a fold's training part", others), ("the training part", train)):
+        carved = _carved(part, data.val_size)
+        if carved is None or carved.min() < 1:
+            return [
+                f"{source}: data.val_size: {data.val_size} of {name} ({int(part.sum())} samples) leaves too "
+                f"few to train on for {len(counts)} classes; use more data (data.limit) or fewer folds"
+            ]
+        parts[name] = carved
+    if data.labeled_fraction >= 1:
+        return []
+    needs = [(others, labeled_min), (train, labeled_min), *((p, 1) for p in parts.values())]
+    short = [(part, need) for part, need in needs if _labeled_min(part, data.labeled_fraction) < need]
+    if not short:
+        return []
+    part, need = short[0]
+    kept = max(_labeled_min(part, data.labeled_fraction), 0)
+    why = " (the baselines' inner cross-validation)" if need > 1 else ""
+    enough = _least_fraction(needs)
+    hint = f"use at least {enough:.3g}" if enough is not None else "use more data (data.limit) or fewer folds"
+    return [
+        f"{source}: data.labeled_fraction: {data.labeled_fraction} of a training part of {int(part.sum())} "
+        f"samples keeps about {kept} labelled samples of its smallest class; every class needs at least "
+        f"{need}{why}; {hint}"
+    ]
+
+
+def _carved(part: np.ndarray, fraction: float) -> np.ndarray | None:
+    """Per-class lower bound of what `carve_validation` leaves to train on; None where it refuses."""
+    n, classes = part.sum(), len(part)
+    size = max(int(np.ceil(fraction * n)), classes)
+    if size >= n - classes + 1:
+        return None
+    return part - np.ceil(part * size / n)
+
+
+def _labeled_min(part: np.ndarray, fraction: float) -> int:
+    """Lower bound of the smallest class's labelled samples `labeled_subset` keeps of a part with these class counts
+    (-1: it cannot stratify, so a class may get none or sklearn refuses)."""
+    n, classes = part.sum(), len(part)
+    size = max(int(np.ceil(fraction * n)), classes)
+    if size >= n:
+        return int(part.min())
+    if min(size, n - size) < classes or part.min() < 2:
+        return -1
+    return int(np.floor(part * size / n).min())
+
+
+def _least_fraction(needs: list[tuple[np.ndarray, int]]) -> float | None:
+    """The smallest data.labeled_fraction (to 3 significant digits) that meets every need, None if none below 1."""
+
+    def ok(fraction: float) -> bool:
+        return all(_labeled_min(part, fraction) >= need for part, need in needs)
+
+    if not ok(1.0 - 1e-9):
+        return None
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    rounded = float(f"{hi:.3g}")
+    return rounded if ok(rounded) else float(f"{hi * 1.001:.3g}")
 
 
 def stratified_subset(y: np.ndarray, size: int, seed: int) -> np.ndarray:

@@ -101,29 +101,67 @@ def _full_check(
             raise ConfigError(f"data.csv.path: no such file {str(csv)!r}")
         digest = stamp.get("csv_sha256") if state == stamp.get("csv_state") else sha256_file(csv)
         if digest != stamp.get("csv_sha256") or stamp.get("key") != key:
-            check_csv(params, csv)
+            check_data(params, csv)
         inputs["csv"] = {"path": os.path.relpath(csv, paths.root), "sha256": digest}
+    else:
+        check_data(params, None)
     if not paths.inputs.is_file() or json.loads(paths.inputs.read_text()) != inputs:
         write_json(paths.inputs, inputs)
     write_stamp(paths, {"key": key, "csv_state": state, "csv_sha256": inputs.get("csv", {}).get("sha256")})
     return inputs
 
 
-def check_csv(params: Any, path: Path) -> None:
-    """The CSV parses and has enough samples per class for the splits params ask for (what fetch and prepare would
-    refuse later, after DVC removed their outputs)."""
+def validate(params_path: Path, paths: ProjectPaths) -> Any:
+    """What the check stage refuses, for `dlpipe check` too (one code path): the params, the CSV they name, and
+    whether the data's class counts allow the splits data.* asks for. Returns the params."""
+    from dlpipe.config import load_params
+
+    params = load_params(params_path)
+    raw = {"data": {"name": params.data.name, "csv": {"path": params.data.csv.path}}}
+    csv = csv_path(raw, paths)
+    if csv is not None and not csv.is_file():
+        from dlpipe.errors import ConfigError
+
+        raise ConfigError(f"data.csv.path: no such file {str(csv)!r}")
+    check_data(params, csv)
+    return params
+
+
+def check_data(params: Any, csv: Path | None) -> None:
+    """The CSV parses (as fetch reads it), and the data's class counts (the CSV's, or those the dataset registry
+    publishes) give every training part, and its labelled part, every class (what prepare, tuning, cv and the
+    baselines would refuse or crash on later, after DVC removed their outputs)."""
     import numpy as np
 
-    from dlpipe.data.csv_set import read_csv_dataset
     from dlpipe.data.splits import split_problems
 
-    ds = read_csv_dataset(path, params.data.csv.target)
-    counts = np.bincount(ds.y.numpy(), minlength=len(ds.class_names))
-    problems = split_problems(counts, params.data, source=str(path))
+    if csv is not None:
+        from dlpipe.data.csv_set import read_csv_dataset
+
+        ds = read_csv_dataset(csv, params.data.csv.target, params.data.csv.categorical)
+        counts, source = np.bincount(ds.y.numpy(), minlength=len(ds.class_names)), str(csv)
+    else:
+        from dlpipe.data.registry import get_dataset_info
+
+        counts, source = get_dataset_info(params.data.name).class_counts, params.data.name
+        if counts is None:
+            return
+    problems = split_problems(counts, params.data, source=source, labeled_min=labeled_minimum(params))
     if problems:
         from dlpipe.errors import DataError
 
         raise DataError("\n".join(problems))
+
+
+def labeled_minimum(params: Any) -> int:
+    """Labelled samples of each class a baseline's training part needs: a baseline that searches its grid by
+    stratified inner cross-validation needs one per inner fold."""
+    if params.data.labeled_fraction >= 1 or not params.baselines.models:
+        return 1
+    from dlpipe.evaluation.baselines import INNER_FOLDS, make_baseline
+
+    grids = [name for name in params.baselines.models if hasattr(make_baseline(name, params.seed)[-1], "cv")]
+    return INNER_FOLDS if grids else 1
 
 
 def main() -> int:

@@ -1,4 +1,7 @@
-"""fetch: materialise the chosen dataset under data/raw (dataset.npz + dataset.json with its sha256)."""
+"""fetch: materialise the chosen dataset under data/raw (dataset.npz + dataset.json with its sha256).
+
+Dataset files that must be downloaded (MNIST, CIFAR-10) are read from, and downloaded into, data/downloads/: DVC
+deletes data/raw, a stage output, before every fetch, so nothing a user copies or downloads is kept there."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def run(params: Params, paths: ProjectPaths) -> dict:
     paths.raw.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset(params.data.name, paths.raw, _rooted(params, paths))
+    ds = load_dataset(params.data.name, paths.downloads, _rooted(params, paths))
     meta = save_dataset(ds, paths.raw)
     log.info(
         "fetched %s: %d samples, shape %s, %d classes, sha256 %s",

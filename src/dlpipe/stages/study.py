@@ -33,13 +33,11 @@ WORKER_MODULES = ("dlpipe.stages.tune", "dlpipe.stages.cv", "dlpipe.stages.train
 
 def write_tuned_params(params: Params, paths: ProjectPaths) -> None:
     """reports/tuned.yaml: {architecture: {train./model. key: value}} of the tuned params, so that `dvc exp show` and
-    `dvc params diff` show what Optuna chose beside what params.yaml set."""
-    import yaml
-
-    from dlpipe.io import read_json, write_text
+    `dvc params diff` show what Optuna chose beside what params.yaml set (every value survives DVC's dvc.lock)."""
+    from dlpipe.io import params_yaml, read_json, write_text
 
     tuned = {arch: read_json(paths.tuning_report(arch)).get("best_params", {}) for arch in params.architectures}
-    write_text(paths.tuned_params, yaml.safe_dump(tuned, sort_keys=True, default_flow_style=None))
+    write_text(paths.tuned_params, params_yaml(tuned))
 
 
 def pool_size(trainer: TrainerParams) -> int:
