@@ -47,9 +47,14 @@ SEED ?= 0
 chaos: install
 	$(BIN)/python benchmarks/chaos.py --kills $(KILLS) --seed $(SEED)
 
+# One worker and no job runner (GenAI evaluation jobs): starts and stops in a few seconds on a small machine. MLflow 3
+# opens experiments as GenAI projects unless the URL says workflowType=machine_learning: open the printed link.
+UI_URL := http://127.0.0.1:5000/\#/experiments?workflowType=machine_learning
 ui: install
 	-$(BIN)/dlpipe relocate  # a moved or copied project: its store first points at its own mlruns/
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns/artifacts --host 127.0.0.1 --port 5000
+	@echo "MLflow UI, model-training view: $(UI_URL)  (dlpipe runs: a link to each run)"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db \
+		--default-artifact-root ./mlruns/artifacts --host 127.0.0.1 --port 5000 --workers 1
 
 # optuna-dashboard on the study storage (tune.storage, else optuna/journal.log), on this machine only.
 DASHBOARD_PORT ?= 8080

@@ -293,14 +293,28 @@ def leaderboard_text(
 # --------------------------------------------------------------------------------------------------- runs
 
 
+# MLflow 3's UI opens an experiment in GenAI mode (traces, "Evaluation runs") unless the URL asks for model training;
+# the choice is kept in the URL as the user browses, not in the experiment's tags (mlflow.experimentKind).
+UI_MODE = "workflowType=machine_learning"
+
+
+def ui_link(ui_url: str, route: str) -> str:
+    """A page of the MLflow UI at `ui_url`, opened in model-training mode."""
+    return f"{ui_url.rstrip('/')}/#/{route}?{UI_MODE}"
+
+
+def experiment_link(ui_url: str, experiment_id: str) -> str:
+    return ui_link(ui_url, f"experiments/{experiment_id}")
+
+
 def run_link(ui_url: str, experiment_id: str | None, run_id: str | None) -> str:
     if not run_id or experiment_id is None:
         return ""
-    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return ui_link(ui_url, f"experiments/{experiment_id}/runs/{run_id}")
 
 
 def model_link(ui_url: str, name: str, version: Any) -> str:
-    return f"{ui_url.rstrip('/')}/#/models/{name}/versions/{version}"
+    return ui_link(ui_url, f"models/{name}/versions/{version}")
 
 
 def study_run_ids(selection: Mapping[str, Any]) -> list[str]:
@@ -317,51 +331,64 @@ def runs_text(
     ui_url: str = DEFAULT_UI_URL,
     champion: Mapping[str, Any] | None = None,
 ) -> str:
-    """The champion, the select run and every architecture's tune/cv/train runs with MLflow UI links.
+    """The champion, the select run and every architecture's tune/cv/train runs, each with its MLflow UI link on the
+    line below (links open the UI in model-training mode; lines stay within WIDTH for the default UI URL).
 
     `experiments`: run id -> experiment id from the store (None: the store does not have that run; the mapping
     itself None: no store to ask, so no links). `champion`: {name, version} of alias champion in the registry now.
     """
+    known = experiments is not None
     experiments = experiments or {}
     lines = []
+
+    def entry(text: str, link: str | None) -> None:
+        lines.append(text)
+        if link and known:
+            lines.append(f"  {link}")
+
     reg = selection.get("registry") or {}
     if champion:
-        lines.append(
-            f"champion: {champion['name']} version {champion['version']} (alias champion)  "
-            f"{model_link(ui_url, champion['name'], champion['version'])}"
+        entry(
+            f"champion: {champion['name']} version {champion['version']} (alias champion)",
+            model_link(ui_url, champion["name"], champion["version"]),
         )
     elif reg.get("champion") is not None:
-        lines.append(
-            f"champion: {reg['name']} version {reg['champion']} (alias champion, as of select)  "
-            f"{model_link(ui_url, reg['name'], reg['champion'])}"
+        entry(
+            f"champion: {reg['name']} version {reg['champion']} (alias champion, as of select)",
+            model_link(ui_url, reg["name"], reg["champion"]),
         )
     else:
         lines.append("champion: none")
     if reg:
         alias = reg.get("alias") or "challenger"
-        lines.append(
+        entry(
             f"this study: {selection['winner']} registered as {reg['name']} version {reg['version']} "
-            f"(alias {alias} at select)  {model_link(ui_url, reg['name'], reg['version'])}"
+            f"(alias {alias} at select)",
+            model_link(ui_url, reg["name"], reg["version"]),
         )
     else:
         lines.append(f"this study: {selection['winner']} won; no model was registered")
     select_id = selection.get("mlflow_run_id")
-    lines.append(
-        f"select run: {select_id or MISSING}  {run_link(ui_url, experiments.get(select_id), select_id)}".rstrip()
-    )
+    select_link = run_link(ui_url, experiments.get(select_id), select_id)
+    missing = " (not in the MLflow store)" if select_id and known and not select_link else ""
+    entry(f"select run: {select_id or MISSING}{missing}", select_link)
+    if experiments.get(select_id) is not None:
+        lines.append(f"the study's runs: {experiment_link(ui_url, experiments[select_id])}")
     body = []
     for arch, stages in (selection.get("runs") or {}).items():
-        mark = "*" if arch == selection.get("winner") else ""
-        for i, stage in enumerate(("tune", "cv", "train")):
+        body.append(f"{'*' if arch == selection.get('winner') else ' '} {arch}")
+        for stage in ("tune", "cv", "train"):
             rid = (stages or {}).get(stage)
-            link = run_link(ui_url, experiments.get(rid), rid) if rid else ""
-            if rid and experiments and experiments.get(rid) is None:
-                link = "(not in the MLflow store)"
-            body.append([mark if i == 0 else "", arch if i == 0 else "", stage, rid or "(not run)", link])
+            if not rid:
+                cell = "(not run)"
+            elif known and experiments.get(rid) is None:
+                cell = f"{rid}  (not in the MLflow store)"
+            else:
+                cell = run_link(ui_url, experiments.get(rid), rid) or rid
+            body.append(f"    {stage:<5}  {cell}")
     text = "\n".join(lines) + "\n"
     if body:
-        text += "\n" + table(["", "architecture", "stage", "run id", "MLflow UI"], body)
-        text += "* the champion\n"
+        text += "\n" + "\n".join(body) + "\n* the champion\n"
     return text
 
 

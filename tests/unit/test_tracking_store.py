@@ -100,6 +100,16 @@ def test_configure_from_a_temp_copy_uses_the_original_store(
     assert store.configure(None, proj, "dlpipe/digits") == exp_id  # the same experiment from the project itself
 
 
+def test_configure_declares_a_model_training_experiment(local_store) -> None:
+    """mlflow.experimentKind = custom_model_development: on a new experiment, and on one made before the tag."""
+    root, client, exp_id = local_store
+    assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    old = client.create_experiment("unit/untagged")
+    assert "mlflow.experimentKind" not in client.get_experiment(old).tags
+    assert store.configure(None, root, "unit/untagged") == old
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
 def test_configure_follows_the_environment(tmp_path: Path, mlflow_template_db: Path, monkeypatch) -> None:
     other = install_mlflow_store(tmp_path / "elsewhere", mlflow_template_db)
     install_mlflow_store(tmp_path / "proj", mlflow_template_db)

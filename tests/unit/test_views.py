@@ -178,26 +178,46 @@ def test_registry_line() -> None:
 # --------------------------------------------------------------------------------------------------- runs
 
 
-def test_runs_text_links_every_run_to_its_experiment() -> None:
+def test_runs_text_links_every_run_in_model_training_mode_within_120_columns() -> None:
     sel = selection()
     experiments = {rid: "7" for rid in views.study_run_ids(sel)}
     experiments[run_id("gru", "tune")] = None  # a run the store does not have
     text = views.runs_text(sel, experiments, UI, champion={"name": "dlpipe-digits", "version": "3"})
     lines = text.splitlines()
-    assert lines[0] == f"champion: dlpipe-digits version 3 (alias champion)  {UI}/#/models/dlpipe-digits/versions/3"
-    assert lines[1].startswith("this study: transformer registered as dlpipe-digits version 4 (alias challenger")
-    assert lines[2] == f"select run: {sel['mlflow_run_id']}  {UI}/#/experiments/7/runs/{sel['mlflow_run_id']}"
+    mode = "?workflowType=machine_learning"
+    assert lines[:2] == [
+        "champion: dlpipe-digits version 3 (alias champion)",
+        f"  {UI}/#/models/dlpipe-digits/versions/3{mode}",
+    ]
+    assert lines[2].startswith("this study: transformer registered as dlpipe-digits version 4 (alias challenger")
+    assert lines[3] == f"  {UI}/#/models/dlpipe-digits/versions/4{mode}"
+    assert lines[4:7] == [
+        f"select run: {sel['mlflow_run_id']}",
+        f"  {UI}/#/experiments/7/runs/{sel['mlflow_run_id']}{mode}",
+        f"the study's runs: {UI}/#/experiments/7{mode}",
+    ]
     for arch in DEEP:
         for stage in ("tune", "cv", "train"):
             rid = run_id(arch, stage)
             line = next(x for x in lines if rid in x)
-            assert line.split()[-1] == (
-                "store)" if rid == run_id("gru", "tune") else f"{UI}/#/experiments/7/runs/{rid}"
+            assert line == (
+                f"    {stage:<5}  {rid}  (not in the MLflow store)"
+                if rid == run_id("gru", "tune")
+                else f"    {stage:<5}  {UI}/#/experiments/7/runs/{rid}{mode}"
             )
-            assert f" {stage} " in line
-    assert "(not in the MLflow store)" in text
-    assert next(x for x in lines if run_id("transformer", "tune") in x).startswith("*  transformer")
+    assert "* transformer" in lines and "  mlp" in lines
     assert lines[-1] == "* the champion"
+    assert max(len(line) for line in lines) <= 120
+    assert all(mode in line for line in lines if "http" in line)
+
+
+def test_runs_text_flags_a_select_run_missing_from_the_store() -> None:
+    sel = selection()
+    experiments = {rid: "7" for rid in views.study_run_ids(sel)}
+    experiments[sel["mlflow_run_id"]] = None
+    text = views.runs_text(sel, experiments, UI)
+    assert f"select run: {sel['mlflow_run_id']} (not in the MLflow store)" in text.splitlines()
+    assert "the study's runs" not in text
 
 
 def test_runs_text_without_a_store_or_registry() -> None:
@@ -206,7 +226,7 @@ def test_runs_text_without_a_store_or_registry() -> None:
     text = views.runs_text(sel, None, "http://mlflow.example:8000/")
     assert "http" not in text
     assert "champion: none" in text and "this study: transformer won; no model was registered" in text
-    assert "tune   (not run)" in text
+    assert "    tune   (not run)" in text.splitlines()
 
 
 def test_runs_command_without_selection_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
