@@ -17,6 +17,7 @@ import json
 import math
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -398,7 +399,8 @@ def runs_text(
 def exp_show_index(exp_show: list[dict]) -> dict[str, dict]:
     """Rows of `dvc exp show --json` (workspace, baseline commits, their experiments) keyed by name and by rev.
 
-    Each value: {"name", "rev", "metrics": the data of reports/metrics.json or None, "error": why not}.
+    Each value: {"name", "rev", "metrics": the data of reports/metrics.json or None, "error": why not, "params": its
+    params as dotted keys}.
     """
     index: dict[str, dict] = {}
 
@@ -420,6 +422,7 @@ def exp_show_index(exp_show: list[dict]) -> dict[str, dict]:
             "rev": entry.get("rev"),
             "metrics": metrics,
             "error": error if metrics is None else None,
+            "params": flatten_params(data.get("params") or {}),
         }
         for k in (entry.get("name"), entry.get("rev")):
             if k:
@@ -474,24 +477,140 @@ def architecture_values(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def compare_text(a: str, metrics_a: Mapping[str, Any], b: str, metrics_b: Mapping[str, Any]) -> str:
-    """architecture | A | B | B - A (the CV value of the selection metric), then champion, version and select run."""
-    va, vb = architecture_values(metrics_a), architecture_values(metrics_b)
-    champ_a, champ_b = metrics_a.get("champion"), metrics_b.get("champion")
+@dataclass
+class StudyView:
+    """What `dlpipe compare` knows of one experiment's study: its metrics.json, and where its commit (or the
+    workspace) has them, its leaderboard rows, selection.json and params (dotted key -> value)."""
 
-    def cell(values: dict[str, float], arch: str, champion: Any) -> str:
-        return (fmt(values[arch]) + (" *" if arch == champion else "")) if arch in values else MISSING
+    name: str
+    metrics: Mapping[str, Any]
+    leaderboard: list[dict[str, str]] | None = None
+    selection: Mapping[str, Any] | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    select_run_stored: bool | None = None  # None: no MLflow store was asked
 
-    archs = sorted(set(va) | set(vb), key=lambda x: (-max(va.get(x, -math.inf), vb.get(x, -math.inf)), x))
+
+def flatten_params(files: Mapping[str, Any]) -> dict[str, Any]:
+    """`dvc exp show --json` params ({file: {"data": {...}}}) as dotted keys; keys of files other than
+    params.yaml are prefixed with the file (reports/tuned.yaml:cnn.train.lr)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping) and value:
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        else:
+            out[prefix] = value
+
+    for file, entry in (files or {}).items():
+        data = (entry or {}).get("data") if isinstance(entry, Mapping) else None
+        if isinstance(data, Mapping):
+            for key, value in data.items():
+                walk(str(key) if file.endswith("params.yaml") else f"{file}:{key}", value)
+    return out
+
+
+def changed_params(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(key, value in a, value in b) of every key whose value differs, in a's order then b's new keys."""
+    keys = list(dict.fromkeys([*a, *b]))
+    missing = object()
+    return [
+        (k, _param(a.get(k, missing), missing), _param(b.get(k, missing), missing))
+        for k in keys
+        if a.get(k, missing) != b.get(k, missing)
+    ]
+
+
+def _param(value: Any, missing: object) -> str:
+    if value is missing:
+        return "(absent)"
+    text = "null" if value is None else json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _models(study: StudyView) -> dict[tuple[str, str], dict[str, Any]]:
+    """(architecture, kind) -> {cv_mean, cv_std, test}: the leaderboard's rows, else metrics.json's CV values."""
+    if study.leaderboard:
+        return {
+            (r.get("architecture", ""), r.get("kind") or "deep"): {
+                "cv_mean": _number(r.get("cv_mean")),
+                "cv_std": _number(r.get("cv_std")),
+                "test": _number(r.get("test_selection")),
+            }
+            for r in study.leaderboard
+        }
+    return {
+        (k, "deep"): {"cv_mean": v, "cv_std": None, "test": None} for k, v in architecture_values(study.metrics).items()
+    }
+
+
+def compare_text(a: StudyView, b: StudyView, significance: Mapping[str, Any] | None = None) -> str:
+    """Two studies side by side: per model the CV mean ± std of the selection metric and the held-out test score in
+    each (baselines included), B - A of the CV means; then champion, version, select run and test set; the params
+    that differ; and `significance`, the two champions compared on their shared folds (see cli.champions_compared),
+    or why they were not."""
+    ma, mb = _models(a), _models(b)
+    champ_a, champ_b = a.metrics.get("champion"), b.metrics.get("champion")
+
+    def cv(models: dict, key: tuple[str, str], champion: Any) -> str:
+        if key not in models:
+            return MISSING
+        m = models[key]
+        return _mean_std(m["cv_mean"], m["cv_std"]) + (" *" if key == (champion, "deep") else "")
+
+    def best(key: tuple[str, str]) -> float:
+        return max(((m.get(key) or {}).get("cv_mean") or -math.inf) for m in (ma, mb))
+
     body = []
-    for arch in archs:
-        diff = f"{vb[arch] - va[arch]:+.4f}" if arch in va and arch in vb else MISSING
-        body.append([arch, cell(va, arch, champ_a), cell(vb, arch, champ_b), diff])
-    body.append(["", "", "", ""])
-    for key, label in (("champion", "champion"), ("version", "registered version"), ("select_run", "select run")):
-        body.append([label, _text(metrics_a.get(key)), _text(metrics_b.get(key)), ""])
-    metric = metrics_a.get("metric") or metrics_b.get("metric")
-    what = f"the cross-validated {metric_label(str(metric))}" if metric else "the cross-validated selection metric"
-    caption = f"{a} vs {b}: {what} (mean over folds) per architecture; * the champion.\n\n"
-    headers = ["architecture", a, b, f"{b} - {a}"]
-    return caption + table(headers, body, [False, True, True, True])
+    for key in sorted(set(ma) | set(mb), key=lambda k: (-best(k), k)):
+        va, vb = (ma.get(key) or {}).get("cv_mean"), (mb.get(key) or {}).get("cv_mean")
+        diff = f"{vb - va:+.4f}" if va is not None and vb is not None else MISSING
+        tests = [fmt((m.get(key) or {}).get("test")) for m in (ma, mb)]
+        body.append([key[0], key[1], cv(ma, key, champ_a), tests[0], cv(mb, key, champ_b), tests[1], diff])
+    metric = a.metrics.get("metric") or b.metrics.get("metric") or (a.selection or {}).get("metric")
+    what = f"cross-validated {metric_label(str(metric))}" if metric else "cross-validated selection metric"
+    folds = {str((s.selection or {}).get("k")) for s in (a, b)} - {"None"}
+    over = f" over {folds.pop()} folds" if len(folds) == 1 else ""
+    text = wrap(
+        f"A = {a.name}, B = {b.name}: the {what} per model (mean ± std{over}; * the champion) and its score on "
+        "the held-out test set; B - A of the CV means."
+    )
+    headers = ["model", "kind", "A: CV", "A: test", "B: CV", "B: test", "B - A"]
+    text += "\n" + table(headers, body, [False, False, True, True, True, True, True])
+    text += "\n" + _study_facts(a, b)
+    changed = changed_params(a.params, b.params)
+    if changed:
+        text += "\nParameters that differ:\n" + table(["", "A", "B"], [[f"  {k}", va, vb] for k, va, vb in changed])
+    elif a.params or b.params:
+        text += "\nParameters: the same.\n"
+    if significance:
+        text += "\n" + wrap(champions_sentence(significance))
+    return text
+
+
+def _study_facts(a: StudyView, b: StudyView) -> str:
+    def select_run(s: StudyView) -> str:
+        rid = _text(s.metrics.get("select_run"))
+        return rid + (" (not in the MLflow store)" if s.select_run_stored is False else "")
+
+    rows = [
+        ["champion", _text(a.metrics.get("champion")), _text(b.metrics.get("champion"))],
+        ["registered version", _text(a.metrics.get("version")), _text(b.metrics.get("version"))],
+        ["select run", select_run(a), select_run(b)],
+        ["test set", *(_text((s.selection or {}).get("test_set_hash")) for s in (a, b))],
+    ]
+    return table(["", "A", "B"], rows)
+
+
+def champions_sentence(result: Mapping[str, Any]) -> str:
+    """The two champions compared on the same folds (result of cli.champions_compared), or why not."""
+    if result.get("skipped"):
+        return f"The champions are not compared: {result['skipped']}."
+    t, bayes = result["ttest"], result["bayes"]
+    outcome = "significant" if t["p_value"] < result["alpha"] else "not significant"
+    return (
+        f"Champions on the same {t['k']} folds and test set: B's {result['b']} minus A's {result['a']} = "
+        f"{t['mean_difference']:+.4f} ({outcome} at alpha={result['alpha']}: corrected resampled t-test "
+        f"t={t['t']:.3f}, p={t['p_value']:.4f}); Bayesian correlated t-test, rope ±{bayes['rope']}: "
+        f"P(B better) {bayes['p_right']:.3f}, P(equivalent) {bayes['p_rope']:.3f}, P(A better) {bayes['p_left']:.3f}."
+    )

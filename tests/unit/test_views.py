@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -287,18 +288,60 @@ def test_exp_show_index_finds_names_revs_and_prefixes() -> None:
         views.study_metrics("broken", ignored)
 
 
-def test_compare_text_side_by_side() -> None:
-    a, b = metrics(version=3, champion="cnn"), metrics(version=5, shift=0.001)
-    b.pop("wide_deep")
-    text = views.compare_text("main", a, "exp-b", b)
-    rows = {line.split()[0]: line.split() for line in text.splitlines()[2:] if line.strip()}
-    assert text.splitlines()[2].split() == ["architecture", "main", "exp-b", "exp-b", "-", "main"]
-    assert rows["transformer"] == ["transformer", "0.9900", "0.9910", "*", "+0.0010"]
-    assert rows["cnn"] == ["cnn", "0.9800", "*", "0.9810", "+0.0010"]
-    assert rows["wide_deep"] == ["wide_deep", "0.9300", "-", "-"]
+def test_compare_text_side_by_side_with_std_test_baselines_params_and_significance() -> None:
+    board_b = [dict(r) for r in leaderboard_frame().astype(str).to_dict("records") if r["architecture"] != "wide_deep"]
+    for row in board_b:
+        row["cv_mean"] = str(float(row["cv_mean"]) + 0.001)
+    a = views.StudyView(
+        "main",
+        metrics(version=3, champion="cnn"),
+        leaderboard_frame().astype(str).to_dict("records"),
+        selection(),
+        {"seed": 42, "train.max_epochs": 15, "models.cnn.hidden": [128]},
+        select_run_stored=True,
+    )
+    b = views.StudyView(
+        "exp-b",
+        {**metrics(version=5, shift=0.001), "select_run": "gone" + "0" * 28},
+        board_b,
+        selection(),
+        {"seed": 42, "train.max_epochs": 3, "models.cnn.hidden": [128], "reports/tuned.yaml:cnn.train.lr": 0.01},
+        select_run_stored=False,
+    )
+    significance = {
+        "a": "cnn",
+        "b": "transformer",
+        "alpha": 0.05,
+        "ttest": {"k": 5, "mean_difference": 0.0126, "t": 2.6156, "p_value": 0.0591},
+        "bayes": {"rope": 0.005, "p_left": 0.0109, "p_rope": 0.0839, "p_right": 0.9052},
+    }
+    text = views.compare_text(a, b, significance)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    assert lines[0].startswith("A = main, B = exp-b: the cross-validated F1 (macro) per model (mean ± std over 5 folds")
+    rows = {line.split()[0]: re.split(r"\s{2,}", line.strip()) for line in lines if line[:1].isalpha()}
+    assert rows["model"] == ["model", "kind", "A: CV", "A: test", "B: CV", "B: test", "B - A"]
+    top = ["transformer", "deep", "0.9900 ± 0.0010", "0.9858", "0.9910 ± 0.0010 *", "0.9858", "+0.0010"]
+    assert rows["transformer"] == top  # CV mean ± std and test (of the selection metric) in each, B - A
+    assert rows["knn"][1:3] == ["baseline", "0.9000 ± 0.0100"]  # baselines beside the deep models
+    assert rows["wide_deep"][-1] == "-"  # not in B
     assert rows["champion"] == ["champion", "cnn", "transformer"]
-    assert rows["registered"] == ["registered", "version", "3", "5"]
-    assert "select" in rows and all(arch in rows for arch in DEEP)
+    assert rows["registered"] == ["registered version", "3", "5"]
+    assert rows["select"][-1] == "gone" + "0" * 28 + " (not in the MLflow store)"
+    assert any(re.split(r"\s{2,}", x.strip()) == ["train.max_epochs", "15", "3"] for x in lines)
+    assert any(re.split(r"\s{2,}", x.strip()) == ["reports/tuned.yaml:cnn.train.lr", "(absent)", "0.01"] for x in lines)
+    assert "models.cnn.hidden" not in text and "seed" not in text  # the same in both
+    prose = " ".join(lines[-4:])
+    assert "B's transformer minus A's cnn = +0.0126 (not significant at alpha=0.05" in prose
+    assert "P(B better) 0.905" in prose
+
+
+def test_compare_text_from_metrics_json_alone_and_a_skipped_comparison() -> None:
+    a, b = views.StudyView("main", metrics(champion="cnn")), views.StudyView("exp-b", metrics(shift=0.001))
+    text = views.compare_text(a, b, {"skipped": "their test sets differ (1 in A, 2 in B)"})
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line[:1].isalpha()}
+    assert rows["cnn"] == ["cnn", "deep", "0.9800", "*", "-", "0.9810", "-", "+0.0010"]
+    assert text.rstrip().endswith("The champions are not compared: their test sets differ (1 in A, 2 in B).")
 
 
 def test_compare_of_unknown_names_lists_the_known_ones(monkeypatch, capsys, tmp_path) -> None:
@@ -319,4 +362,38 @@ def test_compare_of_unknown_names_lists_the_known_ones(monkeypatch, capsys, tmp_
     ]
     assert calls == [(), ("--all-commits",), ("--rev", "exp-z", "-n", "1")]
     code, out, _ = run_cli(capsys, "compare", "main", "exp-b")
-    assert code == 0 and "main vs exp-b" in out
+    assert code == 0 and out.startswith("A = main, B = exp-b: ")
+
+
+def test_champions_are_compared_on_their_fold_runs_when_the_test_sets_match(tmp_path, mlflow_template_db) -> None:
+    from helpers.mlflow_store import install_mlflow_store
+    from mlflow.tracking import MlflowClient
+
+    from dlpipe.evaluation.statistics import corrected_resampled_ttest
+
+    client = MlflowClient(tracking_uri=install_mlflow_store(tmp_path, mlflow_template_db))
+    exp = client.create_experiment("unit/compare")
+    folds = {"cnn": [0.99, 0.98, 0.995, 0.99, 0.985], "lstm": [0.97, 0.975, 0.98, 0.96, 0.97]}
+
+    def study(name: str, winner: str, test_set: str = "t1", **params) -> views.StudyView:
+        cv_run = client.create_run(exp, run_name=f"cv-{winner}").info.run_id
+        for k, value in enumerate(folds[winner]):
+            child = client.create_run(exp, tags={"mlflow.parentRunId": cv_run, "fold": str(k)}).info.run_id
+            client.log_metric(child, "f1_macro", value)
+            client.set_terminated(child)
+        chosen = {**selection(), "winner": winner, "test_set_hash": test_set, "test_train_ratio": 0.25}
+        chosen["runs"] = {winner: {"cv": cv_run}}
+        return views.StudyView(name, metrics(champion=winner), selection=chosen, params={"seed": 42, **params})
+
+    a, b = study("A", "cnn"), study("B", "lstm")
+    result = cli.champions_compared(a, b, client)
+    expected = corrected_resampled_ttest(folds["lstm"], folds["cnn"], 0.25)
+    assert (result["a"], result["b"]) == ("cnn", "lstm")
+    assert result["ttest"]["p_value"] == pytest.approx(expected.p_value)
+    assert result["ttest"]["mean_difference"] == pytest.approx(-0.017)
+    assert result["bayes"]["p_left"] > 0.5  # A's cnn is practically better
+    assert cli.champions_compared(a, study("C", "lstm", "t2"), client) == {
+        "skipped": "their test sets differ (t1 in A, t2 in B)"
+    }
+    assert cli.champions_compared(a, study("D", "lstm", seed=7), client)["skipped"].startswith("their folds differ")
+    assert cli.champions_compared(a, b, None) == {"skipped": "no MLflow store holds their fold scores"}
