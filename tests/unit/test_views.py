@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -397,3 +398,11 @@ def test_champions_are_compared_on_their_fold_runs_when_the_test_sets_match(tmp_
     }
     assert cli.champions_compared(a, study("D", "lstm", seed=7), client)["skipped"].startswith("their folds differ")
     assert cli.champions_compared(a, b, None) == {"skipped": "no MLflow store holds their fold scores"}
+
+
+@pytest.mark.parametrize("args", [["list"], ["--help"], ["compare", "--help"], ["runs", "--help"]])
+def test_other_views_fit_120_columns(capsys, args: list[str]) -> None:
+    with contextlib.suppress(SystemExit):  # --help exits
+        cli.main(args)
+    out = capsys.readouterr().out
+    assert out and max(len(line) for line in out.splitlines()) <= 120
