@@ -105,7 +105,7 @@ def run(params: Params, paths: ProjectPaths) -> dict:
         mlflow.log_dict(summary, "selection.json")
     write_json(paths.selection, summary)
     write_json(paths.metrics, dvc_metrics(params, board, summary))
-    log.info(sel.selection_sentence(verdict))
+    log.info(sel.selection_sentence(verdict).replace("**", ""))  # a log line, not Markdown
     return summary
 
 
