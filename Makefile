@@ -47,14 +47,15 @@ SEED ?= 0
 chaos: install
 	$(BIN)/python benchmarks/chaos.py --kills $(KILLS) --seed $(SEED)
 
-# One worker and no job runner (GenAI evaluation jobs): starts and stops in a few seconds on a small machine. MLflow 3
-# opens experiments as GenAI projects unless the URL says workflowType=machine_learning: open the printed link.
+# One worker and no job runner (GenAI evaluation jobs): starts and stops faster on a small machine. MLflow 3 opens
+# an experiment as a GenAI project unless the URL says workflowType=machine_learning, and its experiment list's links
+# drop that: open the printed link, the study's own page (before the first select: the list, then add the mode).
 UI_URL := http://127.0.0.1:5000/\#/experiments?workflowType=machine_learning
 # MLflow 3.17's server imports Starlette's deprecated WSGI middleware: its warning is MLflow's to act on, not the user's.
 QUIET_MLFLOW := PYTHONWARNINGS=ignore::UserWarning:mlflow.server.fastapi_app
 ui: install
 	-$(BIN)/dlpipe relocate  # a moved or copied project: its store first points at its own mlruns/
-	@echo "MLflow UI, model-training view: $(UI_URL)  (dlpipe runs: a link to each run)"
+	@echo "MLflow UI, the study in model-training view: $$($(BIN)/dlpipe runs --link 2>/dev/null || echo '$(UI_URL)')"
 	$(QUIET_MLFLOW) MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui \
 		--backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns/artifacts \
 		--host 127.0.0.1 --port 5000 --workers 1

@@ -163,6 +163,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
     selection = views.read_selection(paths.selection)
     uri, experiments, champion = _store_view(selection, paths, Path(args.params) if args.params else paths.params)
     ui_url = args.ui_url or (uri if uri and uri.startswith(("http://", "https://")) else views.DEFAULT_UI_URL)
+    if args.link:  # the study's page alone (`make ui` prints it): MLflow's experiment list would drop the mode
+        experiment = (experiments or {}).get(selection.get("mlflow_run_id"))
+        if experiment is None:
+            raise BadInputError("the select run is not in the MLflow store: no link to the study")
+        print(views.experiment_link(ui_url, experiment))
+        return 0
     print(views.runs_text(selection, experiments, ui_url, champion), end="")
     return 0
 
@@ -442,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow UI base URL (default: the tracking server when params "
         "name one, else http://127.0.0.1:5000, where `make ui` serves)",
     )
+    p.add_argument("--link", action="store_true", help="print only the link to the study's runs in the MLflow UI")
     p.set_defaults(func=cmd_runs)
     p = sub.add_parser("compare", help="two DVC experiments' leaderboards side by side (dvc exp show)")
     p.add_argument("a", metavar="A", help="DVC experiment name, revision or `workspace`")

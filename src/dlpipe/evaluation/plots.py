@@ -82,7 +82,7 @@ def comparison_figure(comparison: pd.DataFrame, champion: str) -> Figure:
     ax.set_xlim(max(0.0, low - 0.02), 1.0)
     metric = str(frame["metric"].iloc[0]) if "metric" in frame and len(frame) else "score"
     ax.set(xlabel=metric, title=f"Models ranked by cross-validated {metric}; champion: {champion}")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8)  # below: clear of the bars
     fig.tight_layout()
     return fig
 
