@@ -406,3 +406,22 @@ def test_other_views_fit_120_columns(capsys, args: list[str]) -> None:
         cli.main(args)
     out = capsys.readouterr().out
     assert out and max(len(line) for line in out.splitlines()) <= 120
+
+
+def test_runs_link_is_the_studys_page_or_a_one_line_error(reports_project, capsys, monkeypatch, mlflow_template_db):
+    from helpers.mlflow_store import install_mlflow_store
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, out, err = run_cli(capsys, "runs", "--link")
+    assert code == 2 and out == ""  # no store: `make ui` falls back to the experiment list
+    assert err.strip().splitlines()[-1] == (
+        "dlpipe runs: error: the select run is not in the MLflow store: no link to the study"
+    )
+    client = MlflowClient(tracking_uri=install_mlflow_store(reports_project, mlflow_template_db))
+    exp = client.create_experiment("dlpipe/digits")
+    select_run = client.create_run(exp).info.run_id
+    sel = json.loads((reports_project / "reports" / "selection.json").read_text())
+    (reports_project / "reports" / "selection.json").write_text(json.dumps({**sel, "mlflow_run_id": select_run}))
+    code, out, err = run_cli(capsys, "runs", "--link")
+    assert code == 0 and out == f"{UI}/#/experiments/{exp}?workflowType=machine_learning\n"

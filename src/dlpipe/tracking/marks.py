@@ -100,10 +100,16 @@ def log_plot_images(
         figures["roc"] = lambda f=frame, t=title: plots.curves_figure(f, "fpr", "tpr", t, log_x=True)
     if (frame := read("calibration")) is not None and len(frame):
         figures["calibration"] = lambda f=frame: plots.reliability_figure(f)
+    drawn = []
     for name, make in figures.items():
-        fig = make()
+        try:
+            fig = make()
+        except (ValueError, KeyError, TypeError) as exc:  # an odd plot file: the CSV is logged, the others drawn
+            log.warning("select: no picture of %s.csv (%s: %s)", name, type(exc).__name__, exc)
+            continue
         try:
             client.log_figure(run_id, fig, f"{IMAGES_DIR}/{name}.png")
         finally:
             plots.close(fig)
-    return list(figures)
+        drawn.append(name)
+    return drawn
