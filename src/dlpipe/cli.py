@@ -346,6 +346,15 @@ def _fold_scores(client, study) -> list[float] | None:
     return [by_fold[k] for k in sorted(by_fold)]
 
 
+def cmd_experiments(args: argparse.Namespace) -> int:
+    """`dvc exp show` in 120 columns: each experiment's champion, its CV value, version and the params it changed."""
+    from dlpipe import views
+
+    options = ["--all-commits"] if args.all_commits else []
+    print(views.experiments_text(dvc_exp_show(_paths().root, *options)), end="")
+    return 0
+
+
 def cmd_relocate(args: argparse.Namespace) -> int:
     """Point a moved or copied project's MLflow store at its own mlruns/ (configure and connect also do it)."""
     from dlpipe.tracking import store
@@ -454,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", metavar="A", help="DVC experiment name, revision or `workspace`")
     p.add_argument("b", metavar="B", help="DVC experiment name, revision or `workspace`")
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("experiments", help="DVC experiments: champion, CV, version, the params changed (120 columns)")
+    p.add_argument("--all-commits", action="store_true", help="every commit's experiments, not only this commit's")
+    p.set_defaults(func=cmd_experiments)
     p = sub.add_parser("relocate", help="point a moved or copied project's MLflow store at its own mlruns/")
     p.set_defaults(func=cmd_relocate)
     p = sub.add_parser("dashboard", help="optuna-dashboard on the project's Optuna study storage")

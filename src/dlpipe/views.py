@@ -396,44 +396,79 @@ def runs_text(
 # --------------------------------------------------------------------------------------------------- compare
 
 
-def exp_show_index(exp_show: list[dict]) -> dict[str, dict]:
-    """Rows of `dvc exp show --json` (workspace, baseline commits, their experiments) keyed by name and by rev.
+def exp_show_row(entry: dict) -> dict:
+    """One row of `dvc exp show --json`: {"name", "rev", "metrics": the data of reports/metrics.json or None,
+    "error": why not, "params": its params as dotted keys}."""
+    data = entry.get("data") or {}
+    metrics, error = None, entry.get("error")
+    files = data.get("metrics") or {}
+    key = METRICS_FILE if METRICS_FILE in files else next((k for k in files if k.endswith(f"/{METRICS_FILE}")), None)
+    if key is None:
+        error = error or f"no {METRICS_FILE} in its metrics"
+    elif "data" in files[key]:
+        metrics = files[key]["data"]
+    else:
+        error = (files[key].get("error") or {}).get("msg") or f"{METRICS_FILE} unreadable"
+    return {
+        "name": entry.get("name") or entry.get("rev"),
+        "rev": entry.get("rev"),
+        "metrics": metrics,
+        "error": error if metrics is None else None,
+        "params": flatten_params(data.get("params") or {}),
+    }
 
-    Each value: {"name", "rev", "metrics": the data of reports/metrics.json or None, "error": why not, "params": its
-    params as dotted keys}.
-    """
-    index: dict[str, dict] = {}
 
-    def add(entry: dict) -> None:
-        data = entry.get("data") or {}
-        metrics, error = None, entry.get("error")
-        files = data.get("metrics") or {}
-        key = (
-            METRICS_FILE if METRICS_FILE in files else next((k for k in files if k.endswith(f"/{METRICS_FILE}")), None)
-        )
-        if key is None:
-            error = error or f"no {METRICS_FILE} in its metrics"
-        elif "data" in files[key]:
-            metrics = files[key]["data"]
-        else:
-            error = (files[key].get("error") or {}).get("msg") or f"{METRICS_FILE} unreadable"
-        row = {
-            "name": entry.get("name") or entry.get("rev"),
-            "rev": entry.get("rev"),
-            "metrics": metrics,
-            "error": error if metrics is None else None,
-            "params": flatten_params(data.get("params") or {}),
-        }
-        for k in (entry.get("name"), entry.get("rev")):
-            if k:
-                index.setdefault(str(k), row)
-
+def exp_show_rows(exp_show: list[dict]) -> list[tuple[dict, dict | None]]:
+    """(row, the row of the commit it started from) for the workspace, each baseline commit and its experiments;
+    the workspace's baseline is the first commit, a commit has none."""
+    out: list[tuple[dict, dict | None]] = []
+    commits = [exp_show_row(b) for b in exp_show or [] if b.get("rev") != "workspace"]
     for baseline in exp_show or []:
-        add(baseline)
+        row = exp_show_row(baseline)
+        out.append((row, commits[0] if baseline.get("rev") == "workspace" and commits else None))
         for exp in baseline.get("experiments") or []:
             for rev in exp.get("revs") or []:
-                add({**rev, "name": rev.get("name") or exp.get("name")})
+                out.append((exp_show_row({**rev, "name": rev.get("name") or exp.get("name")}), row))
+    return out
+
+
+def exp_show_index(exp_show: list[dict]) -> dict[str, dict]:
+    """Rows of `dvc exp show --json` (see exp_show_row) keyed by name and by rev."""
+    index: dict[str, dict] = {}
+    for row, _ in exp_show_rows(exp_show):
+        for k in (row["name"], row["rev"]):
+            if k:
+                index.setdefault(str(k), row)
     return index
+
+
+def experiments_text(exp_show: list[dict], width: int = WIDTH) -> str:
+    """`dvc exp show` narrowed to what tells experiments apart: per experiment its champion, the champion's CV value,
+    the registered version and the params it changed from the commit it started from (cut to `width`)."""
+    body = []
+    for row, base in exp_show_rows(exp_show):
+        metrics = row["metrics"] or {}
+        champion = metrics.get("champion")
+        changed = changed_params(base["params"], row["params"]) if base is not None else []
+        name = str(row["rev"])[:7] if row["name"] == row["rev"] != "workspace" else str(row["name"])
+        body.append(
+            [
+                name,
+                _text(champion),
+                fmt(metrics.get(champion)) if champion else MISSING,
+                _text(metrics.get("version")),
+                ", ".join(f"{k}={b}" for k, _, b in changed) or ("(the commit)" if base is None else "(none)"),
+            ]
+        )
+    headers = ["experiment", "champion", "CV", "version", "params changed from its commit"]
+    fixed = sum(max(len(h), *(len(r[i]) for r in body)) + 2 for i, h in enumerate(headers[:-1])) if body else 0
+    room = max(20, width - fixed)
+    for r in body:
+        r[-1] = r[-1] if len(r[-1]) <= room else r[-1][: room - 1] + "…"
+    caption = (
+        "Experiments (dvc exp show): the champion, its cross-validated selection metric, the registered version.\n\n"
+    )
+    return caption + table(headers, body, [False, False, True, True, False])
 
 
 def find_experiment(index: Mapping[str, dict], name: str) -> dict | None:

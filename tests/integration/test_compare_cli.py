@@ -119,3 +119,14 @@ def test_compare_outside_a_dvc_repository_is_one_line(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines() == [
         "dlpipe compare: error: dvc exp show: you are not inside of a DVC repository (checked up to mount point '/')"
     ]
+
+
+def test_experiments_view_names_what_each_experiment_changed(repo: Path) -> None:
+    proc = dlpipe(repo, "experiments")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    rows = {line.split()[0]: line.split(None, 4) for line in lines[2:] if line.strip()}
+    assert rows["wider"] == ["wider", "mlp", "0.9000", "2", "mlp=0.9, version=2, run=r2"]
+    assert rows["deeper"] == ["deeper", "perceptron", "0.9500", "3", "perceptron=0.95, version=3, run=r3"]
+    assert rows["workspace"][-1] == "(none)"

@@ -425,3 +425,28 @@ def test_runs_link_is_the_studys_page_or_a_one_line_error(reports_project, capsy
     (reports_project / "reports" / "selection.json").write_text(json.dumps({**sel, "mlflow_run_id": select_run}))
     code, out, err = run_cli(capsys, "runs", "--link")
     assert code == 0 and out == f"{UI}/#/experiments/{exp}?workflowType=machine_learning\n"
+
+
+def test_experiments_view_shows_champions_and_changed_params_in_120_columns() -> None:
+    shown = json.loads(json.dumps(EXP_SHOW))
+    params = {"seed": 42, "train": {"max_epochs": 15, "lr": 0.001}, "models": {"mlp": {"hidden": [128, 64]}}}
+    long = {f"tune.spaces.k{i}": i for i in range(40)}  # many changed keys: cut to the width
+
+    def with_params(entry: dict, changes: dict) -> None:
+        merged = json.loads(json.dumps(params))
+        merged["train"].update(changes.get("train", {}))
+        merged.update({k: v for k, v in changes.items() if k != "train"})
+        entry["data"]["params"] = {"params.yaml": {"data": merged}}
+
+    with_params(shown[0], {"seed": 7})  # the workspace, against the commit
+    with_params(shown[1], {})
+    with_params(shown[1]["experiments"][0]["revs"][0], {"train": {"max_epochs": 3}})
+    with_params(shown[1]["experiments"][1]["revs"][0], long)
+    text = views.experiments_text(shown)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    rows = {re.split(r"\s{2,}", line)[0]: re.split(r"\s{2,}", line) for line in lines[2:]}
+    assert rows["workspace"] == ["workspace", "transformer", "0.9900", "4", "seed=7"]
+    assert rows["main"] == ["main", "cnn", "0.9800", "3", "(the commit)"]
+    assert rows["exp-b"] == ["exp-b", "transformer", "0.9910", "5", "train.max_epochs=3"]
+    assert rows["broken"][1:4] == ["-", "-", "-"] and rows["broken"][-1].endswith("…")
