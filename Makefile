@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install repro test test-fast lint ui dashboard chaos clean
+.PHONY: install repro test test-fast lint ui serve dashboard chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,9 +47,26 @@ SEED ?= 0
 chaos: install
 	$(BIN)/python benchmarks/chaos.py --kills $(KILLS) --seed $(SEED)
 
+# One worker and no job runner (GenAI evaluation jobs): starts and stops faster on a small machine. MLflow 3 opens
+# an experiment as a GenAI project unless the URL says workflowType=machine_learning, and its experiment list's links
+# drop that: open the printed link, the study's own page (before the first select: the list, then add the mode).
+UI_URL := http://127.0.0.1:5000/\#/experiments?workflowType=machine_learning
+# MLflow 3.17's server imports Starlette's deprecated WSGI middleware: its warning is MLflow's to act on, not the user's.
+QUIET_MLFLOW := PYTHONWARNINGS=ignore::UserWarning:mlflow.server.fastapi_app
 ui: install
 	-$(BIN)/dlpipe relocate  # a moved or copied project: its store first points at its own mlruns/
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns/artifacts --host 127.0.0.1 --port 5000
+	@echo "MLflow UI, the study in model-training view: $$($(BIN)/dlpipe runs --link 2>/dev/null || echo '$(UI_URL)')"
+	$(QUIET_MLFLOW) MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui \
+		--backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns/artifacts \
+		--host 127.0.0.1 --port 5000 --workers 1
+
+# A registered model served by MLflow on this machine (its uvicorn is the venv's: PATH above). MODEL picks another.
+MODEL ?= models:/dlpipe-digits@champion
+SERVE_PORT ?= 5001
+serve: install
+	-$(BIN)/dlpipe relocate
+	$(QUIET_MLFLOW) MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns/mlflow.db $(BIN)/mlflow models serve \
+		-m "$(MODEL)" --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
 # optuna-dashboard on the study storage (tune.storage, else optuna/journal.log), on this machine only.
 DASHBOARD_PORT ?= 8080

@@ -168,6 +168,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
     selection = views.read_selection(paths.selection)
     uri, experiments, champion = _store_view(selection, paths, Path(args.params) if args.params else paths.params)
     ui_url = args.ui_url or (uri if uri and uri.startswith(("http://", "https://")) else views.DEFAULT_UI_URL)
+    if args.link:  # the study's page alone (`make ui` prints it): MLflow's experiment list would drop the mode
+        experiment = (experiments or {}).get(selection.get("mlflow_run_id"))
+        if experiment is None:
+            raise BadInputError("the select run is not in the MLflow store: no link to the study")
+        print(views.experiment_link(ui_url, experiment))
+        return 0
     print(views.runs_text(selection, experiments, ui_url, champion), end="")
     return 0
 
@@ -215,12 +221,142 @@ def _resolve_experiments(root: Path, names: list[str]) -> dict[str, dict]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Two DVC experiments' (or revisions') studies side by side, from their reports/metrics.json."""
+    """Two DVC experiments' (or revisions') studies side by side: their leaderboards with std, test scores and
+    baselines, the params that differ, and the two champions compared on their shared folds."""
     from dlpipe import views
 
-    found = _resolve_experiments(_paths().root, [args.a, args.b])
-    metrics = {n: views.study_metrics(n, found[n]) for n in (args.a, args.b)}
-    print(views.compare_text(args.a, metrics[args.a], args.b, metrics[args.b]), end="")
+    paths = _paths()
+    found = _resolve_experiments(paths.root, [args.a, args.b])
+    a, b = (_study_view(paths.root, n, found[n]) for n in (args.a, args.b))
+    client = _compare_store(paths, (a, b))
+    significance = champions_compared(a, b, client)
+    print(views.compare_text(a, b, significance), end="")
+    return 0
+
+
+def _committed(root: Path, rev: str | None, path: str) -> str | None:
+    """A file as the experiment's commit has it (the workspace's own file for `workspace`); None when absent."""
+    if rev in (None, "workspace"):
+        file = root / path
+        return file.read_text() if file.is_file() else None
+    proc = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _study_view(root: Path, name: str, row: dict):
+    import csv
+    import io
+
+    from dlpipe import views
+
+    board = _committed(root, row["rev"], "reports/leaderboard.csv")
+    selection = _committed(root, row["rev"], "reports/selection.json")
+    try:
+        chosen = json.loads(selection) if selection else None
+    except json.JSONDecodeError:
+        chosen = None
+    return views.StudyView(
+        name=name,
+        metrics=views.study_metrics(name, row),
+        leaderboard=list(csv.DictReader(io.StringIO(board))) if board else None,
+        selection=chosen if isinstance(chosen, dict) else None,
+        params=row.get("params") or {},
+    )
+
+
+def _compare_store(paths, studies) -> object | None:
+    """An MlflowClient of the project's store (None without one, with a note); marks each study's select run as
+    stored or not."""
+    from dlpipe.tracking import store
+
+    try:
+        store.connect(_configured_tracking_uri(paths.params), paths.root, "dlpipe compare")
+    except store.NoStoreError as exc:
+        print(f"dlpipe compare: note: {exc}; select runs not checked, champions not compared", file=sys.stderr)
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for study in studies:
+        run_id = study.metrics.get("select_run")
+        if run_id:
+            try:
+                client.get_run(str(run_id))
+                study.select_run_stored = True
+            except MlflowException:
+                study.select_run_stored = False
+    return client
+
+
+def champions_compared(a, b, client) -> dict:
+    """The two champions' paired fold scores of the selection metric (from their cv runs' fold runs in MLflow)
+    through the corrected resampled and Bayesian correlated t-tests; {"skipped": why} when they share no folds."""
+    sa, sb = a.selection or {}, b.selection or {}
+    if not sa or not sb:
+        return {"skipped": "reports/selection.json is missing from " + (a.name if not sa else b.name)}
+    if sa.get("test_set_hash") != sb.get("test_set_hash"):
+        return {"skipped": f"their test sets differ ({sa.get('test_set_hash')} in A, {sb.get('test_set_hash')} in B)"}
+    for key in ("seed", "data.folds", "data.limit"):
+        if key in a.params and key in b.params and a.params[key] != b.params[key]:
+            return {"skipped": f"their folds differ ({key}: {a.params[key]} in A, {b.params[key]} in B)"}
+    if sa.get("metric") != sb.get("metric"):
+        return {"skipped": f"they were chosen on different metrics ({sa.get('metric')}, {sb.get('metric')})"}
+    if client is None:
+        return {"skipped": "no MLflow store holds their fold scores"}
+    scores = [_fold_scores(client, s) for s in (a, b)]
+    for study, found in zip((a, b), scores, strict=True):
+        if found is None:
+            return {"skipped": f"the fold scores of {study.name}'s champion are not in the MLflow store"}
+    if len(scores[0]) != len(scores[1]):
+        return {"skipped": f"they were scored on {len(scores[0])} and {len(scores[1])} folds"}
+    from dlpipe.evaluation.statistics import corrected_resampled_ttest, correlated_bayesian_ttest
+
+    # n_test / n_train of the folds as select recorded it; 1 / (k - 1) for k equal folds
+    ratio = float(sa.get("test_train_ratio") or 1.0 / (len(scores[0]) - 1))
+    rope = float(sa.get("rope") or 0.0)
+    return {
+        "a": sa["winner"],
+        "b": sb["winner"],
+        "alpha": sa.get("alpha", 0.05),
+        "ttest": corrected_resampled_ttest(scores[1], scores[0], ratio).to_dict(),
+        "bayes": correlated_bayesian_ttest(scores[1], scores[0], ratio, rope).to_dict(),
+    }
+
+
+def _fold_scores(client, study) -> list[float] | None:
+    """The champion's per-fold selection metric, from the finished fold runs under its cv run, in fold order."""
+    selection = study.selection or {}
+    cv_run = ((selection.get("runs") or {}).get(selection.get("winner")) or {}).get("cv")
+    metric = selection.get("metric")
+    if not cv_run or not metric:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        experiment = client.get_run(cv_run).info.experiment_id
+        children = client.search_runs(
+            [experiment], f"tags.mlflow.parentRunId = '{cv_run}' and attributes.status = 'FINISHED'", max_results=1000
+        )
+    except MlflowException:
+        return None
+    by_fold = {}
+    for run in children:
+        fold, value = run.data.tags.get("fold"), run.data.metrics.get(metric)
+        if fold is not None and value is not None:
+            by_fold.setdefault(int(fold), value)
+    folds = selection.get("k")
+    if not by_fold or (folds and sorted(by_fold) != list(range(int(folds)))):
+        return None
+    return [by_fold[k] for k in sorted(by_fold)]
+
+
+def cmd_experiments(args: argparse.Namespace) -> int:
+    """`dvc exp show` in 120 columns: each experiment's champion, its CV value, version and the params it changed."""
+    from dlpipe import views
+
+    options = ["--all-commits"] if args.all_commits else []
+    print(views.experiments_text(dvc_exp_show(_paths().root, *options)), end="")
     return 0
 
 
@@ -326,11 +462,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow UI base URL (default: the tracking server when params "
         "name one, else http://127.0.0.1:5000, where `make ui` serves)",
     )
+    p.add_argument("--link", action="store_true", help="print only the link to the study's runs in the MLflow UI")
     p.set_defaults(func=cmd_runs)
     p = sub.add_parser("compare", help="two DVC experiments' leaderboards side by side (dvc exp show)")
     p.add_argument("a", metavar="A", help="DVC experiment name, revision or `workspace`")
     p.add_argument("b", metavar="B", help="DVC experiment name, revision or `workspace`")
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("experiments", help="DVC experiments: champion, CV, version, the params changed (120 columns)")
+    p.add_argument("--all-commits", action="store_true", help="every commit's experiments, not only this commit's")
+    p.set_defaults(func=cmd_experiments)
     p = sub.add_parser("relocate", help="point a moved or copied project's MLflow store at its own mlruns/")
     p.set_defaults(func=cmd_relocate)
     p = sub.add_parser("dashboard", help="optuna-dashboard on the project's Optuna study storage")

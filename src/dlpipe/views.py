@@ -17,6 +17,7 @@ import json
 import math
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -287,14 +288,28 @@ def leaderboard_text(
 # --------------------------------------------------------------------------------------------------- runs
 
 
+# MLflow 3's UI opens an experiment in GenAI mode (traces, "Evaluation runs") unless the URL asks for model training;
+# the choice is kept in the URL as the user browses, not in the experiment's tags (mlflow.experimentKind).
+UI_MODE = "workflowType=machine_learning"
+
+
+def ui_link(ui_url: str, route: str) -> str:
+    """A page of the MLflow UI at `ui_url`, opened in model-training mode."""
+    return f"{ui_url.rstrip('/')}/#/{route}?{UI_MODE}"
+
+
+def experiment_link(ui_url: str, experiment_id: str) -> str:
+    return ui_link(ui_url, f"experiments/{experiment_id}")
+
+
 def run_link(ui_url: str, experiment_id: str | None, run_id: str | None) -> str:
     if not run_id or experiment_id is None:
         return ""
-    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return ui_link(ui_url, f"experiments/{experiment_id}/runs/{run_id}")
 
 
 def model_link(ui_url: str, name: str, version: Any) -> str:
-    return f"{ui_url.rstrip('/')}/#/models/{name}/versions/{version}"
+    return ui_link(ui_url, f"models/{name}/versions/{version}")
 
 
 def study_run_ids(selection: Mapping[str, Any]) -> list[str]:
@@ -311,93 +326,143 @@ def runs_text(
     ui_url: str = DEFAULT_UI_URL,
     champion: Mapping[str, Any] | None = None,
 ) -> str:
-    """The champion, the select run and every architecture's tune/cv/train runs with MLflow UI links.
+    """The champion, the select run and every architecture's tune/cv/train runs, each with its MLflow UI link on the
+    line below (links open the UI in model-training mode; lines stay within WIDTH for the default UI URL).
 
     `experiments`: run id -> experiment id from the store (None: the store does not have that run; the mapping
     itself None: no store to ask, so no links). `champion`: {name, version} of alias champion in the registry now.
     """
+    known = experiments is not None
     experiments = experiments or {}
     lines = []
+
+    def entry(text: str, link: str | None) -> None:
+        lines.append(text)
+        if link and known:
+            lines.append(f"  {link}")
+
     reg = selection.get("registry") or {}
     if champion:
-        lines.append(
-            f"champion: {champion['name']} version {champion['version']} (alias champion)  "
-            f"{model_link(ui_url, champion['name'], champion['version'])}"
+        entry(
+            f"champion: {champion['name']} version {champion['version']} (alias champion)",
+            model_link(ui_url, champion["name"], champion["version"]),
         )
     elif reg.get("champion") is not None:
-        lines.append(
-            f"champion: {reg['name']} version {reg['champion']} (alias champion, as of select)  "
-            f"{model_link(ui_url, reg['name'], reg['champion'])}"
+        entry(
+            f"champion: {reg['name']} version {reg['champion']} (alias champion, as of select)",
+            model_link(ui_url, reg["name"], reg["champion"]),
         )
     else:
         lines.append("champion: none")
     if reg:
         alias = reg.get("alias") or "challenger"
-        lines.append(
+        entry(
             f"this study: {selection['winner']} registered as {reg['name']} version {reg['version']} "
-            f"(alias {alias} at select)  {model_link(ui_url, reg['name'], reg['version'])}"
+            f"(alias {alias} at select)",
+            model_link(ui_url, reg["name"], reg["version"]),
         )
     else:
         lines.append(f"this study: {selection['winner']} won; no model was registered")
     select_id = selection.get("mlflow_run_id")
-    lines.append(
-        f"select run: {select_id or MISSING}  {run_link(ui_url, experiments.get(select_id), select_id)}".rstrip()
-    )
+    select_link = run_link(ui_url, experiments.get(select_id), select_id)
+    missing = " (not in the MLflow store)" if select_id and known and not select_link else ""
+    entry(f"select run: {select_id or MISSING}{missing}", select_link)
+    if experiments.get(select_id) is not None:
+        lines.append(f"the study's runs: {experiment_link(ui_url, experiments[select_id])}")
     body = []
     for arch, stages in (selection.get("runs") or {}).items():
-        mark = "*" if arch == selection.get("winner") else ""
-        for i, stage in enumerate(("tune", "cv", "train")):
+        body.append(f"{'*' if arch == selection.get('winner') else ' '} {arch}")
+        for stage in ("tune", "cv", "train"):
             rid = (stages or {}).get(stage)
-            link = run_link(ui_url, experiments.get(rid), rid) if rid else ""
-            if rid and experiments and experiments.get(rid) is None:
-                link = "(not in the MLflow store)"
-            body.append([mark if i == 0 else "", arch if i == 0 else "", stage, rid or "(not run)", link])
+            if not rid:
+                cell = "(not run)"
+            elif known and experiments.get(rid) is None:
+                cell = f"{rid}  (not in the MLflow store)"
+            else:
+                cell = run_link(ui_url, experiments.get(rid), rid) or rid
+            body.append(f"    {stage:<5}  {cell}")
     text = "\n".join(lines) + "\n"
     if body:
-        text += "\n" + table(["", "architecture", "stage", "run id", "MLflow UI"], body)
-        text += "* the champion\n"
+        text += "\n" + "\n".join(body) + "\n* the champion\n"
     return text
 
 
 # --------------------------------------------------------------------------------------------------- compare
 
 
-def exp_show_index(exp_show: list[dict]) -> dict[str, dict]:
-    """Rows of `dvc exp show --json` (workspace, baseline commits, their experiments) keyed by name and by rev.
+def exp_show_row(entry: dict) -> dict:
+    """One row of `dvc exp show --json`: {"name", "rev", "metrics": the data of reports/metrics.json or None,
+    "error": why not, "params": its params as dotted keys}."""
+    data = entry.get("data") or {}
+    metrics, error = None, entry.get("error")
+    files = data.get("metrics") or {}
+    key = METRICS_FILE if METRICS_FILE in files else next((k for k in files if k.endswith(f"/{METRICS_FILE}")), None)
+    if key is None:
+        error = error or f"no {METRICS_FILE} in its metrics"
+    elif "data" in files[key]:
+        metrics = files[key]["data"]
+    else:
+        error = (files[key].get("error") or {}).get("msg") or f"{METRICS_FILE} unreadable"
+    return {
+        "name": entry.get("name") or entry.get("rev"),
+        "rev": entry.get("rev"),
+        "metrics": metrics,
+        "error": error if metrics is None else None,
+        "params": flatten_params(data.get("params") or {}),
+    }
 
-    Each value: {"name", "rev", "metrics": the data of reports/metrics.json or None, "error": why not}.
-    """
-    index: dict[str, dict] = {}
 
-    def add(entry: dict) -> None:
-        data = entry.get("data") or {}
-        metrics, error = None, entry.get("error")
-        files = data.get("metrics") or {}
-        key = (
-            METRICS_FILE if METRICS_FILE in files else next((k for k in files if k.endswith(f"/{METRICS_FILE}")), None)
-        )
-        if key is None:
-            error = error or f"no {METRICS_FILE} in its metrics"
-        elif "data" in files[key]:
-            metrics = files[key]["data"]
-        else:
-            error = (files[key].get("error") or {}).get("msg") or f"{METRICS_FILE} unreadable"
-        row = {
-            "name": entry.get("name") or entry.get("rev"),
-            "rev": entry.get("rev"),
-            "metrics": metrics,
-            "error": error if metrics is None else None,
-        }
-        for k in (entry.get("name"), entry.get("rev")):
-            if k:
-                index.setdefault(str(k), row)
-
+def exp_show_rows(exp_show: list[dict]) -> list[tuple[dict, dict | None]]:
+    """(row, the row of the commit it started from) for the workspace, each baseline commit and its experiments;
+    the workspace's baseline is the first commit, a commit has none."""
+    out: list[tuple[dict, dict | None]] = []
+    commits = [exp_show_row(b) for b in exp_show or [] if b.get("rev") != "workspace"]
     for baseline in exp_show or []:
-        add(baseline)
+        row = exp_show_row(baseline)
+        out.append((row, commits[0] if baseline.get("rev") == "workspace" and commits else None))
         for exp in baseline.get("experiments") or []:
             for rev in exp.get("revs") or []:
-                add({**rev, "name": rev.get("name") or exp.get("name")})
+                out.append((exp_show_row({**rev, "name": rev.get("name") or exp.get("name")}), row))
+    return out
+
+
+def exp_show_index(exp_show: list[dict]) -> dict[str, dict]:
+    """Rows of `dvc exp show --json` (see exp_show_row) keyed by name and by rev."""
+    index: dict[str, dict] = {}
+    for row, _ in exp_show_rows(exp_show):
+        for k in (row["name"], row["rev"]):
+            if k:
+                index.setdefault(str(k), row)
     return index
+
+
+def experiments_text(exp_show: list[dict], width: int = WIDTH) -> str:
+    """`dvc exp show` narrowed to what tells experiments apart: per experiment its champion, the champion's CV value,
+    the registered version and the params it changed from the commit it started from (cut to `width`)."""
+    body = []
+    for row, base in exp_show_rows(exp_show):
+        metrics = row["metrics"] or {}
+        champion = metrics.get("champion")
+        changed = changed_params(base["params"], row["params"]) if base is not None else []
+        name = str(row["rev"])[:7] if row["name"] == row["rev"] != "workspace" else str(row["name"])
+        body.append(
+            [
+                name,
+                _text(champion),
+                fmt(metrics.get(champion)) if champion else MISSING,
+                _text(metrics.get("version")),
+                ", ".join(f"{k}={b}" for k, _, b in changed) or ("(the commit)" if base is None else "(none)"),
+            ]
+        )
+    headers = ["experiment", "champion", "CV", "version", "params changed from its commit"]
+    fixed = sum(max(len(h), *(len(r[i]) for r in body)) + 2 for i, h in enumerate(headers[:-1])) if body else 0
+    room = max(20, width - fixed)
+    for r in body:
+        r[-1] = r[-1] if len(r[-1]) <= room else r[-1][: room - 1] + "…"
+    caption = (
+        "Experiments (dvc exp show): the champion, its cross-validated selection metric, the registered version.\n\n"
+    )
+    return caption + table(headers, body, [False, False, True, True, False])
 
 
 def find_experiment(index: Mapping[str, dict], name: str) -> dict | None:
@@ -441,24 +506,140 @@ def architecture_values(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def compare_text(a: str, metrics_a: Mapping[str, Any], b: str, metrics_b: Mapping[str, Any]) -> str:
-    """architecture | A | B | B - A (the CV value of the selection metric), then champion, version and select run."""
-    va, vb = architecture_values(metrics_a), architecture_values(metrics_b)
-    champ_a, champ_b = metrics_a.get("champion"), metrics_b.get("champion")
+@dataclass
+class StudyView:
+    """What `dlpipe compare` knows of one experiment's study: its metrics.json, and where its commit (or the
+    workspace) has them, its leaderboard rows, selection.json and params (dotted key -> value)."""
 
-    def cell(values: dict[str, float], arch: str, champion: Any) -> str:
-        return (fmt(values[arch]) + (" *" if arch == champion else "")) if arch in values else MISSING
+    name: str
+    metrics: Mapping[str, Any]
+    leaderboard: list[dict[str, str]] | None = None
+    selection: Mapping[str, Any] | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    select_run_stored: bool | None = None  # None: no MLflow store was asked
 
-    archs = sorted(set(va) | set(vb), key=lambda x: (-max(va.get(x, -math.inf), vb.get(x, -math.inf)), x))
+
+def flatten_params(files: Mapping[str, Any]) -> dict[str, Any]:
+    """`dvc exp show --json` params ({file: {"data": {...}}}) as dotted keys; keys of files other than
+    params.yaml are prefixed with the file (reports/tuned.yaml:cnn.train.lr)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping) and value:
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        else:
+            out[prefix] = value
+
+    for file, entry in (files or {}).items():
+        data = (entry or {}).get("data") if isinstance(entry, Mapping) else None
+        if isinstance(data, Mapping):
+            for key, value in data.items():
+                walk(str(key) if file.endswith("params.yaml") else f"{file}:{key}", value)
+    return out
+
+
+def changed_params(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(key, value in a, value in b) of every key whose value differs, in a's order then b's new keys."""
+    keys = list(dict.fromkeys([*a, *b]))
+    missing = object()
+    return [
+        (k, _param(a.get(k, missing), missing), _param(b.get(k, missing), missing))
+        for k in keys
+        if a.get(k, missing) != b.get(k, missing)
+    ]
+
+
+def _param(value: Any, missing: object) -> str:
+    if value is missing:
+        return "(absent)"
+    text = "null" if value is None else json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _models(study: StudyView) -> dict[tuple[str, str], dict[str, Any]]:
+    """(architecture, kind) -> {cv_mean, cv_std, test}: the leaderboard's rows, else metrics.json's CV values."""
+    if study.leaderboard:
+        return {
+            (r.get("architecture", ""), r.get("kind") or "deep"): {
+                "cv_mean": _number(r.get("cv_mean")),
+                "cv_std": _number(r.get("cv_std")),
+                "test": _number(r.get("test_selection")),
+            }
+            for r in study.leaderboard
+        }
+    return {
+        (k, "deep"): {"cv_mean": v, "cv_std": None, "test": None} for k, v in architecture_values(study.metrics).items()
+    }
+
+
+def compare_text(a: StudyView, b: StudyView, significance: Mapping[str, Any] | None = None) -> str:
+    """Two studies side by side: per model the CV mean ± std of the selection metric and the held-out test score in
+    each (baselines included), B - A of the CV means; then champion, version, select run and test set; the params
+    that differ; and `significance`, the two champions compared on their shared folds (see cli.champions_compared),
+    or why they were not."""
+    ma, mb = _models(a), _models(b)
+    champ_a, champ_b = a.metrics.get("champion"), b.metrics.get("champion")
+
+    def cv(models: dict, key: tuple[str, str], champion: Any) -> str:
+        if key not in models:
+            return MISSING
+        m = models[key]
+        return _mean_std(m["cv_mean"], m["cv_std"]) + (" *" if key == (champion, "deep") else "")
+
+    def best(key: tuple[str, str]) -> float:
+        return max(((m.get(key) or {}).get("cv_mean") or -math.inf) for m in (ma, mb))
+
     body = []
-    for arch in archs:
-        diff = f"{vb[arch] - va[arch]:+.4f}" if arch in va and arch in vb else MISSING
-        body.append([arch, cell(va, arch, champ_a), cell(vb, arch, champ_b), diff])
-    body.append(["", "", "", ""])
-    for key, label in (("champion", "champion"), ("version", "registered version"), ("select_run", "select run")):
-        body.append([label, _text(metrics_a.get(key)), _text(metrics_b.get(key)), ""])
-    metric = metrics_a.get("metric") or metrics_b.get("metric")
-    what = f"the cross-validated {metric_label(str(metric))}" if metric else "the cross-validated selection metric"
-    caption = f"{a} vs {b}: {what} (mean over folds) per architecture; * the champion.\n\n"
-    headers = ["architecture", a, b, f"{b} - {a}"]
-    return caption + table(headers, body, [False, True, True, True])
+    for key in sorted(set(ma) | set(mb), key=lambda k: (-best(k), k)):
+        va, vb = (ma.get(key) or {}).get("cv_mean"), (mb.get(key) or {}).get("cv_mean")
+        diff = f"{vb - va:+.4f}" if va is not None and vb is not None else MISSING
+        tests = [fmt((m.get(key) or {}).get("test")) for m in (ma, mb)]
+        body.append([key[0], key[1], cv(ma, key, champ_a), tests[0], cv(mb, key, champ_b), tests[1], diff])
+    metric = a.metrics.get("metric") or b.metrics.get("metric") or (a.selection or {}).get("metric")
+    what = f"cross-validated {metric_label(str(metric))}" if metric else "cross-validated selection metric"
+    folds = {str((s.selection or {}).get("k")) for s in (a, b)} - {"None"}
+    over = f" over {folds.pop()} folds" if len(folds) == 1 else ""
+    text = wrap(
+        f"A = {a.name}, B = {b.name}: the {what} per model (mean ± std{over}; * the champion) and its score on "
+        "the held-out test set; B - A of the CV means."
+    )
+    headers = ["model", "kind", "A: CV", "A: test", "B: CV", "B: test", "B - A"]
+    text += "\n" + table(headers, body, [False, False, True, True, True, True, True])
+    text += "\n" + _study_facts(a, b)
+    changed = changed_params(a.params, b.params)
+    if changed:
+        text += "\nParameters that differ:\n" + table(["", "A", "B"], [[f"  {k}", va, vb] for k, va, vb in changed])
+    elif a.params or b.params:
+        text += "\nParameters: the same.\n"
+    if significance:
+        text += "\n" + wrap(champions_sentence(significance))
+    return text
+
+
+def _study_facts(a: StudyView, b: StudyView) -> str:
+    def select_run(s: StudyView) -> str:
+        rid = _text(s.metrics.get("select_run"))
+        return rid + (" (not in the MLflow store)" if s.select_run_stored is False else "")
+
+    rows = [
+        ["champion", _text(a.metrics.get("champion")), _text(b.metrics.get("champion"))],
+        ["registered version", _text(a.metrics.get("version")), _text(b.metrics.get("version"))],
+        ["select run", select_run(a), select_run(b)],
+        ["test set", *(_text((s.selection or {}).get("test_set_hash")) for s in (a, b))],
+    ]
+    return table(["", "A", "B"], rows)
+
+
+def champions_sentence(result: Mapping[str, Any]) -> str:
+    """The two champions compared on the same folds (result of cli.champions_compared), or why not."""
+    if result.get("skipped"):
+        return f"The champions are not compared: {result['skipped']}."
+    t, bayes = result["ttest"], result["bayes"]
+    outcome = "significant" if t["p_value"] < result["alpha"] else "not significant"
+    return (
+        f"Champions on the same {t['k']} folds and test set: B's {result['b']} minus A's {result['a']} = "
+        f"{t['mean_difference']:+.4f} ({outcome} at alpha={result['alpha']}: corrected resampled t-test "
+        f"t={t['t']:.3f}, p={t['p_value']:.4f}); Bayesian correlated t-test, rope ±{bayes['rope']}: "
+        f"P(B better) {bayes['p_right']:.3f}, P(equivalent) {bayes['p_rope']:.3f}, P(A better) {bayes['p_left']:.3f}."
+    )

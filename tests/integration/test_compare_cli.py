@@ -67,28 +67,40 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def rows(text: str) -> dict[str, list[str]]:
-    return {line.split()[0]: line.split() for line in text.splitlines()[3:] if line.strip()}
+    """The tables' lines by their first word (the prose above them left out)."""
+    body = text.split("\n\n", 1)[1]
+    return {line.split()[0]: line.split() for line in body.splitlines() if line.strip() and line[0] != " "}
 
 
 def test_compare_two_experiments(repo: Path) -> None:
     proc = dlpipe(repo, "compare", "wider", "deeper")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert out.startswith("wider vs deeper: the cross-validated selection metric")
-    assert out.splitlines()[2].split() == ["architecture", "wider", "deeper", "deeper", "-", "wider"]
+    assert out.startswith("A = wider, B = deeper: the cross-validated selection metric per model")
+    assert max(len(line) for line in out.splitlines()) <= 120
     table = rows(out)
-    assert table["perceptron"] == ["perceptron", "0.8000", "0.9500", "*", "+0.1500"]
-    assert table["mlp"] == ["mlp", "0.9000", "*", "0.8500", "-0.0500"]
+    assert table["model"] == ["model", "kind", "A:", "CV", "A:", "test", "B:", "CV", "B:", "test", "B", "-", "A"]
+    assert table["perceptron"] == ["perceptron", "deep", "0.8000", "-", "0.9500", "*", "-", "+0.1500"]
+    assert table["mlp"] == ["mlp", "deep", "0.9000", "*", "-", "0.8500", "-", "-0.0500"]
     assert table["champion"] == ["champion", "mlp", "perceptron"]
     assert table["registered"] == ["registered", "version", "2", "3"]
     assert table["select"] == ["select", "run", "r2", "r3"]
+    # the params that differ, from dvc exp show
+    changed = out.split("Parameters that differ:\n")[1].split("\n\n")[0].splitlines()
+    assert [line.split() for line in changed[1:]] == [
+        ["perceptron", "0.8", "0.95"],
+        ["mlp", "0.9", "0.85"],
+        ["version", "2", "3"],
+        ["run", "r2", "r3"],
+    ]
+    assert "The champions are not compared:" in out  # no selection.json in these commits
 
 
 def test_compare_an_experiment_with_a_revision_and_the_workspace(repo: Path) -> None:
     for baseline in ("HEAD", "master", "workspace"):
         proc = dlpipe(repo, "compare", baseline, "wider")
         assert proc.returncode == 0, proc.stderr
-        assert rows(proc.stdout)["mlp"] == ["mlp", "0.8500", "*", "0.9000", "*", "+0.0500"]
+        assert rows(proc.stdout)["mlp"] == ["mlp", "deep", "0.8500", "*", "-", "0.9000", "*", "-", "+0.0500"]
         assert rows(proc.stdout)["registered"] == ["registered", "version", "1", "2"]
 
 
@@ -107,3 +119,14 @@ def test_compare_outside_a_dvc_repository_is_one_line(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines() == [
         "dlpipe compare: error: dvc exp show: you are not inside of a DVC repository (checked up to mount point '/')"
     ]
+
+
+def test_experiments_view_names_what_each_experiment_changed(repo: Path) -> None:
+    proc = dlpipe(repo, "experiments")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    rows = {line.split()[0]: line.split(None, 4) for line in lines[2:] if line.strip()}
+    assert rows["wider"] == ["wider", "mlp", "0.9000", "2", "mlp=0.9, version=2, run=r2"]
+    assert rows["deeper"] == ["deeper", "perceptron", "0.9500", "3", "perceptron=0.95, version=3, run=r3"]
+    assert rows["workspace"][-1] == "(none)"

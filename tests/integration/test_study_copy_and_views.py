@@ -84,16 +84,19 @@ def test_leaderboard_and_runs_of_a_real_study(study: Study, capsys, monkeypatch)
     client = MlflowClient()
     exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     select_run = study.selected["mlflow_run_id"]
-    assert f"select run: {select_run}  http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{select_run}" in out
+    mode = "?workflowType=machine_learning"  # MLflow's UI in model-training mode, not GenAI
+    assert f"select run: {select_run}\n  http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{select_run}{mode}" in out
+    assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert max(len(line) for line in out.splitlines()) <= 120
     version = study.selected["registry"]["version"]
     assert out.splitlines()[0].startswith(f"champion: {NAME} version {version} (alias champion)")
     for arch in ARCHS:
         for stage in ("cv", "train"):
             rid = study.selected["runs"][arch][stage]
             assert client.get_run(rid).data.tags["architecture"] == arch
-            assert f"{rid}  http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{rid}" in out
+            assert f"    {stage:<5}  http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{rid}{mode}\n" in out
     assert cli.main(["runs", "--ui-url", "http://mlflow.lab:8080/"]) == 0
-    assert f"http://mlflow.lab:8080/#/experiments/{exp_id}/runs/{select_run}" in capsys.readouterr().out
+    assert f"http://mlflow.lab:8080/#/experiments/{exp_id}/runs/{select_run}{mode}" in capsys.readouterr().out
 
 
 def test_a_copied_project_reads_and_writes_only_its_own_store(study: Study, tmp_path: Path, capsys, monkeypatch):

@@ -136,6 +136,10 @@ def test_train_runs_in_mlflow_with_epochs_test_metrics_and_a_logged_model(study:
             assert linked[key].value == pytest.approx(at_best[0].value) and linked[key].step == best
         for m in SCALAR_METRICS:
             assert linked[f"test_{m}"].value == pytest.approx(report[m])
+        # and says which epoch it kept: on the logged model and on its run
+        kept = {"kept_epoch": str(best + 1), "kept_step": str(best), "epochs_trained": str(report["epochs"])}
+        assert {k: model.params[k] for k in kept} == kept and {k: model.tags[k] for k in kept} == kept
+        assert {k: run.data.tags[k] for k in kept} == kept
 
 
 # --- select --------------------------------------------------------------------------------------------------------
@@ -187,6 +191,21 @@ def test_select_writes_the_leaderboard_metrics_and_plots(study: Study) -> None:
         assert tags[f"runs.{row['architecture']}.cv"] == row["cv_run_id"]
         assert tags[f"runs.{row['architecture']}.train"] == row["train_run_id"]
     assert read_json(study.paths.reports / "selection.json")["winner"] == expected
+    # marked in MLflow: the select run and the champion's cv and train runs, named and described
+    select_run = study.client.get_run(chosen["mlflow_run_id"])
+    assert select_run.info.run_name == f"select (champion: {expected})"
+    assert select_run.data.tags["dlpipe.role"] == "select"
+    assert f"## Champion: {expected}" in select_run.data.tags["mlflow.note.content"]
+    for stage in ("cv", "train"):
+        run = study.client.get_run(chosen["runs"][expected][stage])
+        assert run.info.run_name == f"{stage}-{expected} (champion)" and run.data.tags["dlpipe.role"] == "champion"
+        assert chosen["mlflow_run_id"] in run.data.tags["mlflow.note.content"]
+    loser = next(a for a in ARCHS if a != expected)
+    assert "dlpipe.role" not in study.client.get_run(chosen["runs"][loser]["train"]).data.tags
+    # its plots as pictures beside the CSV files
+    logged = study.client.list_artifacts(chosen["mlflow_run_id"], "plots")
+    pictures = {a.path for a in logged if a.path.endswith(".png")}
+    assert pictures == {f"plots/{n}.png" for n in ("comparison", "confusion", "pr", "roc", "calibration")}
 
 
 def test_select_registers_the_winner_with_tags_and_aliases(study: Study) -> None:

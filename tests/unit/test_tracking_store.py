@@ -100,6 +100,16 @@ def test_configure_from_a_temp_copy_uses_the_original_store(
     assert store.configure(None, proj, "dlpipe/digits") == exp_id  # the same experiment from the project itself
 
 
+def test_configure_declares_a_model_training_experiment(local_store) -> None:
+    """mlflow.experimentKind = custom_model_development: on a new experiment, and on one made before the tag."""
+    root, client, exp_id = local_store
+    assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    old = client.create_experiment("unit/untagged")
+    assert "mlflow.experimentKind" not in client.get_experiment(old).tags
+    assert store.configure(None, root, "unit/untagged") == old
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
 def test_configure_follows_the_environment(tmp_path: Path, mlflow_template_db: Path, monkeypatch) -> None:
     other = install_mlflow_store(tmp_path / "elsewhere", mlflow_template_db)
     install_mlflow_store(tmp_path / "proj", mlflow_template_db)
@@ -550,3 +560,39 @@ def test_relocate_command(recorded_project: Path, tmp_path: Path, capsys, monkey
     monkeypatch.setenv("DLPIPE_ROOT", str(tmp_path / "none"))
     assert cli.main(["relocate"]) == 2
     assert "no MLflow store at" in capsys.readouterr().err
+
+
+def test_git_dirty_ignores_the_pipelines_own_outputs(tmp_path: Path) -> None:
+    """The reports a stage rewrites (committed so that `dvc exp show` has a baseline) and dvc.lock do not make a
+    run's commit dirty; an edited source file or params.yaml does."""
+    root = tmp_path / "proj"
+    (root / "reports" / "plots").mkdir(parents=True)
+    (root / "src").mkdir()
+    dvc_yaml = (
+        "stages:\n  select:\n    cmd: python select.py\n    outs:\n      - reports/leaderboard.csv:\n"
+        "          cache: false\n      - reports/plots\n    metrics:\n      - reports/metrics.json:\n"
+        "          cache: false\n"
+    )
+    files = {
+        "dvc.yaml": dvc_yaml,
+        "dvc.lock": "schema: '2.0'\n",
+        "params.yaml": "seed: 1\n",
+        "src/code.py": "x = 1\n",
+        "reports/leaderboard.csv": "a\n",
+        "reports/metrics.json": "{}\n",
+        "reports/plots/comparison.csv": "a\n",
+    }
+    for name, text in files.items():
+        (root / name).write_text(text)
+    for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "c"]):
+        subprocess.run(["git", *cmd], cwd=root, check=True, capture_output=True)
+    head = runs.git_commit(root)
+    assert len(head) == 40
+    for name in ("dvc.lock", "reports/leaderboard.csv", "reports/metrics.json", "reports/plots/comparison.csv"):
+        (root / name).write_text("rewritten by a stage\n")
+    assert runs.git_commit(root) == head
+    (root / "params.yaml").write_text("seed: 2\n")
+    assert runs.git_commit(root) == head + "+dirty"
+    (root / "params.yaml").write_text("seed: 1\n")
+    (root / "src" / "code.py").write_text("x = 2\n")
+    assert runs.git_commit(root) == head + "+dirty"

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -185,26 +187,46 @@ def test_registry_line() -> None:
 # --------------------------------------------------------------------------------------------------- runs
 
 
-def test_runs_text_links_every_run_to_its_experiment() -> None:
+def test_runs_text_links_every_run_in_model_training_mode_within_120_columns() -> None:
     sel = selection()
     experiments = {rid: "7" for rid in views.study_run_ids(sel)}
     experiments[run_id("gru", "tune")] = None  # a run the store does not have
     text = views.runs_text(sel, experiments, UI, champion={"name": "dlpipe-digits", "version": "3"})
     lines = text.splitlines()
-    assert lines[0] == f"champion: dlpipe-digits version 3 (alias champion)  {UI}/#/models/dlpipe-digits/versions/3"
-    assert lines[1].startswith("this study: transformer registered as dlpipe-digits version 4 (alias challenger")
-    assert lines[2] == f"select run: {sel['mlflow_run_id']}  {UI}/#/experiments/7/runs/{sel['mlflow_run_id']}"
+    mode = "?workflowType=machine_learning"
+    assert lines[:2] == [
+        "champion: dlpipe-digits version 3 (alias champion)",
+        f"  {UI}/#/models/dlpipe-digits/versions/3{mode}",
+    ]
+    assert lines[2].startswith("this study: transformer registered as dlpipe-digits version 4 (alias challenger")
+    assert lines[3] == f"  {UI}/#/models/dlpipe-digits/versions/4{mode}"
+    assert lines[4:7] == [
+        f"select run: {sel['mlflow_run_id']}",
+        f"  {UI}/#/experiments/7/runs/{sel['mlflow_run_id']}{mode}",
+        f"the study's runs: {UI}/#/experiments/7{mode}",
+    ]
     for arch in DEEP:
         for stage in ("tune", "cv", "train"):
             rid = run_id(arch, stage)
             line = next(x for x in lines if rid in x)
-            assert line.split()[-1] == (
-                "store)" if rid == run_id("gru", "tune") else f"{UI}/#/experiments/7/runs/{rid}"
+            assert line == (
+                f"    {stage:<5}  {rid}  (not in the MLflow store)"
+                if rid == run_id("gru", "tune")
+                else f"    {stage:<5}  {UI}/#/experiments/7/runs/{rid}{mode}"
             )
-            assert f" {stage} " in line
-    assert "(not in the MLflow store)" in text
-    assert next(x for x in lines if run_id("transformer", "tune") in x).startswith("*  transformer")
+    assert "* transformer" in lines and "  mlp" in lines
     assert lines[-1] == "* the champion"
+    assert max(len(line) for line in lines) <= 120
+    assert all(mode in line for line in lines if "http" in line)
+
+
+def test_runs_text_flags_a_select_run_missing_from_the_store() -> None:
+    sel = selection()
+    experiments = {rid: "7" for rid in views.study_run_ids(sel)}
+    experiments[sel["mlflow_run_id"]] = None
+    text = views.runs_text(sel, experiments, UI)
+    assert f"select run: {sel['mlflow_run_id']} (not in the MLflow store)" in text.splitlines()
+    assert "the study's runs" not in text
 
 
 def test_runs_text_without_a_store_or_registry() -> None:
@@ -213,7 +235,7 @@ def test_runs_text_without_a_store_or_registry() -> None:
     text = views.runs_text(sel, None, "http://mlflow.example:8000/")
     assert "http" not in text
     assert "champion: none" in text and "this study: transformer won; no model was registered" in text
-    assert "tune   (not run)" in text
+    assert "    tune   (not run)" in text.splitlines()
 
 
 def test_runs_command_without_selection_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -274,18 +296,60 @@ def test_exp_show_index_finds_names_revs_and_prefixes() -> None:
         views.study_metrics("broken", ignored)
 
 
-def test_compare_text_side_by_side() -> None:
-    a, b = metrics(version=3, champion="cnn"), metrics(version=5, shift=0.001)
-    b.pop("wide_deep")
-    text = views.compare_text("main", a, "exp-b", b)
-    rows = {line.split()[0]: line.split() for line in text.splitlines()[2:] if line.strip()}
-    assert text.splitlines()[2].split() == ["architecture", "main", "exp-b", "exp-b", "-", "main"]
-    assert rows["transformer"] == ["transformer", "0.9900", "0.9910", "*", "+0.0010"]
-    assert rows["cnn"] == ["cnn", "0.9800", "*", "0.9810", "+0.0010"]
-    assert rows["wide_deep"] == ["wide_deep", "0.9300", "-", "-"]
+def test_compare_text_side_by_side_with_std_test_baselines_params_and_significance() -> None:
+    board_b = [dict(r) for r in leaderboard_frame().astype(str).to_dict("records") if r["architecture"] != "wide_deep"]
+    for row in board_b:
+        row["cv_mean"] = str(float(row["cv_mean"]) + 0.001)
+    a = views.StudyView(
+        "main",
+        metrics(version=3, champion="cnn"),
+        leaderboard_frame().astype(str).to_dict("records"),
+        selection(),
+        {"seed": 42, "train.max_epochs": 15, "models.cnn.hidden": [128]},
+        select_run_stored=True,
+    )
+    b = views.StudyView(
+        "exp-b",
+        {**metrics(version=5, shift=0.001), "select_run": "gone" + "0" * 28},
+        board_b,
+        selection(),
+        {"seed": 42, "train.max_epochs": 3, "models.cnn.hidden": [128], "reports/tuned.yaml:cnn.train.lr": 0.01},
+        select_run_stored=False,
+    )
+    significance = {
+        "a": "cnn",
+        "b": "transformer",
+        "alpha": 0.05,
+        "ttest": {"k": 5, "mean_difference": 0.0126, "t": 2.6156, "p_value": 0.0591},
+        "bayes": {"rope": 0.005, "p_left": 0.0109, "p_rope": 0.0839, "p_right": 0.9052},
+    }
+    text = views.compare_text(a, b, significance)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    assert lines[0].startswith("A = main, B = exp-b: the cross-validated F1 (macro) per model (mean ± std over 5 folds")
+    rows = {line.split()[0]: re.split(r"\s{2,}", line.strip()) for line in lines if line[:1].isalpha()}
+    assert rows["model"] == ["model", "kind", "A: CV", "A: test", "B: CV", "B: test", "B - A"]
+    top = ["transformer", "deep", "0.9900 ± 0.0010", "0.9858", "0.9910 ± 0.0010 *", "0.9858", "+0.0010"]
+    assert rows["transformer"] == top  # CV mean ± std and test (of the selection metric) in each, B - A
+    assert rows["knn"][1:3] == ["baseline", "0.9000 ± 0.0100"]  # baselines beside the deep models
+    assert rows["wide_deep"][-1] == "-"  # not in B
     assert rows["champion"] == ["champion", "cnn", "transformer"]
-    assert rows["registered"] == ["registered", "version", "3", "5"]
-    assert "select" in rows and all(arch in rows for arch in DEEP)
+    assert rows["registered"] == ["registered version", "3", "5"]
+    assert rows["select"][-1] == "gone" + "0" * 28 + " (not in the MLflow store)"
+    assert any(re.split(r"\s{2,}", x.strip()) == ["train.max_epochs", "15", "3"] for x in lines)
+    assert any(re.split(r"\s{2,}", x.strip()) == ["reports/tuned.yaml:cnn.train.lr", "(absent)", "0.01"] for x in lines)
+    assert "models.cnn.hidden" not in text and "seed" not in text  # the same in both
+    prose = " ".join(lines[-4:])
+    assert "B's transformer minus A's cnn = +0.0126 (not significant at alpha=0.05" in prose
+    assert "P(B better) 0.905" in prose
+
+
+def test_compare_text_from_metrics_json_alone_and_a_skipped_comparison() -> None:
+    a, b = views.StudyView("main", metrics(champion="cnn")), views.StudyView("exp-b", metrics(shift=0.001))
+    text = views.compare_text(a, b, {"skipped": "their test sets differ (1 in A, 2 in B)"})
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line[:1].isalpha()}
+    assert rows["cnn"] == ["cnn", "deep", "0.9800", "*", "-", "0.9810", "-", "+0.0010"]
+    assert text.rstrip().endswith("The champions are not compared: their test sets differ (1 in A, 2 in B).")
 
 
 def test_compare_of_unknown_names_lists_the_known_ones(monkeypatch, capsys, tmp_path) -> None:
@@ -306,4 +370,90 @@ def test_compare_of_unknown_names_lists_the_known_ones(monkeypatch, capsys, tmp_
     ]
     assert calls == [(), ("--all-commits",), ("--rev", "exp-z", "-n", "1")]
     code, out, _ = run_cli(capsys, "compare", "main", "exp-b")
-    assert code == 0 and "main vs exp-b" in out
+    assert code == 0 and out.startswith("A = main, B = exp-b: ")
+
+
+def test_champions_are_compared_on_their_fold_runs_when_the_test_sets_match(tmp_path, mlflow_template_db) -> None:
+    from helpers.mlflow_store import install_mlflow_store
+    from mlflow.tracking import MlflowClient
+
+    from dlpipe.evaluation.statistics import corrected_resampled_ttest
+
+    client = MlflowClient(tracking_uri=install_mlflow_store(tmp_path, mlflow_template_db))
+    exp = client.create_experiment("unit/compare")
+    folds = {"cnn": [0.99, 0.98, 0.995, 0.99, 0.985], "lstm": [0.97, 0.975, 0.98, 0.96, 0.97]}
+
+    def study(name: str, winner: str, test_set: str = "t1", **params) -> views.StudyView:
+        cv_run = client.create_run(exp, run_name=f"cv-{winner}").info.run_id
+        for k, value in enumerate(folds[winner]):
+            child = client.create_run(exp, tags={"mlflow.parentRunId": cv_run, "fold": str(k)}).info.run_id
+            client.log_metric(child, "f1_macro", value)
+            client.set_terminated(child)
+        chosen = {**selection(), "winner": winner, "test_set_hash": test_set, "test_train_ratio": 0.25}
+        chosen["runs"] = {winner: {"cv": cv_run}}
+        return views.StudyView(name, metrics(champion=winner), selection=chosen, params={"seed": 42, **params})
+
+    a, b = study("A", "cnn"), study("B", "lstm")
+    result = cli.champions_compared(a, b, client)
+    expected = corrected_resampled_ttest(folds["lstm"], folds["cnn"], 0.25)
+    assert (result["a"], result["b"]) == ("cnn", "lstm")
+    assert result["ttest"]["p_value"] == pytest.approx(expected.p_value)
+    assert result["ttest"]["mean_difference"] == pytest.approx(-0.017)
+    assert result["bayes"]["p_left"] > 0.5  # A's cnn is practically better
+    assert cli.champions_compared(a, study("C", "lstm", "t2"), client) == {
+        "skipped": "their test sets differ (t1 in A, t2 in B)"
+    }
+    assert cli.champions_compared(a, study("D", "lstm", seed=7), client)["skipped"].startswith("their folds differ")
+    assert cli.champions_compared(a, b, None) == {"skipped": "no MLflow store holds their fold scores"}
+
+
+@pytest.mark.parametrize("args", [["list"], ["--help"], ["compare", "--help"], ["runs", "--help"]])
+def test_other_views_fit_120_columns(capsys, args: list[str]) -> None:
+    with contextlib.suppress(SystemExit):  # --help exits
+        cli.main(args)
+    out = capsys.readouterr().out
+    assert out and max(len(line) for line in out.splitlines()) <= 120
+
+
+def test_runs_link_is_the_studys_page_or_a_one_line_error(reports_project, capsys, monkeypatch, mlflow_template_db):
+    from helpers.mlflow_store import install_mlflow_store
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, out, err = run_cli(capsys, "runs", "--link")
+    assert code == 2 and out == ""  # no store: `make ui` falls back to the experiment list
+    assert err.strip().splitlines()[-1] == (
+        "dlpipe runs: error: the select run is not in the MLflow store: no link to the study"
+    )
+    client = MlflowClient(tracking_uri=install_mlflow_store(reports_project, mlflow_template_db))
+    exp = client.create_experiment("dlpipe/digits")
+    select_run = client.create_run(exp).info.run_id
+    sel = json.loads((reports_project / "reports" / "selection.json").read_text())
+    (reports_project / "reports" / "selection.json").write_text(json.dumps({**sel, "mlflow_run_id": select_run}))
+    code, out, err = run_cli(capsys, "runs", "--link")
+    assert code == 0 and out == f"{UI}/#/experiments/{exp}?workflowType=machine_learning\n"
+
+
+def test_experiments_view_shows_champions_and_changed_params_in_120_columns() -> None:
+    shown = json.loads(json.dumps(EXP_SHOW))
+    params = {"seed": 42, "train": {"max_epochs": 15, "lr": 0.001}, "models": {"mlp": {"hidden": [128, 64]}}}
+    long = {f"tune.spaces.k{i}": i for i in range(40)}  # many changed keys: cut to the width
+
+    def with_params(entry: dict, changes: dict) -> None:
+        merged = json.loads(json.dumps(params))
+        merged["train"].update(changes.get("train", {}))
+        merged.update({k: v for k, v in changes.items() if k != "train"})
+        entry["data"]["params"] = {"params.yaml": {"data": merged}}
+
+    with_params(shown[0], {"seed": 7})  # the workspace, against the commit
+    with_params(shown[1], {})
+    with_params(shown[1]["experiments"][0]["revs"][0], {"train": {"max_epochs": 3}})
+    with_params(shown[1]["experiments"][1]["revs"][0], long)
+    text = views.experiments_text(shown)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    rows = {re.split(r"\s{2,}", line)[0]: re.split(r"\s{2,}", line) for line in lines[2:]}
+    assert rows["workspace"] == ["workspace", "transformer", "0.9900", "4", "seed=7"]
+    assert rows["main"] == ["main", "cnn", "0.9800", "3", "(the commit)"]
+    assert rows["exp-b"] == ["exp-b", "transformer", "0.9910", "5", "train.max_epochs=3"]
+    assert rows["broken"][1:4] == ["-", "-", "-"] and rows["broken"][-1].endswith("…")

@@ -36,7 +36,7 @@ from dlpipe.metric_names import SCALAR_METRICS, label
 from dlpipe.paths import ProjectPaths
 from dlpipe.stages import promote as promote_stage
 from dlpipe.stages.common import StageContext
-from dlpipe.tracking import registry
+from dlpipe.tracking import marks, registry
 from dlpipe.tracking.runs import is_global_zero, log_metrics, log_params, set_tags, tracked_run
 
 log = logging.getLogger(__name__)
@@ -101,10 +101,13 @@ def run(params: Params, paths: ProjectPaths) -> dict:
         summary["mlflow_run_id"] = run_.info.run_id
         record_summary(run_.info.run_id, params, paths, summary, reports)
         summary["registry"] = register(params, paths, reports, summary)
+        marks.record(
+            run_.info.run_id, summary, paths.leaderboard_md.read_text(), paths.plots, list(ctx.data.dataset.class_names)
+        )
         mlflow.log_dict(summary, "selection.json")
     write_json(paths.selection, summary)
     write_json(paths.metrics, dvc_metrics(params, board, summary))
-    log.info(sel.selection_sentence(verdict))
+    log.info(sel.selection_sentence(verdict).replace("**", ""))  # a log line, not Markdown
     return summary
 
 

@@ -248,6 +248,8 @@ def save_model(ctx: StageContext, trained: Trained, summary: dict) -> None:
         model_logging.export_program(trained.net, norm, raw_test[:4], program, trained.temperature, check=raw_test)
         write_json(out / "params.json", meta)
         if ctx.params.mlflow.log_models:
+            kept = kept_epoch(trained.result.best_epoch, trained.result.epochs)
+            mlflow.set_tags(kept)  # the train run: which epoch's weights its model holds
             info = model_logging.log_classifier(
                 program,
                 list(ds.class_names),
@@ -256,11 +258,23 @@ def save_model(ctx: StageContext, trained: Trained, summary: dict) -> None:
                 name=arch,
                 step=trained.result.best_epoch or 0,
                 decision=trained.decision.to_dict(),
-                params={"architecture": arch, "params_hash": trained.phash},
-                tags={"architecture": arch, "dataset": ctx.params.data.name, "experiment": ctx.params.experiment_name},
+                params={"architecture": arch, "params_hash": trained.phash, **kept},
+                tags={
+                    "architecture": arch,
+                    "dataset": ctx.params.data.name,
+                    "experiment": ctx.params.experiment_name,
+                    **kept,
+                },
                 feature_names=ds.feature_names,
             )
             summary["model_uri"], summary["model_id"] = info.model_uri, info.model_id
+
+
+def kept_epoch(best_epoch: int | None, epochs: int) -> dict[str, str]:
+    """Which epoch's weights a final model keeps (early stopping's best): counted from 1, and as the step of the
+    run's per-epoch metrics (from 0), out of the epochs trained."""
+    step = best_epoch or 0
+    return {"kept_epoch": str(step + 1), "kept_step": str(step), "epochs_trained": str(epochs)}
 
 
 def write_reports(ctx: StageContext, arch: str, summary: dict, predicted: np.ndarray) -> None:

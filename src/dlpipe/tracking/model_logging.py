@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,14 @@ def export_program(
     features = normalizer.features
     extra = {FEATURES_FILE: json.dumps(features.to_json())} if features is not None and features.vocabularies else None
     try:
-        program = torch.export.export(serving, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
+        with warnings.catch_warnings():
+            # nn.RNN/LSTM/GRU refresh their `_flat_weights` list (views of their registered parameters) in forward;
+            # torch.export notes it as attributes assigned during export, yet the program holds the parameters
+            # (the reload check below compares its probabilities with the network's)
+            warnings.filterwarnings("ignore", r"The tensor attributes .*_flat_weights\[", UserWarning)
+            program = torch.export.export(
+                serving, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}}
+            )
         torch.export.save(program, str(path), extra_files=extra)
         reloaded = torch.export.load(str(path)).module()
         with torch.no_grad():

@@ -38,14 +38,40 @@ def is_global_zero() -> bool:
     return int(rank) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
 
 
+def pipeline_outputs(root: Path) -> list[str]:
+    """dvc.lock and every output dvc.yaml declares (outs, metrics, plots): files the stages rewrite, some of them
+    committed so that `dvc exp show` has a baseline."""
+    try:
+        import yaml
+
+        stages = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages") or {}
+    except (OSError, ValueError, AttributeError):
+        stages = {}
+    found = ["dvc.lock"]
+    for stage in stages.values() if isinstance(stages, dict) else ():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in (stage or {}).get(kind) or []:
+                found += [str(k) for k in entry] if isinstance(entry, dict) else [str(entry)]
+    return found
+
+
 def git_commit(root: Path) -> str:
-    """HEAD's commit, with `+dirty` when tracked files differ from it ("unknown" outside git)."""
+    """HEAD's commit, with `+dirty` when tracked files other than the pipeline's own outputs differ from it
+    ("unknown" outside git)."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return "unknown"
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                *(f":(exclude){path}" for path in pipeline_outputs(root)),
+            ],
             cwd=root,
             capture_output=True,
             text=True,

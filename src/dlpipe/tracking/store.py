@@ -116,6 +116,12 @@ def connect(configured: str | None, root: Path, what: str = "this command") -> s
     return uri
 
 
+# The experiment's declared kind (MLflow 3.4+): model training, not GenAI development. MLflow 3.17's UI decides its
+# mode from the URL (views.UI_MODE) and ignores the tag; it is what MLflow's API and other UIs read.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def configure(configured: str | None, root: Path, experiment: str) -> str:
     """Point MLflow at the store and make sure `experiment` exists; returns the experiment id."""
     uri = resolve_tracking_uri(configured, root)
@@ -135,6 +141,9 @@ def configure(configured: str | None, root: Path, experiment: str) -> str:
             exp_id = client.create_experiment(experiment, artifact_location=location)
         except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel worker
             exp_id = client.get_experiment_by_name(experiment).experiment_id
+        found = client.get_experiment(exp_id)
+    if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
