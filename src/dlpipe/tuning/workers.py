@@ -8,7 +8,8 @@ a race for the last slot (a running trial with a lower number took it) is closed
 `dlpipe:surplus` attribute, before any parameter is sampled. A worker that finds the budget taken by running
 trials waits for them; if one of them fails, the freed slot is run again.
 
-A trial records its owner when it starts (`dlpipe:owner`: host, pid and the process's start time). Whenever a
+A trial is created with its owner (`dlpipe:owner`: host, pid and the process's start time; in the same record, see
+dlpipe.tuning.owned). Whenever a
 worker looks at the trials (before each trial and while it waits), a RUNNING trial of this host whose process is
 gone (killed, or its pid now belongs to a process started at another time) is failed at once (`dlpipe:orphaned`).
 Trials of other hosts (and trials without an owner, from older versions) write a heartbeat (`dlpipe:heartbeat`);
@@ -215,9 +216,10 @@ class TrialRunner:
     def run_next(self) -> Outcome | None:
         """Ask for a trial, run it and tell the outcome; None when the trial lost the race for the last slot (or
         was failed as stale by another worker while it ran)."""
-        trial = self.study.ask()
+        trial = self.study.ask()  # dlpipe's storages create it with its owner (dlpipe.tuning.owned)
         storage = storage_of(self.study)
-        storage.set_trial_system_attr(trial_id(trial), ATTR_OWNER, owner_record())
+        if ATTR_OWNER not in storage.get_trial_system_attrs(trial_id(trial)):  # another storage (in memory, or passed in by a caller)
+            storage.set_trial_system_attr(trial_id(trial), ATTR_OWNER, owner_record())
         trial.set_user_attr("worker", self.worker)
         if not claims_slot(self.study, trial, self.budget):
             storage.set_trial_system_attr(trial_id(trial), ATTR_SURPLUS, True)
