@@ -218,7 +218,7 @@ class TrialRunner:
         was failed as stale by another worker while it ran)."""
         trial = self.study.ask()  # dlpipe's storages create it with its owner (dlpipe.tuning.owned)
         storage = storage_of(self.study)
-        if ATTR_OWNER not in storage.get_trial_system_attrs(trial_id(trial)):  # another storage (in memory, or passed in by a caller)
+        if ATTR_OWNER not in storage.get_trial_system_attrs(trial_id(trial)):  # another storage (in memory, say)
             storage.set_trial_system_attr(trial_id(trial), ATTR_OWNER, owner_record())
         trial.set_user_attr("worker", self.worker)
         if not claims_slot(self.study, trial, self.budget):
