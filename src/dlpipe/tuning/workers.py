@@ -40,6 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dlpipe.errors import DlpipeError
 from dlpipe.processes import Owner
+from dlpipe.tracking import store
 from dlpipe.tuning.objective import NonFiniteLoss, Objective
 from dlpipe.tuning.study import (
     ATTR_ERROR,
@@ -266,6 +267,8 @@ class TrialRunner:
         except (DlpipeError, NonFiniteLoss) as exc:
             state, error = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # a bug or a model that cannot train with these params: the study goes on
+            if store.explain(exc) is not None:  # a locked store or a full disk, not these params: the worker ends
+                raise  # (and the trial is discarded as interrupted, to run again with the same params)
             log.warning("tune: trial %d raised", trial.number, exc_info=True)
             state, error = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
         if state == TrialState.COMPLETE and (value is None or not math.isfinite(value)):
