@@ -8,6 +8,7 @@ target removes the leftovers of processes that are gone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -56,6 +57,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, target)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC and not exc.filename:  # a full disk: name the file (a write does not)
+            exc.filename = str(target)
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -23,6 +23,7 @@ import yaml
 
 import dlpipe
 from dlpipe.paths import ProjectPaths
+from dlpipe.tracking import store
 
 STAMP = Path(".dvc") / "tmp" / "dlpipe-check.json"
 
@@ -77,6 +78,7 @@ def run(params_path: Path, paths: ProjectPaths) -> dict[str, Any]:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError:
         raw = {}
+    store.probe_params(raw, paths.root)  # a locked or corrupt MLflow store, found before DVC deletes any output
     csv = csv_path(raw if isinstance(raw, dict) else {}, paths)
     key = hashlib.sha256(text + code_digest().encode()).hexdigest()
     state = file_state(csv)

@@ -14,6 +14,7 @@ from dlpipe import profile
 from dlpipe.config import Params, load_params
 from dlpipe.errors import DlpipeError
 from dlpipe.paths import ProjectPaths
+from dlpipe.tracking import store
 from dlpipe.training.threads import apply_cpu_threads
 
 log = logging.getLogger("dlpipe")
@@ -29,6 +30,9 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    dumps = logging.getLogger("mlflow.store.db.utils")  # SQL dumps of what a stage reports in one line
+    if not any(isinstance(f, store.KnownStoreErrors) for f in dumps.filters):
+        dumps.addFilter(store.KnownStoreErrors())
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # "Downloading artifacts" bars
     import optuna  # its own handler resets its logger's level on first use: set it through its API
 
@@ -88,6 +92,11 @@ def stage_main(
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a locked or corrupt MLflow store, a full disk: one line, not the SQL MLflow tried
+        known = store.explain(exc)
+        if known is None:
+            raise
+        return fail(prog, known)
     return 0
 
 

@@ -18,6 +18,7 @@ from dlpipe.parallel import Done, ProcessPool, SerialPool, Task
 from dlpipe.profile import timed
 from dlpipe.stages import cv, train, tune
 from dlpipe.stages.common import StageContext
+from dlpipe.tracking import store
 from dlpipe.tracking.runs import end_run
 
 log = logging.getLogger(__name__)
@@ -114,10 +115,11 @@ class Study:
         if state.failed:
             return
         if not done.ok:
-            reason = done.crash or f"{done.task.key}: {type(done.error).__name__}: {done.error}"
-            if done.details and not isinstance(done.error, DlpipeError):
+            error = (store.explain(done.error) or done.error) if done.error is not None else None
+            reason = done.crash or f"{done.task.key}: {type(error).__name__}: {error}"
+            if done.details and not isinstance(error, DlpipeError):
                 log.error("%s raised:\n%s", done.task.key, done.details)
-            self.fail(arch, reason, done.error)
+            self.fail(arch, reason, error)
             if done.crash:  # the dead worker's own runs are still RUNNING
                 self.ctx.close_orphans(STAGE)
             return

@@ -12,22 +12,25 @@ A project moved or copied with its mlruns/ (`cp -r`, `mv`, rsync to another mach
 still names the old location's artifacts: MLflow would read, and write, the old project's files. `configure` and
 `connect` rewrite those stored paths to this project's mlruns/ first (`relocate`, one log line), in the copy's own
 database only. A `dvc exp run --temp` copy records into the original project, whose store is already in place.
+
+A local store that another process holds locked, a store that is not a readable SQLite database, and a full disk
+are each reported in one line (`explain`, used where a stage ends; `probe`, the check stage's cheap look before
+DVC deletes any output): MLflow itself waits `LOCK_WAIT_SECONDS` for a lock, then dumps the SQL it tried.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-import mlflow
-from mlflow.tracking import MlflowClient
-
-from dlpipe.errors import BadInputError
+from dlpipe.errors import BadInputError, DlpipeError, OutputNotWritable
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,8 @@ def connect(configured: str | None, root: Path, what: str = "this command") -> s
         )
     _record_configured(None if _user_env_uri() else uri)
     _relocate_own(uri, root)
+    import mlflow  # imported here: the check stage uses this module's probe without MLflow
+
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
@@ -129,6 +134,9 @@ def configure(configured: str | None, root: Path, experiment: str) -> str:
     if is_local(uri):
         (project_root(root) / "mlruns").mkdir(parents=True, exist_ok=True)
         _relocate_own(uri, root)
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient()
@@ -186,7 +194,7 @@ def _as_path(location: str) -> str:
 
 def recorded_mlruns(db: Path) -> set[str]:
     """The mlruns/ folders (as stored: file URI or path) that this store's dlpipe experiments keep artifacts in."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=LOCK_WAIT_SECONDS) as con:
         rows = con.execute("SELECT artifact_location FROM experiments").fetchall()
     found = (_OWN_LOCATION.fullmatch(loc or "") for (loc,) in rows)
     return {m["mlruns"] for m in found if m}
@@ -264,6 +272,9 @@ def relocate(root: Path, announce: bool = True) -> list[Relocation]:
         finally:
             con.close()
     except sqlite3.Error as exc:
+        known = explain(exc, db)
+        if known is not None:  # locked, corrupt or a full disk: not a question of permissions
+            raise known from None
         raise StoreRelocationError(
             f"{db}: names artifacts of another project's mlruns/ and cannot be rewritten to {mlruns} ({exc}); "
             "make it writable, then run again"
@@ -289,3 +300,134 @@ def _relocate_own(uri: str, root: Path) -> None:
     db = local_db(uri)
     if db is not None and db.resolve() == (project_root(root) / "mlruns" / DB_NAME).resolve():
         relocate(root)
+
+
+# --------------------------------------------------------------------------------------------------- health
+
+LOCK_WAIT_SECONDS = 20.0  # as long as MLflow waits for a locked SQLite store (its busy_timeout), then one line
+LOCKED = "database is locked"
+FULL = "database or disk is full"
+CORRUPT = ("file is not a database", "database disk image is malformed")
+
+
+class StoreLockedError(DlpipeError):
+    """Another process holds the local MLflow store locked (an open transaction) longer than the wait allows."""
+
+
+class StoreCorruptError(DlpipeError):
+    """The local MLflow store is not a readable SQLite database."""
+
+
+class DiskFullError(OutputNotWritable):
+    """No space left where a stage writes."""
+
+
+class KnownStoreErrors(logging.Filter):
+    """Drops MLflow's own multi-line log of an error that `explain` reports in one line (the stage prints it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return explain(exc if exc is not None else Exception(record.getMessage())) is None
+
+
+def lock_holders(db: Path) -> list[int]:
+    """Pids of other processes holding a lock on `db` (Linux /proc/locks; [] where it cannot tell)."""
+    try:
+        st = db.stat()
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return []
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = set()
+    for line in table.splitlines():
+        fields = line.split()  # "1: POSIX  ADVISORY  WRITE 1234 00:2f:5678 0 EOF" (a "->" marks a waiter)
+        if "->" in fields or len(fields) < 6:
+            continue
+        if fields[5] == inode and fields[4].isdigit() and int(fields[4]) != os.getpid():
+            pids.add(int(fields[4]))
+    return sorted(pids)
+
+
+def locked_error(db: Path, waited: float) -> StoreLockedError:
+    holders = lock_holders(db)
+    who = f"process {', '.join(map(str, holders))}" if holders else "another process"
+    return StoreLockedError(
+        f"MLflow store {db} is locked by {who} (waited {waited:.0f}s): end that process's open transaction (an "
+        "sqlite3 shell, a database browser, another tracking server), then run again"
+    )
+
+
+def corrupt_error(db: Path, why: str) -> StoreCorruptError:
+    return StoreCorruptError(
+        f"MLflow store {db} is not a readable SQLite database ({why}): restore it from a backup, or move it aside "
+        "(then a new, empty store is created)"
+    )
+
+
+def full_error(folder: Path | None, why: str) -> DiskFullError:
+    where = f"the device of {folder}" if folder is not None else "the device a stage writes to"
+    return DiskFullError(f"no space left on {where} ({why}): free some space, then run again")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc`, its causes and contexts, and the driver errors SQLAlchemy wraps (`orig`), each once."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or any(e is s for s in seen) or len(seen) > 50:
+            continue
+        seen.append(e)
+        todo += [e.__cause__, e.__context__, getattr(e, "orig", None)]
+    return seen
+
+
+def explain(exc: BaseException, db: Path | None = None) -> DlpipeError | None:
+    """A one-line error for a locked or corrupt local store or a full disk anywhere in `exc`'s chain; None for any
+    other error. `db`: the store (default: the SQLite store MLflow is pointed at)."""
+    if db is None:
+        db = local_db(os.environ.get("MLFLOW_TRACKING_URI", ""))
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return full_error(Path(e.filename).parent if e.filename else None, os.strerror(errno.ENOSPC))
+    text = "\n".join(str(e) for e in _chain(exc) if isinstance(e, sqlite3.Error) or "sqlite3" in type(e).__module__)
+    text = text or str(exc)
+    name = db if db is not None else Path("mlruns") / DB_NAME
+    if FULL in text:
+        return full_error(name.parent, FULL)
+    if LOCKED in text:
+        return locked_error(name, LOCK_WAIT_SECONDS)
+    for why in CORRUPT:
+        if why in text:
+            return corrupt_error(name, why)
+    return None
+
+
+def probe(configured: str | None, root: Path, wait: float | None = None) -> None:
+    """Refuse, in one line, a local store that is locked (after waiting `wait` seconds) or not a readable SQLite
+    database. Cheap: it opens the file and reads the schema page and MLflow's schema version; a store that does not
+    exist yet, or a tracking server, is left to the stages."""
+    db = local_db(resolve_tracking_uri(configured, root))
+    if db is None or not db.is_file():
+        return
+    wait = LOCK_WAIT_SECONDS if wait is None else wait
+    start = time.monotonic()
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=wait)
+        try:
+            tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "alembic_version" in tables:
+                con.execute("SELECT version_num FROM alembic_version").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        if LOCKED in str(exc):
+            raise locked_error(db, time.monotonic() - start) from None
+        raise explain(exc, db) or corrupt_error(db, str(exc)) from None
+
+
+def probe_params(raw: object, root: Path) -> None:
+    """`probe` the store that raw (unvalidated) params name: `mlflow.tracking_uri`, or the project's own."""
+    section = raw.get("mlflow") if isinstance(raw, dict) else None
+    configured = section.get("tracking_uri") if isinstance(section, dict) else None
+    probe(configured if isinstance(configured, str) and configured else None, root)

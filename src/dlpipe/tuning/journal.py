@@ -17,6 +17,11 @@ Nothing is silently deleted: removed bytes go, in file order, to `<journal>.torn
 and one warning names both files. A journal that ends with a newline and whose last line is a record is not
 rewritten (the check on opening reads only the end of the file; the one before an append, its last byte).
 
+The lock (`HolderLock`) is Optuna's symlink lock whose link names its holder (host, pid, process start time). A
+process that waits for it and finds the holder dead (killed while it appended) breaks it at once; a holder it
+cannot judge (another host, an older version's plain link) is broken after Optuna's grace period, as Optuna does;
+a live local holder is waited for.
+
 Ctrl-C and SIGTERM that arrive while this process holds the lock are delivered right after it lets go: Optuna's
 lock turns an interrupt that lands between the two system calls of its release into a FileNotFoundError (the
 trial then fails as if its objective had raised, and the interrupt is lost), and an interrupt while it waits
@@ -31,26 +36,123 @@ import logging
 import os
 import re
 import stat
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalFileSymlinkLock, JournalStorage
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from dlpipe.errors import DlpipeError
 from dlpipe.interrupts import deferred_interrupts
 from dlpipe.io import atomic_path
+from dlpipe.processes import Owner
 
 log = logging.getLogger(__name__)
 
 SIDECAR_INFIX = ".torn-"
 RECORD_START = re.compile(rb'\{"op_code"')
 CHUNK = 1 << 16
+LOCK_SUFFIX = ".lock"  # Optuna's: every process that appends to the journal agrees on the lock file
+LOCK_TAG = "dlpipe-lock:"  # a link target that names its holder: LOCK_TAG + JSON {owner..., "nonce"}
+GRACE_SECONDS = 30.0  # Optuna's default: a holder that cannot be judged keeps the lock this long at most
+WAIT_WARNING_SECONDS = 10.0
+
+
+def _holder(target: str) -> Owner | None:
+    """The owner a lock link names (None: not a dlpipe link, or unreadable)."""
+    if not target.startswith(LOCK_TAG):
+        return None
+    try:
+        return Owner.from_record(json.loads(target.removeprefix(LOCK_TAG)))
+    except ValueError:
+        return None
+
+
+class HolderLock:
+    """A symlink lock (as Optuna's `JournalFileSymlinkLock`, on the same lock file) whose link names its holder.
+
+    Waiting, it breaks the lock of a local holder that has ended at once; a holder it cannot judge after
+    `grace_period` seconds with the same link (as Optuna does). Release removes only this holder's own link.
+    Optuna's file backend takes it as its `lock_obj` (it calls only `acquire` and `release`).
+    """
+
+    def __init__(self, filepath: str, grace_period: float = GRACE_SECONDS):
+        self.lock_file = filepath + LOCK_SUFFIX
+        self.grace_period = grace_period
+        self._mine = threading.local()  # the link this thread holds (threads of one process share the object)
+
+    def acquire(self) -> bool:
+        target = LOCK_TAG + json.dumps({**Owner.current().record(), "nonce": uuid.uuid4().hex})
+        delay, seen, since, warned = 0.001, None, time.monotonic(), time.monotonic()
+        while True:
+            try:
+                os.symlink(target, self.lock_file)
+                self._mine.target = target
+                return True
+            except FileExistsError:
+                pass
+            try:
+                other = os.readlink(self.lock_file)
+            except FileNotFoundError:  # released meanwhile
+                continue
+            except OSError:  # not a link (another kind of lock): judged by its age only
+                other = ""
+            holder = _holder(other)
+            if holder is not None and holder.is_dead():
+                self._break(other, f"its holder, process {holder.pid}, has ended")
+                delay = 0.001
+                continue
+            if other != seen:
+                seen, since = other, time.monotonic()
+            elif time.monotonic() - since > self.grace_period:
+                self._break(other, f"it was held for more than {self.grace_period:.0f}s")
+                continue
+            if time.monotonic() - warned > WAIT_WARNING_SECONDS:
+                log.warning("waiting for the optuna journal lock %s (held by %s)", self.lock_file, holder or other)
+                warned = time.monotonic()
+            time.sleep(delay)
+            delay = min(2 * delay, 0.1)
+
+    def _break(self, target: str, why: str) -> None:
+        """Remove the lock link if it still is `target` (moved aside first: one breaker wins; a link that changed
+        meanwhile is put back)."""
+        aside = f"{self.lock_file}.{uuid.uuid4().hex}.break"
+        try:
+            os.rename(self.lock_file, aside)
+        except FileNotFoundError:
+            return
+        try:
+            if (os.readlink(aside) if os.path.islink(aside) else "") != target:
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, self.lock_file, follow_symlinks=False)
+                return
+            log.warning("optuna journal lock %s: %s; broke it", self.lock_file, why)
+        finally:
+            os.unlink(aside)
+
+    def release(self) -> None:
+        mine = getattr(self._mine, "target", None)
+        self._mine.target = None
+        aside = f"{self.lock_file}.{uuid.uuid4().hex}.rename"
+        try:
+            os.rename(self.lock_file, aside)
+        except OSError:
+            raise RuntimeError(f"did not hold the lock {self.lock_file}") from None
+        try:
+            if os.readlink(aside) != mine:  # broken meanwhile and taken by another: give it back
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, self.lock_file, follow_symlinks=False)
+                raise RuntimeError(f"did not hold the lock {self.lock_file}")
+        finally:
+            os.unlink(aside)
 
 
 @contextlib.contextmanager
-def held(lock: JournalFileSymlinkLock | JournalFileOpenLock) -> Iterator[None]:
+def held(lock: HolderLock) -> Iterator[None]:
     with deferred_interrupts():
         lock.acquire()
         try:
@@ -188,7 +290,7 @@ class JournalFile:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.lock = JournalFileSymlinkLock(str(self.path))  # JournalFileBackend's own default lock
+        self.lock = HolderLock(str(self.path))  # on the lock file of JournalFileBackend's own default lock
 
     def repair(self, scan: bool = False) -> Path | None:
         """Cut a torn tail; scan the whole file when `scan` or when its last complete line is not a record.
@@ -202,18 +304,18 @@ class JournalFile:
                     return cut_torn_tail(self.path) if torn else None
             return rewrite(self.path)
 
-    def storage(self) -> JournalStorage:
-        """The Optuna storage over this file, repaired first (a full scan only if the cheap checks or Optuna's
-        own load find something wrong)."""
+    def storage(self, kind: type[JournalStorage] = JournalStorage) -> JournalStorage:
+        """The Optuna storage (of class `kind`) over this file, repaired first (a full scan only if the cheap
+        checks or Optuna's own load find something wrong)."""
         self.repair()
         backend = RepairingJournalBackend(self)
         try:
-            return JournalStorage(backend)
+            return kind(backend)
         except (ValueError, KeyError, TypeError):  # a broken line in the middle of the file
             if self.repair(scan=True) is None:
                 raise
         try:
-            return JournalStorage(RepairingJournalBackend(self))
+            return kind(RepairingJournalBackend(self))
         except (ValueError, KeyError, TypeError) as exc:
             raise DlpipeError(f"optuna journal {self.path} cannot be read after repair: {exc}") from None
 

@@ -49,6 +49,8 @@ from dlpipe.metric_names import is_positive_metric
 from dlpipe.paths import ProjectPaths
 from dlpipe.tracking.store import project_root
 from dlpipe.tuning.journal import JournalFile
+from dlpipe.tuning.owned import ATTR_OWNER as ATTR_OWNER  # set when a trial is created
+from dlpipe.tuning.owned import OwnedJournalStorage, OwnedRDBStorage
 from dlpipe.tuning.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,6 @@ ATTR_INTERRUPTED = "dlpipe:interrupted"
 ATTR_SURPLUS = "dlpipe:surplus"
 ATTR_STALE = "dlpipe:stale"
 ATTR_ORPHANED = "dlpipe:orphaned"
-ATTR_OWNER = "dlpipe:owner"
 ATTR_ERROR = "dlpipe:error"
 # FAIL trials with one of these are discarded: they do not count toward the failure cap and give their position
 # in the sampling sequence to the next trial
@@ -161,11 +162,11 @@ def with_driver(url: str) -> str:
 
 
 def open_storage(location: str) -> BaseStorage:
-    """A journal storage for a file path, an RDB storage for a database URL."""
+    """A journal storage for a file path, an RDB storage for a database URL; both create trials with their owner."""
     if "://" not in location:
-        return JournalFile(location).storage()
+        return JournalFile(location).storage(OwnedJournalStorage)
     try:
-        return optuna.storages.RDBStorage(with_driver(location), engine_kwargs={"pool_pre_ping": True})
+        return OwnedRDBStorage(with_driver(location), engine_kwargs={"pool_pre_ping": True})
     except ImportError as exc:
         raise ConfigError(
             f"tune.storage: {redact(location)} needs a database driver ({exc}); "

@@ -8,7 +8,8 @@ a race for the last slot (a running trial with a lower number took it) is closed
 `dlpipe:surplus` attribute, before any parameter is sampled. A worker that finds the budget taken by running
 trials waits for them; if one of them fails, the freed slot is run again.
 
-A trial records its owner when it starts (`dlpipe:owner`: host, pid and the process's start time). Whenever a
+A trial is created with its owner (`dlpipe:owner`: host, pid and the process's start time; in the same record, see
+dlpipe.tuning.owned). Whenever a
 worker looks at the trials (before each trial and while it waits), a RUNNING trial of this host whose process is
 gone (killed, or its pid now belongs to a process started at another time) is failed at once (`dlpipe:orphaned`).
 Trials of other hosts (and trials without an owner, from older versions) write a heartbeat (`dlpipe:heartbeat`);
@@ -39,6 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dlpipe.errors import DlpipeError
 from dlpipe.processes import Owner
+from dlpipe.tracking import store
 from dlpipe.tuning.objective import NonFiniteLoss, Objective
 from dlpipe.tuning.study import (
     ATTR_ERROR,
@@ -215,9 +217,10 @@ class TrialRunner:
     def run_next(self) -> Outcome | None:
         """Ask for a trial, run it and tell the outcome; None when the trial lost the race for the last slot (or
         was failed as stale by another worker while it ran)."""
-        trial = self.study.ask()
+        trial = self.study.ask()  # dlpipe's storages create it with its owner (dlpipe.tuning.owned)
         storage = storage_of(self.study)
-        storage.set_trial_system_attr(trial_id(trial), ATTR_OWNER, owner_record())
+        if ATTR_OWNER not in storage.get_trial_system_attrs(trial_id(trial)):  # another storage (in memory, say)
+            storage.set_trial_system_attr(trial_id(trial), ATTR_OWNER, owner_record())
         trial.set_user_attr("worker", self.worker)
         if not claims_slot(self.study, trial, self.budget):
             storage.set_trial_system_attr(trial_id(trial), ATTR_SURPLUS, True)
@@ -264,6 +267,8 @@ class TrialRunner:
         except (DlpipeError, NonFiniteLoss) as exc:
             state, error = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # a bug or a model that cannot train with these params: the study goes on
+            if store.explain(exc) is not None:  # a locked store or a full disk, not these params: the worker ends
+                raise  # (and the trial is discarded as interrupted, to run again with the same params)
             log.warning("tune: trial %d raised", trial.number, exc_info=True)
             state, error = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
         if state == TrialState.COMPLETE and (value is None or not math.isfinite(value)):
