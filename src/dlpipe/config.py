@@ -36,11 +36,19 @@ class CsvParams(Section):
 class DataParams(Section):
     name: str = Field("digits", description="dataset from the registry (`dlpipe list`)")
     csv: CsvParams = CsvParams()
+    split: Literal["random", "official"] = Field(
+        "random",
+        description="random: a stratified data.test_size holdout; official: the dataset's own test set is the "
+        "holdout and the folds split its official training part",
+    )
     test_size: float = Field(0.2, gt=0.0, lt=1.0, description="fraction held out as the test set")
     folds: int = Field(5, ge=2, le=20, description="stratified folds over the training part")
     val_size: float = Field(0.1, gt=0.0, lt=0.5, description="validation slice of the training part (train/tune)")
     normalize: bool = Field(True, description="standardise with statistics of the training data only")
     limit: int | None = Field(None, ge=20, description="stratified subsample of this many samples (quick runs)")
+    znormalize: bool = Field(
+        False, description="sequences: z-normalise each series on its own (per channel), in training and serving"
+    )
     labeled_fraction: float = Field(
         1.0,
         gt=0.0,
@@ -317,6 +325,7 @@ def check_semantics(params: Params) -> None:
         raise ConfigError(str(exc)) from None
     if params.data.name == "csv" and not params.data.csv.path:
         problems.append("data.csv.path: required when data.name is 'csv'")
+    problems += _data_problems(params.data, kind)
     if len(set(params.architectures)) != len(params.architectures):
         problems.append("architectures: each architecture may appear once")
     for i, name in enumerate(params.architectures):
@@ -358,6 +367,20 @@ def check_semantics(params: Params) -> None:
         problems += _check_space_values(params)
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _data_problems(data: DataParams, kind: str) -> list[str]:
+    """data.split and data.znormalize against what the dataset has."""
+    problems = []
+    if data.split == "official" and not get_dataset_info(data.name).official_split:
+        having = [name for name, info in DATASETS.items() if info.official_split]
+        problems.append(
+            f"data.split: dataset {data.name!r} has no official test set; allowed: random (official for "
+            f"{', '.join(having)})"
+        )
+    if data.znormalize and kind != "sequence":
+        problems.append(f"data.znormalize: z-normalises each series; dataset {data.name!r} is {kind}; allowed: false")
+    return problems
 
 
 def _family_problems(params: Params, kind: str) -> list[str]:

@@ -25,14 +25,17 @@ class DatasetInfo:
     description: str
     load: Loader
     needs_network: bool = False
+    official_split: bool = False  # the data comes with an official test set (data.split: official)
 
 
 DATASETS: dict[str, DatasetInfo] = {}
 
 
-def register_dataset(name: str, kind: InputKind, description: str, *, needs_network: bool = False):
+def register_dataset(
+    name: str, kind: InputKind, description: str, *, needs_network: bool = False, official_split: bool = False
+):
     def decorator(load: Loader) -> Loader:
-        DATASETS[name] = DatasetInfo(name, kind, description, load, needs_network)
+        DATASETS[name] = DatasetInfo(name, kind, description, load, needs_network, official_split)
         return load
 
     return decorator

@@ -1,7 +1,8 @@
 """MNIST, Fashion-MNIST and CIFAR-10: downloaded into data/raw by torchvision, parsed from their real formats.
 
 The official train and test files are pooled; dlpipe draws its own stratified holdout set from the pool
-(`data.test_size`), like every other dataset.
+(`data.test_size`), like every other dataset, or with `data.split: official` holds out the official test set
+(`Dataset.official_test` flags it).
 """
 
 from __future__ import annotations
@@ -38,20 +39,27 @@ def _load_idx_dataset(name: str, cls_name: str, root: Path) -> Dataset:
         parts.append(ds)
     images = torch.cat([p.data for p in parts]).unsqueeze(1).float().div_(255.0)
     targets = torch.cat([p.targets for p in parts]).long()
-    return Dataset(name, images, targets, "image", list(parts[0].classes))
+    official_test = torch.arange(len(targets)) >= len(parts[0].targets)
+    return Dataset(name, images, targets, "image", list(parts[0].classes), official_test=official_test)
 
 
-@register_dataset("mnist", "image", "MNIST handwritten digits, 70k 28x28 (downloads)", needs_network=True)
+@register_dataset(
+    "mnist", "image", "MNIST handwritten digits, 70k 28x28 (downloads)", needs_network=True, official_split=True
+)
 def load_mnist(root: Path, data_params: Any) -> Dataset:
     return _load_idx_dataset("mnist", "MNIST", root)
 
 
-@register_dataset("fashion_mnist", "image", "Fashion-MNIST, 70k 28x28 clothing (downloads)", needs_network=True)
+@register_dataset(
+    "fashion_mnist", "image", "Fashion-MNIST, 70k 28x28 clothing (downloads)", needs_network=True, official_split=True
+)
 def load_fashion_mnist(root: Path, data_params: Any) -> Dataset:
     return _load_idx_dataset("fashion_mnist", "FashionMNIST", root)
 
 
-@register_dataset("cifar10", "image", "CIFAR-10, 60k 32x32 colour images (downloads)", needs_network=True)
+@register_dataset(
+    "cifar10", "image", "CIFAR-10, 60k 32x32 colour images (downloads)", needs_network=True, official_split=True
+)
 def load_cifar10(root: Path, data_params: Any) -> Dataset:
     from torchvision.datasets import CIFAR10
     from torchvision.datasets.utils import download_and_extract_archive
@@ -74,7 +82,9 @@ def read_cifar_batches(folder: Path) -> Dataset:
         ys.append(np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64))
     meta = _unpickle(folder / "batches.meta")
     images = torch.from_numpy(np.concatenate(xs)).float().div_(255.0)
-    return Dataset("cifar10", images, torch.from_numpy(np.concatenate(ys)), "image", list(meta["label_names"]))
+    official_test = torch.arange(len(images)) >= len(images) - len(ys[-1])  # test_batch comes last
+    labels = torch.from_numpy(np.concatenate(ys))
+    return Dataset("cifar10", images, labels, "image", list(meta["label_names"]), official_test=official_test)
 
 
 def _unpickle(path: Path) -> dict:
