@@ -163,3 +163,17 @@ def load_bundled(spec: SeriesSet, root: Path, data_params: Any) -> Dataset:
 
 for _spec in SERIES_SETS:
     register_dataset(_spec.name, "sequence", _spec.description, official_split=True)(partial(load_bundled, _spec))
+
+
+def read_series_input(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """Series for a model taking `shape` = (channels, length): from a `.ts` file (labels, if any, are ignored) or an
+    `.npz` (`X` and optional `lengths`), NaN-padded to the model's length (a longer series is refused, not cut)."""
+    path = Path(path)
+    if len(shape) != 2:
+        raise DataError(f"{path}: the model takes inputs of shape {tuple(shape)}, not series (channels x length)")
+    series = read_ts(path)[0] if path.suffix.lower() == ".ts" else read_npz_series(path)
+    channels, length = shape
+    got = {np.atleast_2d(s).shape[0] for s in series}
+    if got != {channels}:
+        raise DataError(f"{path}: series of {', '.join(map(str, sorted(got)))} channel(s); the model takes {channels}")
+    return pad_series(series, str(path), length)
