@@ -67,6 +67,22 @@ class AugmentationParams(Section):
     hflip: bool = Field(False, description="random horizontal flips (p=0.5)")
     vflip: bool = Field(False, description="random vertical flips (p=0.5)")
     crop_padding: int = Field(0, ge=0, description="pad by this many pixels, then random-crop back to size")
+    jitter: float = Field(0.0, ge=0.0, description="series: std of Gaussian noise added to every step")
+    scaling: float = Field(0.0, ge=0.0, lt=1.0, description="series: std of a random factor around 1 per channel")
+    window_slice: float = Field(
+        1.0, gt=0.0, le=1.0, description="series: fraction of each series kept in a random window, stretched back"
+    )
+
+    @property
+    def series_options(self) -> list[str]:
+        return [
+            k for k in ("jitter", "scaling", "window_slice") if getattr(self, k) != type(self).model_fields[k].default
+        ]
+
+    @property
+    def image_options(self) -> list[str]:
+        names = ("rotation", "translate", "scale_min", "scale_max", "hflip", "vflip", "crop_padding")
+        return [k for k in names if getattr(self, k) != type(self).model_fields[k].default]
 
 
 class EarlyStoppingParams(Section):
@@ -326,6 +342,7 @@ def check_semantics(params: Params) -> None:
     if params.data.name == "csv" and not params.data.csv.path:
         problems.append("data.csv.path: required when data.name is 'csv'")
     problems += _data_problems(params.data, kind)
+    problems += _augmentation_problems(params.train.augmentation, kind)
     if len(set(params.architectures)) != len(params.architectures):
         problems.append("architectures: each architecture may appear once")
     for i, name in enumerate(params.architectures):
@@ -381,6 +398,15 @@ def _data_problems(data: DataParams, kind: str) -> list[str]:
     if data.znormalize and kind != "sequence":
         problems.append(f"data.znormalize: z-normalises each series; dataset {data.name!r} is {kind}; allowed: false")
     return problems
+
+
+def _augmentation_problems(augmentation: AugmentationParams, kind: str) -> list[str]:
+    """Image options on series, or series options on images, would silently do nothing."""
+    if not augmentation.enabled:
+        return []
+    wrong = augmentation.image_options if kind == "sequence" else augmentation.series_options
+    allowed = "jitter, scaling, window_slice" if kind == "sequence" else "the image options"
+    return [f"train.augmentation.{key}: not for {kind} data; allowed: {allowed}" for key in wrong]
 
 
 def _family_problems(params: Params, kind: str) -> list[str]:

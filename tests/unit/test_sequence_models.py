@@ -1,7 +1,7 @@
 """The families on series (N x channels x length, shorter series NaN-padded): rnn/lstm/gru read each series to its
 own last step exactly as packed sequences do, the transformer masks padded steps, cnn1d (FCN / ResNet) pools over
 the real steps only; every one exports for serving; a label decided by the last step of the longest series is
-learned; cnn1d learns GunPoint on its official split."""
+learned; cnn1d learns GunPoint on its official split; series augmentation keeps to each series' own steps."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from helpers.training import CPU, NO_EARLY_STOP, problem, spec, torch_threads, t
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from dlpipe.config import DataParams
+from dlpipe.config import DataParams, TrainParams, parse_params
 from dlpipe.data import load_dataset
 from dlpipe.data.prepared import PreparedData
 from dlpipe.data.series_sets import series_dataset
@@ -20,6 +20,7 @@ from dlpipe.data.splits import Normalizer, make_splits
 from dlpipe.errors import ConfigError
 from dlpipe.models import build_model, get_architecture
 from dlpipe.tracking.model_logging import ServingNet, export_program
+from dlpipe.training.augmentation import SeriesAugment, build_augmentation
 from dlpipe.training.fit import evaluate, fit, predict_proba
 
 SEQUENCE_ARCHS = ("rnn", "lstm", "gru", "transformer", "cnn1d")
@@ -176,3 +177,46 @@ def test_cnn1d_learns_gunpoint_on_its_official_split():
         result = fit(model, split, ds.class_names, CPU, 0, max_epochs=20)
         accuracy = evaluate(result.module, test, CPU)["accuracy"]
     assert accuracy >= 0.7, accuracy
+
+
+def test_series_augmentation_stays_within_each_series_and_keeps_padding():
+    p = TrainParams.model_validate({"augmentation": {"enabled": True, "jitter": 0.1, "scaling": 0.2}}).augmentation
+    augment = build_augmentation(p, (2, 9))
+    assert isinstance(augment, SeriesAugment)
+    x = padded_batch([9, 4, 1], length=9)
+    torch.manual_seed(0)
+    out = augment(x)
+    assert torch.equal(torch.isnan(out), torch.isnan(x)) and not torch.allclose(out[0], x[0])
+    off = TrainParams.model_validate({"augmentation": {"enabled": True}}).augmentation
+    assert build_augmentation(off, (2, 9)) is None
+    # window slicing: a ramp 0..n-1 keeps a window of half its length, stretched back over the n steps
+    ramp = torch.full((2, 1, 9), NAN)
+    ramp[0, 0, :] = torch.arange(9.0)
+    ramp[1, 0, :5] = torch.arange(5.0)
+    sliced = SeriesAugment(0.0, 0.0, 0.5).slice_windows(ramp)
+    assert torch.isnan(sliced[1, 0, 5:]).all()
+    for row, n in ((0, 9), (1, 5)):
+        steps = sliced[row, 0, :n]
+        width = int(np.ceil(0.5 * n))
+        slope = (width - 1) / (n - 1)
+        assert torch.allclose(steps.diff(), torch.full((n - 1,), slope), atol=1e-5)
+        assert steps[0] >= 0 and steps[-1] <= n - 1 + 1e-5
+
+
+def test_augmentation_options_must_fit_the_data_kind():
+    series = {"data": {"name": "gunpoint"}, "architectures": ["cnn1d"]}
+    ok = parse_params({**series, "train": {"augmentation": {"enabled": True, "window_slice": 0.9, "jitter": 0.05}}})
+    assert ok.train.augmentation.window_slice == 0.9
+    with pytest.raises(ConfigError, match=r"train\.augmentation\.hflip: not for sequence data; allowed: jitter"):
+        parse_params({**series, "train": {"augmentation": {"enabled": True, "hflip": True}}})
+    with pytest.raises(ConfigError, match=r"train\.augmentation\.jitter: not for image data; allowed: the image"):
+        parse_params({"architectures": ["cnn"], "train": {"augmentation": {"enabled": True, "jitter": 0.1}}})
+
+
+def test_series_augmentation_is_applied_in_training():
+    prob = last_step_problem(n=60)
+    augmentation = {"enabled": True, "jitter": 0.1, "window_slice": 0.9}
+    with torch_threads(1):
+        result = train("gru", prob, {"hidden_size": 8}, max_epochs=1, augmentation=augmentation, **NO_EARLY_STOP)
+    assert isinstance(result.module.augment, SeriesAugment)
+    assert result.module.augment.window == 0.9
