@@ -1,7 +1,7 @@
 """Series end to end: an lstm trained on JapaneseVowels (12 channels, unequal lengths 7-29) with its official split
 and per-series z-normalisation, selected and promoted; the champion reproduces its test accuracy from raw padded
-series, and `dlpipe predict` reads the official test `.ts` file and an `.npz` with `lengths`; a series longer
-than the model's is refused with exit code 2 (never truncated)."""
+series, `dlpipe predict` reads the official test `.ts` file and an `.npz` with `lengths`, and `mlflow models serve`
+answers NaN-padded series; a series longer than the model's is refused with exit code 2 (never truncated)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 import torch
 from helpers.mlflow_store import install_mlflow_store
+from helpers.processes import subprocess_env
 from helpers.project import copy_project, prepare_project
+from integration.test_predict_serve import mlflow_serve, post
 
 from dlpipe import cli
 from dlpipe.data.prepared import PreparedData
@@ -55,14 +57,14 @@ def champion(tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: Path)
         mp.setenv("DLPIPE_ROOT", str(root))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.chdir(root)
-        install_mlflow_store(root, mlflow_template_db)
+        uri = install_mlflow_store(root, mlflow_template_db)
         params, paths = prepare_project(root, STUDY)
         data = PreparedData.load(paths.raw, paths.prepared)
         write_json(paths.cv_report("lstm"), fake_cv_report(params.data.folds, data.dataset.class_names))
         report = train.run(params, paths, "lstm")
         assert select.run(params, paths)["registry"]["champion"] == 1
         idx = torch.from_numpy(data.splits.test_idx)
-        yield root, data.dataset.X[idx].numpy(), data.dataset.y[idx].numpy(), report
+        yield root, data.dataset.X[idx].numpy(), data.dataset.y[idx].numpy(), report, uri
 
 
 def predict_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -72,7 +74,7 @@ def predict_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, st
 
 
 def test_champion_reads_series_from_ts_and_npz_files(champion, tmp_path, capsys, monkeypatch):
-    root, X, y, report = champion
+    root, X, y, report, _ = champion
     monkeypatch.chdir(root)
     monkeypatch.setenv("DLPIPE_ROOT", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -95,3 +97,14 @@ def test_champion_reads_series_from_ts_and_npz_files(champion, tmp_path, capsys,
     code, _, err = predict_cli(capsys, "--input", str(tmp_path / "long.npz"))
     assert code == 2 and f"series 0 has {X.shape[2] + 1} steps, more than the {X.shape[2]} this model takes" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_served_champion_takes_nan_padded_series(champion, tmp_path):
+    root, X, y, report, uri = champion
+    env = {**subprocess_env(root), "MLFLOW_TRACKING_URI": uri}
+    with mlflow_serve(CHAMPION, env, tmp_path) as base:
+        status, body = post(f"{base}/invocations", {"inputs": X.tolist()})  # padding as NaN (JSON's NaN token)
+        assert status == 200, body
+        answer = pd.DataFrame(body["predictions"])
+        accuracy = (answer["prediction"].astype(str).to_numpy() == np.asarray([str(c) for c in range(1, 10)])[y]).mean()
+        assert accuracy == pytest.approx(report["accuracy"], abs=1e-6)
