@@ -51,10 +51,15 @@ class SeriesAugment(nn.Module):
         low = position.floor().long()
         high = torch.minimum(low + 1, (lengths - 1).long()[:, None])
         frac = (position - low.to(x.dtype)).unsqueeze(1)
-        index = lambda i: i.unsqueeze(1).expand(-1, x.shape[1], -1)  # noqa: E731
-        sliced = x.gather(2, index(low)) * (1 - frac) + x.gather(2, index(high)) * frac
+        channels = x.shape[1]
+        sliced = _steps(x, low, channels) * (1 - frac) + _steps(x, high, channels) * frac
         inside = (steps < lengths[:, None]).unsqueeze(1)
         return torch.where(inside, sliced, x)  # padding stays NaN
+
+
+def _steps(x: torch.Tensor, index: torch.Tensor, channels: int) -> torch.Tensor:
+    """`x[n, c, index[n, t]]` for every series n, channel c and step t."""
+    return x.gather(2, index.unsqueeze(1).expand(-1, channels, -1))
 
 
 def build_augmentation(p, input_shape: tuple[int, ...]) -> nn.Module | None:
