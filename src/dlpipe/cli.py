@@ -36,8 +36,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for arch in ARCHITECTURES.values():
         print(f"  {arch.name:<12} {'/'.join(sorted(arch.kinds)):<14} {arch.description}")
     print("datasets:")
+    width = max(14, *(len(name) for name in DATASETS))
     for ds in DATASETS.values():
-        print(f"  {ds.name:<14} {ds.kind:<14} {ds.description}")
+        print(f"  {ds.name:<{width}} {ds.kind:<14} {ds.description}")
     return 0
 
 

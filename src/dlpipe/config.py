@@ -37,11 +37,19 @@ class CsvParams(Section):
 class DataParams(Section):
     name: str = Field("digits", description="dataset from the registry (`dlpipe list`)")
     csv: CsvParams = CsvParams()
+    split: Literal["random", "official"] = Field(
+        "random",
+        description="random: a stratified data.test_size holdout; official: the dataset's own test set is the "
+        "holdout and the folds split its official training part",
+    )
     test_size: float = Field(0.2, gt=0.0, lt=1.0, description="fraction held out as the test set")
     folds: int = Field(5, ge=2, le=20, description="stratified folds over the training part")
     val_size: float = Field(0.1, gt=0.0, lt=0.5, description="validation slice of the training part (train/tune)")
     normalize: bool = Field(True, description="standardise with statistics of the training data only")
     limit: int | None = Field(None, ge=20, description="stratified subsample of this many samples (quick runs)")
+    znormalize: bool = Field(
+        False, description="sequences: z-normalise each series on its own (per channel), in training and serving"
+    )
     labeled_fraction: float = Field(
         1.0,
         gt=0.0,
@@ -60,6 +68,22 @@ class AugmentationParams(Section):
     hflip: bool = Field(False, description="random horizontal flips (p=0.5)")
     vflip: bool = Field(False, description="random vertical flips (p=0.5)")
     crop_padding: int = Field(0, ge=0, description="pad by this many pixels, then random-crop back to size")
+    jitter: float = Field(0.0, ge=0.0, description="series: std of Gaussian noise added to every step")
+    scaling: float = Field(0.0, ge=0.0, lt=1.0, description="series: std of a random factor around 1 per channel")
+    window_slice: float = Field(
+        1.0, gt=0.0, le=1.0, description="series: fraction of each series kept in a random window, stretched back"
+    )
+
+    @property
+    def series_options(self) -> list[str]:
+        return [
+            k for k in ("jitter", "scaling", "window_slice") if getattr(self, k) != type(self).model_fields[k].default
+        ]
+
+    @property
+    def image_options(self) -> list[str]:
+        names = ("rotation", "translate", "scale_min", "scale_max", "hflip", "vflip", "crop_padding")
+        return [k for k in names if getattr(self, k) != type(self).model_fields[k].default]
 
 
 class EarlyStoppingParams(Section):
@@ -327,6 +351,8 @@ def check_semantics(params: Params) -> None:
         raise ConfigError(str(exc)) from None
     if params.data.name == "csv" and not params.data.csv.path:
         problems.append("data.csv.path: required when data.name is 'csv'")
+    problems += _data_problems(params.data, kind)
+    problems += _augmentation_problems(params.train.augmentation, kind)
     if len(set(params.architectures)) != len(params.architectures):
         problems.append("architectures: each architecture may appear once")
     for i, name in enumerate(params.architectures):
@@ -368,6 +394,29 @@ def check_semantics(params: Params) -> None:
         problems += _check_space_values(params)
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _data_problems(data: DataParams, kind: str) -> list[str]:
+    """data.split and data.znormalize against what the dataset has."""
+    problems = []
+    if data.split == "official" and not get_dataset_info(data.name).official_split:
+        having = [name for name, info in DATASETS.items() if info.official_split]
+        problems.append(
+            f"data.split: dataset {data.name!r} has no official test set; allowed: random (official for "
+            f"{', '.join(having)})"
+        )
+    if data.znormalize and kind != "sequence":
+        problems.append(f"data.znormalize: z-normalises each series; dataset {data.name!r} is {kind}; allowed: false")
+    return problems
+
+
+def _augmentation_problems(augmentation: AugmentationParams, kind: str) -> list[str]:
+    """Image options on series, or series options on images, would silently do nothing."""
+    if not augmentation.enabled:
+        return []
+    wrong = augmentation.image_options if kind == "sequence" else augmentation.series_options
+    allowed = "jitter, scaling, window_slice" if kind == "sequence" else "the image options"
+    return [f"train.augmentation.{key}: not for {kind} data; allowed: {allowed}" for key in wrong]
 
 
 def _family_problems(params: Params, kind: str) -> list[str]:

@@ -8,6 +8,8 @@ Inputs, raw like the dataset the model was trained on (the model normalises them
   never saw, or an empty cell, is the unknown category. A model with categorical columns needs a header row.
 - a NumPy `.npz` file with an array `X` (or a single array) of shape (N, *input_shape) or (N, prod(input_shape)),
   read by position.
+- series (a model taking channels x length): a `.ts` file (aeon's format), or an `.npz` with `X` (N x channels x
+  length) and, for series of unequal length, `lengths`; NaN-padded to the model's length, never truncated.
 - a folder of images (.png, .jpg, .jpeg, .bmp, .gif, .webp), each of the model's height and width exactly (no
   resizing), converted to grayscale or RGB for 1 or 3 channels and scaled to [0, 1] like the image datasets. Any
   other file in the folder is refused (hidden files, named `.*`, and subfolders are ignored).
@@ -253,11 +255,15 @@ def load_inputs(
     if not path.is_file():
         raise BadInputError(f"--input: no such file or folder {str(path)!r}")
     suffix = path.suffix.lower()
+    if suffix == ".ts" or (suffix == ".npz" and len(shape) == 2):  # series: channels x length
+        from dlpipe.data.series_sets import read_series_input
+
+        return read_series_input(path, shape), None
     if suffix == ".npz":
         return read_npz(path, shape, feature_names, categorical), None
     if suffix in (".csv", ".txt"):
         return read_csv(path, shape, drop, feature_names, categorical), None
-    raise BadInputError(f"--input: {path.name}: unsupported format; use .csv, .npz or a folder of images")
+    raise BadInputError(f"--input: {path.name}: unsupported format; use .csv, .npz, .ts or a folder of images")
 
 
 def predictions_frame(output: pd.DataFrame, files: list[str] | None = None) -> pd.DataFrame:

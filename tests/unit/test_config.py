@@ -23,7 +23,7 @@ from dlpipe.models import ARCHITECTURES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ALL_DATASETS = "digits, breast_cancer, csv, mnist, fashion_mnist, cifar10"
-ALL_ARCHS = "perceptron, mlp, wide_deep, cnn, rnn, lstm, gru, transformer, resnet"
+ALL_ARCHS = "perceptron, mlp, wide_deep, cnn, cnn1d, rnn, lstm, gru, transformer, resnet"
 
 
 def config_error(raw, source: str = "p.yaml") -> str:
@@ -225,7 +225,9 @@ def test_semantic_problems_are_all_reported():
 
 def test_every_architecture_accepts_image_data_and_only_dense_ones_tabular():
     for name in ARCHITECTURES:
-        parse_params({"architectures": [name]})  # digits is image data
+        if name != "cnn1d":  # 1-D convolutions take series only
+            parse_params({"architectures": [name]})  # digits is image data
+    assert "architectures.0: 'cnn1d' takes sequence input" in config_error({"architectures": ["cnn1d"]})
     tabular_ok = {name for name, arch in ARCHITECTURES.items() if "tabular" in arch.kinds}
     assert tabular_ok == {"perceptron", "mlp", "wide_deep", "autoencoder"}
     for name in ARCHITECTURES:

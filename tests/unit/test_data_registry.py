@@ -11,6 +11,7 @@ import torch
 from dlpipe import cli
 from dlpipe.config import DataParams
 from dlpipe.data import DATASETS, Dataset, get_dataset_info, load_dataset
+from dlpipe.data.series_sets import SERIES_SETS
 from dlpipe.data.store import dataset_digest, load_saved_dataset, load_splits, save_dataset
 from dlpipe.errors import ConfigError, DataError
 from dlpipe.io import sha256_file
@@ -23,6 +24,7 @@ EXPECTED_KINDS = {
     "mnist": "image",
     "fashion_mnist": "image",
     "cifar10": "image",
+    **{spec.name: "sequence" for spec in SERIES_SETS},
 }
 
 
@@ -47,7 +49,8 @@ def test_unknown_dataset_is_a_config_error_listing_the_choices():
     with pytest.raises(ConfigError) as info:
         get_dataset_info("nope")
     assert str(info.value) == (
-        "data.name: unknown dataset 'nope'; allowed: digits, breast_cancer, csv, mnist, fashion_mnist, cifar10"
+        "data.name: unknown dataset 'nope'; allowed: digits, breast_cancer, csv, mnist, fashion_mnist, cifar10, "
+        + ", ".join(spec.name for spec in SERIES_SETS)
     )
     with pytest.raises(ConfigError, match="unknown dataset 'nope'"):
         load_dataset("nope", ".", DataParams())

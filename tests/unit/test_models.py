@@ -15,11 +15,14 @@ from dlpipe.models.registry import Architecture
 IMAGE_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 TABULAR_SHAPE = (30,)
 TABULAR_ARCHS = ("perceptron", "mlp", "wide_deep", "autoencoder")
-IMAGE_ONLY_ARCHS = ("cnn", "rnn", "lstm", "gru", "transformer", "resnet", "transfer", "gan")
+IMAGE_ONLY_ARCHS = ("cnn", "resnet", "transfer", "gan")
+SEQUENCE_ARCHS = ("rnn", "lstm", "gru", "transformer")  # images and series (tests/unit/test_sequence_models.py)
+SERIES_ONLY_ARCHS = ("cnn1d",)
 RECURRENT = ("rnn", "lstm", "gru")
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu")
 INITS = ("default", "xavier", "kaiming")
 NUM_CLASSES = 10
+IMAGE_ARCHS = sorted(name for name, arch in ARCHITECTURES.items() if "image" in arch.kinds)
 
 
 def build(arch: str, input_shape: tuple[int, ...], num_classes: int = NUM_CLASSES, **params) -> nn.Module:
@@ -34,11 +37,16 @@ def logits(model: nn.Module, input_shape: tuple[int, ...], n: int = 3) -> torch.
 
 
 def test_registry_lists_every_family_with_its_input_kinds():
-    assert set(ARCHITECTURES) == set(TABULAR_ARCHS) | set(IMAGE_ONLY_ARCHS)
+    assert set(ARCHITECTURES) == set(TABULAR_ARCHS) | set(IMAGE_ONLY_ARCHS) | set(SEQUENCE_ARCHS) | set(
+        SERIES_ONLY_ARCHS
+    )
     for name in TABULAR_ARCHS:
         assert ARCHITECTURES[name].kinds == {"image", "tabular"}
     for name in IMAGE_ONLY_ARCHS:
         assert ARCHITECTURES[name].kinds == {"image"}
+    for name in SEQUENCE_ARCHS:
+        assert ARCHITECTURES[name].kinds == {"image", "sequence"}
+    assert ARCHITECTURES["cnn1d"].kinds == {"sequence"}
     assert all(isinstance(a, Architecture) and a.description for a in ARCHITECTURES.values())
 
 
@@ -48,7 +56,7 @@ def test_unknown_architecture_names_the_choices():
 
 
 @pytest.mark.parametrize("input_shape", IMAGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("arch", IMAGE_ARCHS)
 def test_image_input_gives_one_logit_per_class(arch, input_shape):
     model = build(arch, input_shape)
     out = logits(model, input_shape)
@@ -63,7 +71,7 @@ def test_tabular_input_gives_one_logit_per_class(arch, num_classes):
     assert out.shape == (4, num_classes)
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("arch", IMAGE_ARCHS)
 def test_every_parameter_gets_a_gradient(arch):
     """No dead parameters: DDP (without find_unused_parameters) would hang or fail on them."""
     model = build(arch, (1, 8, 8))
@@ -135,7 +143,7 @@ def init_biases(model: nn.Module) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("init", INITS)
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("arch", IMAGE_ARCHS)
 def test_each_init_builds_and_is_applied(arch, init):
     model = build(arch, (1, 8, 8), init=init)
     assert logits(model, (1, 8, 8)).shape == (3, NUM_CLASSES)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-InputKind = Literal["image", "tabular"]
+InputKind = Literal["image", "tabular", "sequence"]
 UNKNOWN = 0  # the code of a category outside a column's vocabulary (unseen, missing)
 
 
@@ -66,6 +66,14 @@ class Features:
         return cls(tuple(data["names"]), {k: tuple(v) for k, v in (data.get("vocabularies") or {}).items()})
 
 
+def series_lengths(X: torch.Tensor) -> torch.Tensor:
+    """The length of each series of a sequence batch (N x channels x length): up to its last step with a value;
+    the NaN steps after it (every channel NaN) are padding."""
+    has_value = ~torch.isnan(X).all(dim=1)  # N x length
+    steps = torch.arange(1, X.shape[-1] + 1, device=X.device)
+    return (has_value * steps).amax(dim=1)
+
+
 def _text(value: Any) -> Any:
     """A CSV cell as the vocabulary holds it: text as it is, other values (numbers from JSON) as text; None and NaN
     stay what they are (unknown)."""
@@ -83,6 +91,8 @@ class Dataset:
     `feature_names`: the column names of a tabular dataset's features, in X's column order (a CSV header,
     scikit-learn's feature names); None for images and for data saved before names were recorded.
     `categories`: the vocabulary of each categorical feature (by name); its column of X holds codes (see `Features`).
+    Sequence data: X is N x channels x length, shorter series padded at their end with NaN steps (see
+    `series_lengths`). `official_test`: True for each sample of the dataset's official test set (None: it has none).
     """
 
     name: str
@@ -92,6 +102,7 @@ class Dataset:
     class_names: list[str]
     feature_names: list[str] | None = None
     categories: dict[str, list[str]] | None = None
+    official_test: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.X.dtype != torch.float32 or self.y.dtype != torch.int64:
@@ -100,6 +111,14 @@ class Dataset:
             raise ValueError(f"dataset {self.name}: {len(self.X)} samples but {len(self.y)} labels")
         if self.kind == "image" and self.X.dim() != 4:
             raise ValueError(f"dataset {self.name}: image data must be N x C x H x W, got {tuple(self.X.shape)}")
+        if self.kind == "sequence" and self.X.dim() != 3:
+            raise ValueError(
+                f"dataset {self.name}: sequence data must be N x channels x length, got {tuple(self.X.shape)}"
+            )
+        if self.official_test is not None:
+            self.official_test = torch.as_tensor(self.official_test, dtype=torch.bool)
+            if self.official_test.shape != self.y.shape:
+                raise ValueError(f"dataset {self.name}: official_test must flag each of the {len(self.y)} samples")
         if self.feature_names is not None:
             names = [str(n) for n in self.feature_names]
             if self.X.dim() != 2 or len(names) != self.X.shape[1] or len(set(names)) != len(names):
@@ -128,6 +147,11 @@ class Dataset:
         if self.feature_names is None:
             return None
         return Features(tuple(self.feature_names), {k: tuple(v) for k, v in (self.categories or {}).items()})
+
+    @property
+    def lengths(self) -> torch.Tensor | None:
+        """The length of each series (sequence data; None for other kinds)."""
+        return series_lengths(self.X) if self.kind == "sequence" else None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -65,17 +65,24 @@ class PreparedData:
     splits: Splits
     normalize: bool = True
     labeled_fraction: float = 1.0  # of every training part, the stratified fraction that keeps its labels
+    znormalize: bool = False  # sequences: each series z-normalised on its own, before the fitted normaliser
 
     @classmethod
     def load(
-        cls, raw_dir: Path, prepared_dir: Path, normalize: bool = True, labeled_fraction: float = 1.0
+        cls,
+        raw_dir: Path,
+        prepared_dir: Path,
+        normalize: bool = True,
+        labeled_fraction: float = 1.0,
+        znormalize: bool = False,
     ) -> PreparedData:
         ds = load_saved_dataset(raw_dir)
         splits, subset = load_splits(prepared_dir / SPLITS_FILE)
         if len(subset) != len(ds):
             idx = torch.from_numpy(subset)
-            ds = replace(ds, X=ds.X[idx], y=ds.y[idx])
-        return cls(ds, splits, normalize, labeled_fraction)
+            official = None if ds.official_test is None else ds.official_test[idx]
+            ds = replace(ds, X=ds.X[idx], y=ds.y[idx], official_test=official)
+        return cls(ds, splits, normalize, labeled_fraction, znormalize)
 
     @property
     def y_numpy(self) -> np.ndarray:
@@ -89,7 +96,7 @@ class PreparedData:
         """Train on `train_idx` (normaliser fitted there), validate on `val_idx`; with `labeled_fraction` < 1 only
         a stratified fraction of `train_idx` (drawn with `seed`) keeps its labels."""
         X = self.dataset.X
-        norm = Normalizer.fit(X[torch.from_numpy(train_idx)], self.dataset.features, self.normalize)
+        norm = Normalizer.fit(X[torch.from_numpy(train_idx)], self.dataset.features, self.normalize, self.znormalize)
         labeled, hidden = labeled_subset(self.y_numpy, train_idx, self.labeled_fraction, seed)
         unlabeled = None
         if len(hidden):

@@ -29,6 +29,7 @@ class DatasetInfo:
     # samples per class of the whole dataset as published (None: known only once read, a CSV): the check stage
     # refuses data.* params these counts cannot split before anything is fetched
     class_counts: tuple[int, ...] | None = None
+    official_split: bool = False  # the data comes with an official test set (data.split: official)
 
 
 DATASETS: dict[str, DatasetInfo] = {}
@@ -41,9 +42,10 @@ def register_dataset(
     *,
     needs_network: bool = False,
     class_counts: tuple[int, ...] | None = None,
+    official_split: bool = False,
 ):
     def decorator(load: Loader) -> Loader:
-        DATASETS[name] = DatasetInfo(name, kind, description, load, needs_network, class_counts)
+        DATASETS[name] = DatasetInfo(name, kind, description, load, needs_network, class_counts, official_split)
         return load
 
     return decorator

@@ -28,9 +28,15 @@ class Splits:
         return self.train_idx[self.fold != k], self.train_idx[self.fold == k]
 
 
-def make_splits(y: np.ndarray, test_size: float, folds: int, seed: int) -> Splits:
-    """A stratified holdout test set and stratified k-fold assignment of the rest, both fixed by `seed`."""
+def make_splits(
+    y: np.ndarray, test_size: float, folds: int, seed: int, official_test: np.ndarray | None = None
+) -> Splits:
+    """A stratified holdout test set and stratified k-fold assignment of the rest, both fixed by `seed`. With
+    `official_test` (a flag per sample) the flagged samples are the test set and the folds split the rest."""
     y = np.asarray(y)
+    if official_test is not None:
+        official_test = np.asarray(official_test, dtype=bool)
+        return _assign_folds(y, np.flatnonzero(~official_test), np.flatnonzero(official_test), folds, seed)
     counts = np.bincount(y)
     smallest = int(counts[counts > 0].min())
     n_test = int(np.ceil(test_size * len(y)))
@@ -42,8 +48,11 @@ def make_splits(y: np.ndarray, test_size: float, folds: int, seed: int) -> Split
     train_idx, test_idx = train_test_split(
         np.arange(len(y)), test_size=test_size, stratify=y, random_state=seed, shuffle=True
     )
-    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
-    smallest_train = int(np.bincount(y[train_idx]).min())
+    return _assign_folds(y, np.sort(train_idx), np.sort(test_idx), folds, seed)
+
+
+def _assign_folds(y: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray, folds: int, seed: int) -> Splits:
+    smallest_train = int(np.bincount(y[train_idx], minlength=int(y.max()) + 1).min())
     if smallest_train < folds:
         raise DataError(
             f"data.folds: {folds} folds need at least {folds} training samples per class, smallest has {smallest_train}"
@@ -205,10 +214,19 @@ class Normalizer:
     std: torch.Tensor
     features: Features | None = None
     seen: torch.Tensor | None = None
+    per_series: bool = False  # sequences: z-normalise each series on its own first (data.znormalize)
 
     @classmethod
-    def fit(cls, X: torch.Tensor, features: Features | None = None, standardize: bool = True) -> Normalizer:
-        """Statistics of `X` (with `standardize`; else mean 0, std 1) and the codes each categorical column shows."""
+    def fit(
+        cls, X: torch.Tensor, features: Features | None = None, standardize: bool = True, per_series: bool = False
+    ) -> Normalizer:
+        """Statistics of `X` (with `standardize`; else mean 0, std 1) and the codes each categorical column shows.
+        Sequences (N x channels x length): per-channel statistics over the steps that are not padding; with
+        `per_series`, of the series z-normalised one by one (`znormalize_series`), which is applied first."""
+        if X.dim() == 3:
+            X = znormalize_series(X) if per_series else X
+            mean, std = _channel_stats(X) if standardize else (cls.identity(X).mean, cls.identity(X).std)
+            return cls(mean, std, per_series=per_series)
         if standardize:
             dims = (0, 2, 3) if X.dim() == 4 else (0,)
             mean = X.mean(dim=dims, keepdim=True)[0].float()
@@ -232,7 +250,7 @@ class Normalizer:
 
     @classmethod
     def identity(cls, X: torch.Tensor) -> Normalizer:
-        shape = (X.shape[1], 1, 1) if X.dim() == 4 else (X.shape[1],)
+        shape = (X.shape[1], *[1] * (X.dim() - 2))
         return cls(torch.zeros(shape), torch.ones(shape))
 
     def module(self) -> InputTransform:
@@ -240,9 +258,26 @@ class Normalizer:
 
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
         if self.seen is None:
+            X = znormalize_series(X) if self.per_series else X
             return (X - self.mean.to(X.device)) / self.std.to(X.device)
         with torch.no_grad():
             return self.module().to(X.device)(X)
+
+
+def znormalize_series(X: torch.Tensor) -> torch.Tensor:
+    """Each series of a sequence batch (N x channels x length), channel by channel, to mean 0 and standard deviation
+    1 over its own steps (NaN padding is left as it is; a constant channel only loses its mean)."""
+    mean = X.nanmean(dim=-1, keepdim=True)
+    std = (X - mean).square().nanmean(dim=-1, keepdim=True).sqrt()
+    return (X - mean) / torch.where(std > 1e-8, std, torch.ones_like(std))
+
+
+def _channel_stats(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation (shape channels x 1) over every step of every series that is not
+    padding."""
+    mean = X.transpose(0, 1).flatten(1).nanmean(dim=1)[:, None]
+    std = (X - mean).square().transpose(0, 1).flatten(1).nanmean(dim=1).sqrt()[:, None]
+    return mean.float(), torch.where(std > 1e-8, std, torch.ones_like(std)).float()
 
 
 class InputTransform(nn.Module):
@@ -252,6 +287,7 @@ class InputTransform(nn.Module):
         super().__init__()
         self.register_buffer("mean", norm.mean.detach().float().cpu().clone())
         self.register_buffer("std", norm.std.detach().float().cpu().clone())
+        self.per_series = norm.per_series
         columns = norm.features.categorical if norm.features is not None and norm.seen is not None else []
         self.codes = bool(columns)
         if self.codes:
@@ -262,6 +298,8 @@ class InputTransform(nn.Module):
             self.register_buffer("seen", norm.seen.detach().cpu().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.per_series:
+            x = znormalize_series(x)
         x = (x - self.mean) / self.std
         if not self.codes:
             return x

@@ -2,7 +2,8 @@
 
 dataset.json: name, kind, input_shape, class_names, n_samples, sha256 (of dataset.npz) and, for tabular data,
 feature_names (X's column names in order) and, when some are categorical, `categories` (column name -> vocabulary;
-X holds code i + 1 for vocabulary[i], 0 for unknown). Files written before feature_names existed still load.
+X holds code i + 1 for vocabulary[i], 0 for unknown), and `official_test` (the size of the official test set, whose
+flags dataset.npz holds) for data that comes with one. Files written before feature_names existed still load.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ SPLITS_FILE = "splits.npz"
 def save_dataset(ds: Dataset, folder: Path) -> dict:
     """Write `ds` to folder/dataset.npz and its metadata (with the file's sha256) to dataset.json."""
     data_path = folder / DATASET_FILE
+    arrays = {"X": ds.X.numpy(), "y": ds.y.numpy()}
+    if ds.official_test is not None:
+        arrays["official_test"] = ds.official_test.numpy()
     with atomic_path(data_path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, X=ds.X.numpy(), y=ds.y.numpy())
+        np.savez(fh, **arrays)
     meta = {
         "name": ds.name,
         "kind": ds.kind,
@@ -39,6 +43,8 @@ def save_dataset(ds: Dataset, folder: Path) -> dict:
         meta["feature_names"] = list(ds.feature_names)
     if ds.categories:
         meta["categories"] = {name: list(vocab) for name, vocab in ds.categories.items()}
+    if ds.official_test is not None:
+        meta["official_test"] = int(ds.official_test.sum())
     write_json(folder / DATASET_META, meta)
     return meta
 
@@ -52,8 +58,9 @@ def load_saved_dataset(folder: Path, verify: bool = False) -> Dataset:
         raise DataError(f"{data_path}: checksum does not match {meta_path}; run the fetch stage again")
     with np.load(data_path) as npz:
         X, y = torch.from_numpy(npz["X"]), torch.from_numpy(npz["y"])
+        official = torch.from_numpy(npz["official_test"]) if "official_test" in npz.files else None
     names, categories = meta.get("feature_names"), meta.get("categories")
-    return Dataset(meta["name"], X, y, meta["kind"], list(meta["class_names"]), names, categories)
+    return Dataset(meta["name"], X, y, meta["kind"], list(meta["class_names"]), names, categories, official)
 
 
 def dataset_digest(folder: Path) -> str:

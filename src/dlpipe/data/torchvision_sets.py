@@ -7,7 +7,8 @@ train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; or thei
 batches are pickles: each file's md5 must be the published one before it is unpickled.
 
 The official train and test files are pooled; dlpipe draws its own stratified holdout set from the pool
-(`data.test_size`), like every other dataset.
+(`data.test_size`), like every other dataset, or with `data.split: official` holds out the official test set
+(`Dataset.official_test` flags it).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def _load_idx_dataset(name: str, cls_name: str, root: Path) -> Dataset:
         parts.append(ds)
     images = torch.cat([p.data for p in parts]).unsqueeze(1).float().div_(255.0)
     targets = torch.cat([p.targets for p in parts]).long()
-    return Dataset(name, images, targets, "image", list(parts[0].classes))
+    official_test = torch.arange(len(targets)) >= len(parts[0].targets)
+    return Dataset(name, images, targets, "image", list(parts[0].classes), official_test=official_test)
 
 
 @register_dataset(
@@ -62,6 +64,7 @@ def _load_idx_dataset(name: str, cls_name: str, root: Path) -> Dataset:
     "image",
     "MNIST handwritten digits, 70k 28x28 (downloads)",
     needs_network=True,
+    official_split=True,
     class_counts=(6903, 7877, 6990, 7141, 6824, 6313, 6876, 7293, 6825, 6958),  # train + test, pooled
 )
 def load_mnist(root: Path, data_params: Any) -> Dataset:
@@ -73,6 +76,7 @@ def load_mnist(root: Path, data_params: Any) -> Dataset:
     "image",
     "Fashion-MNIST, 70k 28x28 clothing (downloads)",
     needs_network=True,
+    official_split=True,
     class_counts=(7000,) * 10,
 )
 def load_fashion_mnist(root: Path, data_params: Any) -> Dataset:
@@ -84,6 +88,7 @@ def load_fashion_mnist(root: Path, data_params: Any) -> Dataset:
     "image",
     "CIFAR-10, 60k 32x32 colour images (downloads)",
     needs_network=True,
+    official_split=True,
     class_counts=(6000,) * 10,
 )
 def load_cifar10(root: Path, data_params: Any) -> Dataset:
@@ -129,7 +134,9 @@ def read_cifar_batches(folder: Path) -> Dataset:
         ys.append(np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64))
     meta = _unpickle(folder / CIFAR_META)
     images = torch.from_numpy(np.concatenate(xs)).float().div_(255.0)
-    return Dataset("cifar10", images, torch.from_numpy(np.concatenate(ys)), "image", list(meta["label_names"]))
+    official_test = torch.arange(len(images)) >= len(images) - len(ys[-1])  # test_batch comes last
+    labels = torch.from_numpy(np.concatenate(ys))
+    return Dataset("cifar10", images, labels, "image", list(meta["label_names"]), official_test=official_test)
 
 
 def _unpickle(path: Path) -> dict:

@@ -115,7 +115,7 @@ def run_baseline(name: str, data: PreparedData, seed: int, max_train: int | None
 
     from dlpipe.evaluation.reports import report_from_predictions
 
-    X = data.dataset.X.flatten(1).numpy().astype(np.float64)
+    X = np.nan_to_num(data.dataset.X.flatten(1).numpy().astype(np.float64))  # series padding (NaN) as zeros
     y = data.y_numpy
     names = data.dataset.class_names
     per_fold, per_class = {}, {}

@@ -4,7 +4,7 @@ from importlib import import_module
 
 from dlpipe.models.registry import ARCHITECTURES, Architecture, build_model, get_architecture
 
-FAMILIES = ("dense", "cnn", "recurrent", "transformer", "transfer", "autoencoder", "gan")
+FAMILIES = ("dense", "cnn", "cnn1d", "recurrent", "transformer", "transfer", "autoencoder", "gan")
 for _family in FAMILIES:
     import_module(f"dlpipe.models.{_family}")
 

@@ -1,5 +1,5 @@
 """Pieces shared by the architecture families: param fields, activations, weight init, tabular inputs with
-categorical columns."""
+categorical columns, padded sequences."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from dlpipe.data.base import UNKNOWN, Features
+from dlpipe.data.base import UNKNOWN, Features, series_lengths
 
 Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "gelu"]
 Init = Literal["default", "xavier", "kaiming"]
@@ -133,3 +133,11 @@ class EmbeddedInput(nn.Module):
         for column, size, embedding in zip(self.columns, self.sizes, self.embeddings, strict=True):
             parts.append(embedding(category_codes(x, column, size)))
         return torch.cat(parts, dim=1)
+
+
+def padded_steps(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sequence batch (N x channels x length, shorter series padded with NaN steps) as (the values with NaN as 0,
+    an N x length mask of the steps within each series' length; at least its first step)."""
+    lengths = series_lengths(x).clamp(min=1)
+    valid = torch.arange(x.shape[-1], device=x.device) < lengths[:, None]
+    return torch.nan_to_num(x, nan=0.0), valid

@@ -1,4 +1,5 @@
-"""Transformer encoder over image rows or square patches, with a learned positional embedding."""
+"""Transformer encoder over image rows or square patches, or over the steps of a series (padded steps masked as
+keys and left out of mean pooling), with a learned positional embedding."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from dlpipe.errors import ConfigError
-from dlpipe.models.common import ArchParams, apply_init
+from dlpipe.models.common import ArchParams, apply_init, padded_steps
 from dlpipe.models.registry import register
 
 
@@ -20,7 +21,7 @@ class TransformerParams(ArchParams):
     dim_feedforward: int = Field(128, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     activation: Literal["relu", "gelu"] = "gelu"
-    patch_size: int = Field(0, ge=0, description="0 = one token per image row; p = p x p patches")
+    patch_size: int = Field(0, ge=0, description="0 = one token per image row (or series step); p = p x p patches")
     pooling: Literal["cls", "mean"] = "cls"
 
     @model_validator(mode="after")
@@ -33,8 +34,13 @@ class TransformerParams(ArchParams):
 class ImageTransformer(nn.Module):
     def __init__(self, p: TransformerParams, input_shape: tuple[int, ...], num_classes: int):
         super().__init__()
-        c, h, w = input_shape
+        self.sequence = len(input_shape) == 2  # channels x length: one token per step
+        c, h, w = (*input_shape, 1) if self.sequence else input_shape
         self.patch = p.patch_size
+        if self.sequence and self.patch:
+            raise ConfigError(
+                f"models.transformer.patch_size: a series takes one token per step; allowed: 0 (got {self.patch})"
+            )
         if self.patch:
             if h % self.patch or w % self.patch:
                 raise ConfigError(f"models.transformer.patch_size: {self.patch} must divide the image size {h}x{w}")
@@ -61,18 +67,34 @@ class ImageTransformer(nn.Module):
         return patches.permute(0, 2, 3, 1, 4, 5).reshape(n, -1, c * p * p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.embed(self.tokens(x))
+        if not self.sequence:
+            return self.head(self.pool(self.encode(self.embed(self.tokens(x)))))
+        values, valid = padded_steps(x)
+        padding = ~valid
+        z = self.embed(values.transpose(1, 2))  # steps: (N, length, channels)
+        if self.cls is not None:
+            padding = torch.cat([torch.zeros_like(padding[:, :1]), padding], dim=1)
+        return self.head(self.pool(self.encode(z, padding), padding))
+
+    def encode(self, z: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
         if self.cls is not None:
             z = torch.cat([self.cls.expand(z.shape[0], -1, -1), z], dim=1)
-        z = self.norm(self.encoder(z + self.pos))
-        return self.head(z[:, 0] if self.use_cls else z.mean(dim=1))
+        return self.norm(self.encoder(z + self.pos, src_key_padding_mask=padding))
+
+    def pool(self, z: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        if self.use_cls:
+            return z[:, 0]
+        if padding is None:
+            return z.mean(dim=1)
+        keep = (~padding).unsqueeze(-1).to(z.dtype)
+        return (z * keep).sum(dim=1) / keep.sum(dim=1)
 
 
 @register(
     "transformer",
     params=TransformerParams,
-    kinds={"image"},
-    description="encoder over rows or patches",
+    kinds={"image", "sequence"},
+    description="encoder over image rows or patches, or series steps (padding masked)",
     space={
         "model.d_model": {"type": "categorical", "choices": [32, 64]},
         "model.num_layers": {"type": "int", "low": 1, "high": 3},

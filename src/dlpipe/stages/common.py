@@ -55,7 +55,9 @@ class StageContext:
     def load(cls, params: Params, paths: ProjectPaths, tracking: bool = True) -> StageContext:
         """Data, hashes and (with `tracking`) the MLflow experiment."""
         with timed("data"):
-            data = PreparedData.load(paths.raw, paths.prepared, params.data.normalize, params.data.labeled_fraction)
+            data = PreparedData.load(
+                paths.raw, paths.prepared, params.data.normalize, params.data.labeled_fraction, params.data.znormalize
+            )
         ctx = cls(params, paths, data, dataset_digest(paths.raw), git_commit(paths.root))
         if tracking:
             with timed("setup"):

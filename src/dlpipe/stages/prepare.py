@@ -1,5 +1,6 @@
-"""prepare: a stratified holdout test set and stratified k-fold indices over the rest (indices only: every model
-fits its normaliser on exactly the samples it trains on)."""
+"""prepare: a stratified holdout test set (or, with data.split: official, the dataset's official test set) and
+stratified k-fold indices over the rest (indices only: every model fits its normaliser on exactly the samples it
+trains on)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 from dlpipe.config import Params
 from dlpipe.data.splits import Splits, make_splits, stratified_subset
 from dlpipe.data.store import SPLITS_FILE, load_saved_dataset, save_splits
+from dlpipe.errors import DataError
 from dlpipe.io import write_json
 from dlpipe.paths import ProjectPaths
 
@@ -25,8 +27,14 @@ def run(params: Params, paths: ProjectPaths) -> dict:
     if params.data.limit is not None:
         subset = stratified_subset(y, params.data.limit, params.seed)
         y = y[subset]
-    splits = make_splits(y, params.data.test_size, params.data.folds, params.seed)
+    official = None
+    if params.data.split == "official":
+        if ds.official_test is None:
+            raise DataError(f"data.split: the fetched {ds.name} data has no official test set; allowed: random")
+        official = ds.official_test.numpy()[subset]
+    splits = make_splits(y, params.data.test_size, params.data.folds, params.seed, official)
     summary = summarise(y, splits, ds.class_names, params.data.name)
+    summary["split"] = params.data.split
     save_splits(splits, subset, paths.prepared / SPLITS_FILE)
     write_json(paths.prepared / FOLDS_FILE, fold_counts(y, splits, ds.class_names))
     write_json(paths.prepared / SUMMARY_FILE, summary)
