@@ -4,11 +4,11 @@ deep with that cross declared beats it without by a wide margin, at the default 
 from __future__ import annotations
 
 import pytest
+from helpers.churn import write_churn_csv
+from helpers.training import CPU, problem, torch_threads, train
 
 from dlpipe.data.csv_set import read_csv_dataset
 from dlpipe.training.fit import evaluate
-from helpers.churn import write_churn_csv
-from helpers.training import CPU, problem, torch_threads, train
 
 CROSS = [["plan", "region"]]
 
