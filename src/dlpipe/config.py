@@ -200,7 +200,8 @@ class SelectionParams(Section):
 
 class BaselinesParams(Section):
     models: list[str] = Field(
-        ["logreg", "svc", "random_forest", "knn"], description="scikit-learn baselines scored on the same folds"
+        ["logreg", "svc", "random_forest", "knn", "hist_gradient_boosting"],
+        description="scikit-learn baselines scored on the same folds",
     )
     max_train_samples: int | None = Field(
         20000, ge=100, description="fit on a stratified subsample of a larger training part (null = all)"

@@ -196,7 +196,7 @@ class WideInput(nn.Module):
         return torch.cat([self.onehot(x), self.crossed(x)], dim=1)
 
 
-def _check_crosses(crosses: list[tuple[str, str]], features: Features | None) -> None:
+def check_crosses(crosses: list[tuple[str, str]], features: Features | None) -> None:
     if not crosses:
         return
     if not has_categories(features):
@@ -227,7 +227,7 @@ def _check_crosses(crosses: list[tuple[str, str]], features: Features | None) ->
 def build_wide_deep(
     p: WideDeepParams, input_shape: tuple[int, ...], num_classes: int, features: Features | None = None
 ) -> nn.Module:
-    _check_crosses(p.crosses, features)
+    check_crosses(p.crosses, features)
     if has_categories(features):
         wide_in = WideInput(features, p.crosses, p.cross_buckets)
         deep_in = EmbeddedInput(features, p.embedding_dim)

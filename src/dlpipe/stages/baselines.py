@@ -36,7 +36,8 @@ def run(params: Params, paths: ProjectPaths) -> dict:
         log_params(parent.info.run_id, flatten({"baselines": params.baselines, "seed": params.seed}))
         ctx.log_dataset(parent.info.run_id)
         for name in params.baselines.models:
-            result = run_baseline(name, ctx.data, params.seed, params.baselines.max_train_samples)
+            crosses = params.models.wide_deep.crosses  # declared for wide & deep, offered to the linear baseline
+            result = run_baseline(name, ctx.data, params.seed, params.baselines.max_train_samples, crosses)
             out[name] = result.to_dict()
             with tracked_run(run_name=f"baseline-{name}", nested=True, tags={**tags, "baseline": name}) as child:
                 record(child.info.run_id, out[name])
