@@ -171,7 +171,10 @@ class TuneParams(Section):
     enabled: bool = Field(True, description="false: the tune stage records the params as they are")
     n_trials: int = Field(10, ge=1)
     timeout: float | None = Field(None, gt=0, description="seconds; stop starting trials after this")
-    sampler: Literal["tpe", "random", "cmaes"] = "tpe"
+    sampler: Literal["tpe", "gp", "random", "cmaes"] = "tpe"
+    startup_trials: int = Field(
+        3, ge=0, description="random trials before a model-based sampler (tpe, gp, cmaes) learns from the others"
+    )
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "median"
     cv_folds: int | Literal["auto"] = Field(
         "auto",
@@ -225,7 +228,8 @@ class SelectionParams(Section):
 
 class BaselinesParams(Section):
     models: list[str] = Field(
-        ["logreg", "svc", "random_forest", "knn"], description="scikit-learn baselines scored on the same folds"
+        ["logreg", "svc", "random_forest", "knn", "hist_gradient_boosting"],
+        description="scikit-learn baselines scored on the same folds",
     )
     max_train_samples: int | None = Field(
         20000, ge=100, description="fit on a stratified subsample of a larger training part (null = all)"

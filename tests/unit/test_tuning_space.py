@@ -193,7 +193,7 @@ def test_study_name_changes_with_what_shapes_the_search_and_not_with_the_budget(
 # --- samplers -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["tpe", "random", "cmaes"])
+@pytest.mark.parametrize("kind", ["tpe", "gp", "random", "cmaes"])
 def test_seeded_samplers_repeat_their_trials_and_another_seed_changes_them(kind):
     space = SearchSpace.for_arch(
         params({"spaces": {"mlp": {"train.lr": LR, "model.dropout": DROPOUT, "model.hidden": HIDDEN}}}), "mlp"
@@ -202,7 +202,7 @@ def test_seeded_samplers_repeat_their_trials_and_another_seed_changes_them(kind)
     def score(real):  # some signal so model-based samplers have something to learn
         return -abs(math.log10(real["train.lr"]) + 2) - real["model.dropout"]
 
-    n = 14  # past TPE's 10 random start-up trials
+    n = 6  # past the 3 random start-up trials (tune.startup_trials)
     first = sampled(space, n, S.make_sampler(kind, 42), score)
     assert sampled(space, n, S.make_sampler(kind, 42), score) == first
     other = sampled(space, n, S.make_sampler(kind, 43), score)

@@ -3,7 +3,9 @@
 A feature column is categorical when it holds text (anything pandas does not read as numbers) or is listed in
 `data.csv.categorical` (integer-coded categories such as zip codes). Categorical columns are read as text; their
 sorted distinct values are the column's vocabulary (stored in dataset.json) and X holds codes 1..V for them, with 0
-reserved for categories the data never showed (see `data.base.Features`).
+reserved for categories the data never showed (see `data.base.Features`). Models see only the categories of the
+training part (`data.prepared.training_vocabularies`): this file's vocabulary describes the CSV, not what a model
+learned.
 """
 
 from __future__ import annotations

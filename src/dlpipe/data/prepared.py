@@ -15,6 +15,11 @@ is `TrainValSplit.unlabeled`, its labels replaced by `HIDDEN` (-1). Supervised m
 only; semi-supervised ones (the autoencoder, the GAN) also learn from the unlabelled inputs. The normaliser is
 fitted on every training input, labelled or not (the inputs are available; only their labels are hidden).
 Validation slices, scored folds and the test set keep every label.
+
+Categorical columns: the vocabularies a model sees hold only the categories of the training part (`train_idx`, the
+rows the final model and the folds learn from); a category met only in test rows is the unknown code 0, as it would
+be for a model serving new data. (dataset.json keeps the fetched file's full vocabulary; codes are re-numbered here.)
+Within the training part, the normaliser of each fit also maps the codes its own rows never showed to 0.
 """
 
 from __future__ import annotations
@@ -22,13 +27,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import logging
+
 import numpy as np
 import torch
 
-from dlpipe.data.base import Dataset
+from dlpipe.data.base import UNKNOWN, Dataset
 from dlpipe.data.splits import Normalizer, Splits, carve_validation, labeled_subset
 from dlpipe.data.store import SPLITS_FILE, load_saved_dataset, load_splits
 
+log = logging.getLogger(__name__)
 HIDDEN = -1  # the label of a training sample whose label is hidden (data.labeled_fraction)
 
 
@@ -66,6 +74,9 @@ class PreparedData:
     normalize: bool = True
     labeled_fraction: float = 1.0  # of every training part, the stratified fraction that keeps its labels
     znormalize: bool = False  # sequences: each series z-normalised on its own, before the fitted normaliser
+
+    def __post_init__(self) -> None:
+        self.dataset = training_vocabularies(self.dataset, self.splits.train_idx)
 
     @classmethod
     def load(
@@ -120,3 +131,30 @@ class PreparedData:
     def raw(self, idx: np.ndarray) -> torch.Tensor:
         """Untransformed inputs of `idx` (what a logged model receives)."""
         return self.dataset.X[torch.from_numpy(idx)]
+
+
+def training_vocabularies(ds: Dataset, rows: np.ndarray) -> Dataset:
+    """`ds` with each categorical column's vocabulary cut to the categories `rows` show (codes re-numbered in the
+    same order); every other category becomes the unknown code 0. `ds` itself when nothing changes."""
+    features = ds.features
+    if features is None or not features.categorical:
+        return ds
+    X, categories, dropped = ds.X.clone(), {}, {}
+    rows_t = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+    for i in features.categorical:
+        name = features.names[i]
+        vocab = features.vocabularies[name]
+        codes = X[:, i].long()
+        shown = torch.bincount(codes[rows_t], minlength=len(vocab) + 1) > 0
+        shown[UNKNOWN] = False
+        new = torch.zeros(len(vocab) + 1, dtype=torch.long)
+        new[shown] = torch.arange(1, int(shown.sum()) + 1)
+        X[:, i] = new[codes].to(X.dtype)
+        categories[name] = [v for j, v in enumerate(vocab) if shown[j + 1]]
+        if len(categories[name]) < len(vocab):
+            dropped[name] = len(vocab) - len(categories[name])
+    if not dropped:
+        return ds
+    shown_text = ", ".join(f"{name} ({n})" for name, n in dropped.items())
+    log.info("categories not in the training part (unknown to every model): %s", shown_text)
+    return replace(ds, X=X, categories=categories)

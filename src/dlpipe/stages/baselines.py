@@ -38,7 +38,8 @@ def run(params: Params, paths: ProjectPaths) -> dict:
     if not params.baselines.models or not is_global_zero():
         write_json(paths.baselines_report, out)
         return out
-    phash = params_hash(STAGE, RESULTS_PROTOCOL, params.baselines, params.data, params.seed, ctx.dataset_hash)
+    crosses = params.models.wide_deep.crosses  # declared for wide & deep, offered to the linear baseline
+    phash = params_hash(STAGE, RESULTS_PROTOCOL, params.baselines, params.data, params.seed, ctx.dataset_hash, crosses)
     tags = ctx.tags(STAGE, None, phash)
     parent = latest_run(ctx.experiment_id, stage=STAGE, params_hash=phash)
     done = finished_baselines(ctx.experiment_id, parent.info.run_id, phash) if parent is not None else {}
@@ -57,7 +58,7 @@ def run(params: Params, paths: ProjectPaths) -> dict:
                 run_id, out[name] = done[name]
                 log.info("baseline %s: reusing its finished run %s", name, run_id)
                 continue
-            result = run_baseline(name, ctx.data, params.seed, params.baselines.max_train_samples)
+            result = run_baseline(name, ctx.data, params.seed, params.baselines.max_train_samples, crosses)
             out[name] = result.to_dict()
             with tracked_run(run_name=f"baseline-{name}", nested=True, tags={**tags, "baseline": name}) as child:
                 record(child.info.run_id, out[name])

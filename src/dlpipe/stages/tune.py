@@ -298,6 +298,7 @@ def summarize(
         "stopped": stopped,
         "storage": handle.storage,
         "sampler": params.tune.sampler,
+        "startup_trials": params.tune.startup_trials,
         "pruner": params.tune.pruner,
         "pruning_monitor": monitor_for(params.selection.metric),
         "cv_folds": params.tune.cv_folds,

@@ -9,7 +9,8 @@
   `tune.storage`: a database URL (`postgresql://user:pass@host:5432/db`, RDBStorage) for many machines, or another
   journal file path (relative to the project root). A journal torn by a crash or a full disk is repaired when it
   is opened and before every append (see dlpipe.tuning.journal).
-- Sampler: TPE, random or CMA-ES, re-created for every trial with a seed drawn from (seed, the trial's position
+- Sampler: TPE, Gaussian process, random or CMA-ES (the model-based ones random for their first
+  `tune.startup_trials` trials), re-created for every trial with a seed drawn from (seed, the trial's position
   in the study's logical sequence). Discarded trials (FAIL from an interrupt, a lost race for the last slot, or a
   dead process: interrupted, surplus, stale, orphaned) give their position to the next trial, so with one worker
   the trial that re-runs an interrupted one samples its params, and a resumed study ends with the trials of an
@@ -43,7 +44,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from dlpipe import RESULTS_PROTOCOL
-from dlpipe.config import Params, flatten, params_hash
+from dlpipe.config import Params, TuneParams, flatten, params_hash
 from dlpipe.errors import ConfigError, DlpipeError
 from dlpipe.metric_names import is_positive_metric
 from dlpipe.paths import ProjectPaths
@@ -61,6 +62,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the states that count tow
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 # Pruner settings (module constants so tests and benchmarks may tighten them).
+STARTUP_TRIALS = TuneParams.model_fields["startup_trials"].default  # random trials before a model-based one learns
 MEDIAN_STARTUP_TRIALS = 3  # median: trials that finish before any trial is pruned
 MEDIAN_WARMUP_STEPS = 1  # median: the first steps (epochs) of a trial are never pruned
 REDUCTION_FACTOR = 3  # successive halving and hyperband
@@ -92,6 +94,7 @@ def study_key(params: Params, arch: str, space: SearchSpace, dataset_hash: str) 
         "arch": arch,
         "space": space.to_dict(),
         "sampler": params.tune.sampler,
+        "startup_trials": params.tune.startup_trials if params.tune.sampler != "random" else None,
         "pruner": params.tune.pruner,
         "metric": metric,
         "positive_class": params.selection.positive_class if is_positive_metric(metric) else None,
@@ -258,16 +261,22 @@ class TrialSeededSampler(BaseSampler):
         self._current.reseed_rng()
 
 
-def sampler_factory(kind: str) -> Callable[[int], BaseSampler]:
+def sampler_factory(kind: str, startup_trials: int = STARTUP_TRIALS) -> Callable[[int], BaseSampler]:
+    """A seed -> sampler factory; model-based samplers sample at random for their first `startup_trials` trials
+    (Optuna's default of 10 would leave a 10-trial study entirely random)."""
+    n = startup_trials
     if kind == "random":
         return lambda s: optuna.samplers.RandomSampler(seed=s)
     if kind == "cmaes":  # categorical dimensions fall back to independent (random) sampling
-        return lambda s: optuna.samplers.CmaEsSampler(seed=s, warn_independent_sampling=False)
-    return lambda s: optuna.samplers.TPESampler(seed=s, constant_liar=True)  # liar: parallel workers spread out
+        return lambda s: optuna.samplers.CmaEsSampler(seed=s, n_startup_trials=n, warn_independent_sampling=False)
+    if kind == "gp":  # Gaussian process; learns from COMPLETE trials only (pruned ones are not scored)
+        return lambda s: optuna.samplers.GPSampler(seed=s, n_startup_trials=n, warn_independent_sampling=False)
+    # multivariate: one joint density over the dimensions (Optuna 5's default); liar: parallel workers spread out
+    return lambda s: optuna.samplers.TPESampler(seed=s, n_startup_trials=n, multivariate=True, constant_liar=True)
 
 
-def make_sampler(kind: str, seed: int) -> BaseSampler:
-    return TrialSeededSampler(sampler_factory(kind), seed)
+def make_sampler(kind: str, seed: int, startup_trials: int = STARTUP_TRIALS) -> BaseSampler:
+    return TrialSeededSampler(sampler_factory(kind, startup_trials), seed)
 
 
 def make_pruner(kind: str, max_steps: int) -> optuna.pruners.BasePruner:
@@ -326,7 +335,7 @@ def open_study(params: Params, paths: ProjectPaths, arch: str, space: SearchSpac
         storage=storage,
         study_name=name,
         direction=DIRECTION,
-        sampler=make_sampler(params.tune.sampler, params.seed),
+        sampler=make_sampler(params.tune.sampler, params.seed, params.tune.startup_trials),
         pruner=make_pruner(params.tune.pruner, max_steps(params, space)),
         load_if_exists=True,
     )
