@@ -10,6 +10,7 @@ import argparse
 import json
 import subprocess
 import sys
+import textwrap
 import threading
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -32,13 +33,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     from dlpipe.data import DATASETS
     from dlpipe.models import ARCHITECTURES
 
-    print("architectures:")
-    for arch in ARCHITECTURES.values():
-        print(f"  {arch.name:<12} {'/'.join(sorted(arch.kinds)):<14} {arch.description}")
-    print("datasets:")
-    width = max(14, *(len(name) for name in DATASETS))
-    for ds in DATASETS.values():
-        print(f"  {ds.name:<{width}} {ds.kind:<14} {ds.description}")
+    def rows(title: str, entries: list[tuple[str, str, str]]) -> None:
+        """One entry a row, its description wrapped under itself so that no line passes 120 columns."""
+        print(title)
+        width = max(12, *(len(name) for name, _, _ in entries))
+        for name, kinds, description in entries:
+            lead = f"  {name:<{width}} {kinds:<14} "
+            lines = textwrap.wrap(description, width=120 - len(lead)) or [""]
+            print(lead + lines[0])
+            for line in lines[1:]:
+                print(" " * len(lead) + line)
+
+    rows("architectures:", [(a.name, "/".join(sorted(a.kinds)), a.description) for a in ARCHITECTURES.values()])
+    rows("datasets:", [(d.name, d.kind, d.description) for d in DATASETS.values()])
     return 0
 
 

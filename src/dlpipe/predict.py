@@ -183,7 +183,8 @@ def read_npz(
         what = "an empty file" if not head else "not a NumPy .npz archive (no zip header)"
         raise BadInputError(f"{path}: {what}; expected arrays saved with numpy.savez(file, X=...)")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        # np.load leaks the file it opened when the archive is damaged: hand it one this block closes
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
             names = list(npz.files)
             if "X" in names:
                 X = npz["X"]

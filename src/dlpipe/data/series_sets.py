@@ -118,7 +118,7 @@ def read_npz_series(path: Path) -> list[np.ndarray]:
     """The series of an `.npz` file: `X` (N x channels x length, or N x length for one channel) and, for series of
     unequal length, `lengths` (N steps each; the rest of a row is padding)."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:  # np.load leaks its own on errors
             if "X" not in npz.files:
                 raise DataError(f"{path}: no array 'X' (N x channels x length); arrays: {', '.join(npz.files)}")
             X = np.asarray(npz["X"], dtype=np.float32)
