@@ -23,6 +23,7 @@ EXPECTED_KINDS = {
     "mnist": "image",
     "fashion_mnist": "image",
     "cifar10": "image",
+    "images": "image",
 }
 
 
@@ -47,7 +48,7 @@ def test_unknown_dataset_is_a_config_error_listing_the_choices():
     with pytest.raises(ConfigError) as info:
         get_dataset_info("nope")
     assert str(info.value) == (
-        "data.name: unknown dataset 'nope'; allowed: digits, breast_cancer, csv, mnist, fashion_mnist, cifar10"
+        "data.name: unknown dataset 'nope'; allowed: digits, breast_cancer, csv, mnist, fashion_mnist, cifar10, images"
     )
     with pytest.raises(ConfigError, match="unknown dataset 'nope'"):
         load_dataset("nope", ".", DataParams())
