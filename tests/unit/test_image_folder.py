@@ -147,3 +147,17 @@ def test_check_stage_exits_2_naming_the_bad_file_before_any_output_is_touched(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "green/broken.jpg (" in err[0] and err[0].startswith("dlpipe check: error")
     assert (paths.raw / "dataset.npz").read_bytes() == b"kept" and not paths.inputs.exists()
+
+
+def test_dlpipe_check_decodes_the_folder_as_the_stage_does(tmp_path: Path, capsys, monkeypatch) -> None:
+    from dlpipe import cli
+
+    paths = write_project(tmp_path / "p", {"path": "imgs", "size": 8})
+    root = make_folder(paths.root / "imgs", per_class=10)
+    monkeypatch.setenv("DLPIPE_ROOT", str(paths.root))
+    assert cli.main(["check", str(paths.params)]) == 0
+    Image.new("CMYK", (12, 12)).save(root / "red" / "print.jpg")
+    capsys.readouterr()
+    assert cli.main(["check", str(paths.params)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "red/print.jpg (CMYK image" in err[0], err
