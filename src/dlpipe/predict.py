@@ -11,8 +11,8 @@ Inputs, raw like the dataset the model was trained on (the model normalises them
 - a folder of images (.png, .jpg, .jpeg, .bmp, .gif, .webp) of any size, converted to grayscale or RGB for 1 or 3
   channels, resized and centre-cropped to the model's height and width the way image folders are for training
   (`data.images.size`; an image of the model's size is taken as it is) and scaled to [0, 1] like the image
-  datasets. CMYK and 16-bit images are refused, as in training. Any other file in the folder is refused (hidden
-  files, named `.*`, and subfolders are ignored).
+  datasets. CMYK and 16-bit grayscale images are refused, as in training. Any other file in the folder is refused
+  (hidden files, named `.*`, and subfolders are ignored).
 Output: one row per sample with `prediction` (a class name) and `prob_<class>` per class (image folders also get
 a `file` column first; a model with categorical columns adds `unknown_categories`, the columns of that row holding a
 category the model never saw, counted on stderr), as CSV.

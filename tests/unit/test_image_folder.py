@@ -52,6 +52,30 @@ def test_a_second_load_reads_the_cache_and_an_added_image_is_decoded_again(tmp_p
     assert changed != digest and len(X) == 16 and folder.class_counts()[2] == 6
 
 
+def png_rgb16(path: Path, value: int, side: int = 4) -> Path:
+    """A 16-bit-per-channel RGB PNG written by hand (Pillow does not write them)."""
+    import struct
+    import zlib
+
+    rows = b"".join(b"\0" + np.full((side, 3), value, dtype=">u2").tobytes() for _ in range(side))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)))
+    path.write_bytes(path.read_bytes() + chunk(b"IEND", b""))
+    return path
+
+
+def test_16_bit_rgb_palette_and_alpha_images_are_converted(tmp_path: Path) -> None:
+    assert (decode_file(png_rgb16(tmp_path / "deep.png", 0xABCD), 4, 3) == 0xAB).all()  # scaled, not clipped
+    Image.new("RGBA", (6, 6), (10, 20, 30, 0)).save(tmp_path / "alpha.png")
+    assert decode_file(tmp_path / "alpha.png", 4, 3)[:, 0, 0].tolist() == [10, 20, 30]  # alpha dropped
+    Image.new("RGB", (6, 6), (204, 0, 0)).convert("P").save(tmp_path / "palette.png")
+    assert decode_file(tmp_path / "palette.png", 4, 3)[:, 0, 0].tolist() == [204, 0, 0]
+
+
 def bad_files(root: Path) -> dict[str, str]:
     """One of each kind of bad file, by path relative to `root`, with the reason the error gives."""
     (root / "red" / "notes.png").write_text("not an image")

@@ -8,10 +8,11 @@ params) gives a new key and is decoded again; an unchanged folder is read from t
 
 Classes are the sub-folders, sorted by name. Files whose names start with "." are ignored (.DS_Store); every other
 file must be a PNG or JPEG image Pillow decodes in full: anything else (not an image, truncated, unreadable) is
-refused, all bad files named in one line. CMYK images and images of more than 8 bits per channel (16-bit PNG) are
-refused too rather than converted: Pillow converts CMYK without its colour profile and clips 16-bit values instead
-of scaling them, so the model would silently learn from distorted pixels. Palette, 1-bit, grayscale-with-alpha and
-RGBA images are converted (alpha dropped).
+refused, all bad files named in one line. CMYK images and 16-bit grayscale PNGs (Pillow modes I;16, I, F) are
+refused too rather than converted: Pillow converts CMYK without its colour profile and clips 16-bit gray values
+instead of scaling them, and how to map 12 or 16 significant bits to 8 is the researcher's choice, so the model would
+otherwise learn from silently distorted pixels. 16-bit RGB PNGs are taken (Pillow reads them scaled to 8 bits);
+palette, 1-bit, grayscale-with-alpha and RGBA images are converted (alpha dropped).
 """
 
 from __future__ import annotations
