@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -53,6 +54,9 @@ def test_an_image_folder_trains_a_cnn_and_predicts_new_images_of_any_size(
     report = train.run(params, paths, "cnn")
     assert report["accuracy"] >= 0.9, report["accuracy"]
     assert read_json(paths.model_dir("cnn") / "params.json")["input_shape"] == [3, 12, 12]
+    schema = mlflow.pyfunc.load_model(report["model_uri"]).metadata.get_input_schema()
+    assert schema.is_tensor_spec()  # served like every image model: a float32 N x C x H x W tensor in [0, 1]
+    assert schema.inputs[0].shape == (-1, 3, 12, 12) and schema.inputs[0].type == np.dtype("float32")
 
     new = tmp_path / "new"
     new.mkdir()
