@@ -34,6 +34,12 @@ class CsvParams(Section):
     )
 
 
+class ImagesParams(Section):
+    path: str | None = Field(None, description="folder with one sub-folder per class, relative to the project root")
+    size: int = Field(32, ge=4, le=512, description="side of the square images: shorter side resized, centre cropped")
+    channels: Literal["gray", "rgb"] = Field("rgb", description="images converted to grayscale (1) or RGB (3)")
+
+
 class DataParams(Section):
     name: str = Field("digits", description="dataset from the registry (`dlpipe list`)")
     csv: CsvParams = CsvParams()
@@ -42,6 +48,7 @@ class DataParams(Section):
         description="random: a stratified data.test_size holdout; official: the dataset's own test set is the "
         "holdout and the folds split its official training part",
     )
+    images: ImagesParams = ImagesParams()
     test_size: float = Field(0.2, gt=0.0, lt=1.0, description="fraction held out as the test set")
     folds: int = Field(5, ge=2, le=20, description="stratified folds over the training part")
     val_size: float = Field(0.1, gt=0.0, lt=0.5, description="validation slice of the training part (train/tune)")
@@ -280,13 +287,17 @@ class Params(Section):
 
     @property
     def registered_model_name(self) -> str:
-        """registry.model_name, or one per data set: dlpipe-<dataset>, and dlpipe-csv-<file stem> for a CSV (each
-        file has its own champion; a champion is compared only with models of the same data)."""
+        """registry.model_name, or one per data set: dlpipe-<dataset>, dlpipe-csv-<file stem> for a CSV and
+        dlpipe-images-<folder name> for an image folder (each file or folder has its own champion; a champion is
+        compared only with models of the same data)."""
         if self.registry.model_name:
             return self.registry.model_name
         if self.data.name == "csv" and self.data.csv.path:
             stem = re.sub(r"[^\w.-]+", "-", Path(self.data.csv.path).stem).strip("-.") or "data"
             return f"dlpipe-csv-{stem}"
+        if self.data.name == "images" and self.data.images.path:
+            stem = re.sub(r"[^\w.-]+", "-", Path(self.data.images.path).name).strip("-.") or "folder"
+            return f"dlpipe-images-{stem}"
         return f"dlpipe-{self.data.name}"
 
 
@@ -357,6 +368,8 @@ def check_semantics(params: Params) -> None:
         problems.append("data.csv.path: required when data.name is 'csv'")
     problems += _data_problems(params.data, kind)
     problems += _augmentation_problems(params.train.augmentation, kind)
+    if params.data.name == "images" and not params.data.images.path:
+        problems.append("data.images.path: required when data.name is 'images'")
     if len(set(params.architectures)) != len(params.architectures):
         problems.append("architectures: each architecture may appear once")
     for i, name in enumerate(params.architectures):

@@ -10,9 +10,11 @@ Inputs, raw like the dataset the model was trained on (the model normalises them
   read by position.
 - series (a model taking channels x length): a `.ts` file (aeon's format), or an `.npz` with `X` (N x channels x
   length) and, for series of unequal length, `lengths`; NaN-padded to the model's length, never truncated.
-- a folder of images (.png, .jpg, .jpeg, .bmp, .gif, .webp), each of the model's height and width exactly (no
-  resizing), converted to grayscale or RGB for 1 or 3 channels and scaled to [0, 1] like the image datasets. Any
-  other file in the folder is refused (hidden files, named `.*`, and subfolders are ignored).
+- a folder of images (.png, .jpg, .jpeg, .bmp, .gif, .webp) of any size, converted to grayscale or RGB for 1 or 3
+  channels, resized and centre-cropped to the model's height and width the way image folders are for training
+  (`data.images.size`; an image of the model's size is taken as it is) and scaled to [0, 1] like the image
+  datasets. CMYK and 16-bit grayscale images are refused, as in training. Any other file in the folder is refused
+  (hidden files, named `.*`, and subfolders are ignored).
 Output: one row per sample with `prediction` (a class name) and `prob_<class>` per class (image folders also get
 a `file` column first; a model with categorical columns adds `unknown_categories`, the columns of that row holding a
 category the model never saw, counted on stderr), as CSV.
@@ -210,6 +212,8 @@ def read_images(folder: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, list[
     """Every image file in `folder` (sorted by name) as (N, C, H, W) in [0, 1]; any other file is refused."""
     from PIL import Image, UnidentifiedImageError
 
+    from dlpipe.data.image_folder import fit_image
+
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise BadInputError(f"{folder}: the model takes {expected_text(shape)}, not images")
     channels, height, width = shape
@@ -227,17 +231,10 @@ def read_images(folder: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, list[
     for path in files:
         try:
             with Image.open(path) as img:
-                img = img.convert("L" if channels == 1 else "RGB")
-                if img.size != (width, height):
-                    raise BadInputError(
-                        f"{path}: image is {img.size[0]}x{img.size[1]} (width x height) but the model takes "
-                        f"{width}x{height} images with {channels} channel(s), i.e. {shape_text(shape)}; "
-                        f"resize it first"
-                    )
-                array = np.asarray(img, dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError) as exc:
+                array = fit_image(img, height, width, channels).astype(np.float32) / 255.0
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise BadInputError(f"{path}: not a readable image ({one_line(exc)})") from None
-        images.append(array[None, :, :] if channels == 1 else array.transpose(2, 0, 1))
+        images.append(array)
     return np.stack(images).astype(np.float32), [p.name for p in files]
 
 

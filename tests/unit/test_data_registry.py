@@ -25,6 +25,7 @@ EXPECTED_KINDS = {
     "fashion_mnist": "image",
     "cifar10": "image",
     **{spec.name: "sequence" for spec in SERIES_SETS},
+    "images": "image",
 }
 
 
@@ -51,6 +52,7 @@ def test_unknown_dataset_is_a_config_error_listing_the_choices():
     assert str(info.value) == (
         "data.name: unknown dataset 'nope'; allowed: digits, breast_cancer, csv, mnist, fashion_mnist, cifar10, "
         + ", ".join(spec.name for spec in SERIES_SETS)
+        + ", images"
     )
     with pytest.raises(ConfigError, match="unknown dataset 'nope'"):
         load_dataset("nope", ".", DataParams())

@@ -3,12 +3,14 @@
 DVC deletes a stage's outputs before it runs that stage, so a bad key found by the stage itself would already
 have cost its outputs. This stage runs before every other one (fetch depends on its output, and everything
 depends on fetch), refuses bad params with the same one-line errors as `dlpipe check` (exit 2), and records the
-content hash of the files params only name (`data.csv.path`) in data/inputs.json: editing the CSV reruns fetch and
-what follows; `dvc status` alone cannot see inside a file named by a param.
+content hash of the files params only name (`data.csv.path`, the image folder `data.images.path`) in
+data/inputs.json: editing the CSV, or adding, removing or changing an image, reruns fetch and what follows; `dvc
+status` alone cannot see inside a file or folder named by a param. An image folder is decoded here, in full, into
+the cache fetch reads (data/downloads/image-cache): a bad image is refused before DVC deletes any output.
 
 Fast path (a no-change `dvc repro`): when params.yaml, the dlpipe code that validates it and the CSV's size and
-modification time are what the last successful check saw (a stamp under .dvc/tmp), it imports nothing beyond the
-standard library and PyYAML and writes nothing.
+modification time (every image's, for a folder) are what the last successful check saw (a stamp under .dvc/tmp),
+it imports nothing beyond the standard library and PyYAML and writes nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +51,30 @@ def csv_path(raw: dict[str, Any], paths: ProjectPaths) -> Path | None:
     return path if path.is_absolute() else paths.root / path
 
 
+def images_path(raw: dict[str, Any], paths: ProjectPaths) -> Path | None:
+    data = raw.get("data") or {}
+    if not isinstance(data, dict) or data.get("name") != "images":
+        return None
+    path = (data.get("images") or {}).get("path")
+    if not path:
+        return None
+    path = Path(path)
+    return path if path.is_absolute() else paths.root / path
+
+
+def folder_state(path: Path | None) -> str | None:
+    """A cheap fingerprint of a folder (path, size, mtime and inode of every file): whether it must be hashed again."""
+    if path is None or not path.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for dirpath, _, filenames in sorted(os.walk(path)):
+        for name in sorted(filenames):
+            st = os.stat(os.path.join(dirpath, name))
+            rel = os.path.relpath(os.path.join(dirpath, name), path)
+            digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+    return digest.hexdigest()
+
+
 def file_state(path: Path | None) -> dict[str, Any] | None:
     if path is None or not path.is_file():
         return None
@@ -80,16 +106,30 @@ def run(params_path: Path, paths: ProjectPaths) -> dict[str, Any]:
         raw = {}
     store.probe_params(raw, paths.root)  # a locked or corrupt MLflow store, found before DVC deletes any output
     csv = csv_path(raw if isinstance(raw, dict) else {}, paths)
+    images = images_path(raw if isinstance(raw, dict) else {}, paths)
     key = hashlib.sha256(text + code_digest().encode()).hexdigest()
     state = file_state(csv)
+    images_state = folder_state(images)
     stamp = read_stamp(paths)
-    if stamp.get("key") == key and stamp.get("csv_state") == state and paths.inputs.is_file():
+    if (
+        stamp.get("key") == key
+        and stamp.get("csv_state") == state
+        and stamp.get("images_state") == images_state
+        and paths.inputs.is_file()
+    ):
         return json.loads(paths.inputs.read_text())
-    return _full_check(params_path, paths, csv, key, state, stamp)
+    return _full_check(params_path, paths, csv, key, state, stamp, images, images_state)
 
 
 def _full_check(
-    params_path: Path, paths: ProjectPaths, csv: Path | None, key: str, state: dict | None, stamp: dict[str, Any]
+    params_path: Path,
+    paths: ProjectPaths,
+    csv: Path | None,
+    key: str,
+    state: dict | None,
+    stamp: dict[str, Any],
+    images: Path | None = None,
+    images_state: str | None = None,
 ) -> dict[str, Any]:
     from dlpipe.config import load_params
     from dlpipe.io import sha256_file, write_json
@@ -105,11 +145,24 @@ def _full_check(
         if digest != stamp.get("csv_sha256") or stamp.get("key") != key:
             check_data(params, csv)
         inputs["csv"] = {"path": os.path.relpath(csv, paths.root), "sha256": digest}
+    elif images is not None:
+        known = stamp.get("images_sha256") if images_state == stamp.get("images_state") else None
+        digest = check_images(params, images, paths, known)
+        inputs["images"] = {"path": os.path.relpath(images, paths.root), "sha256": digest}
     else:
         check_data(params, None)
     if not paths.inputs.is_file() or json.loads(paths.inputs.read_text()) != inputs:
         write_json(paths.inputs, inputs)
-    write_stamp(paths, {"key": key, "csv_state": state, "csv_sha256": inputs.get("csv", {}).get("sha256")})
+    write_stamp(
+        paths,
+        {
+            "key": key,
+            "csv_state": state,
+            "csv_sha256": inputs.get("csv", {}).get("sha256"),
+            "images_state": images_state,
+            "images_sha256": inputs.get("images", {}).get("sha256"),
+        },
+    )
     return inputs
 
 
@@ -125,8 +178,29 @@ def validate(params_path: Path, paths: ProjectPaths) -> Any:
         from dlpipe.errors import ConfigError
 
         raise ConfigError(f"data.csv.path: no such file {str(csv)!r}")
-    check_data(params, csv)
+    images = images_path({"data": {"name": params.data.name, "images": {"path": params.data.images.path}}}, paths)
+    if images is not None:
+        check_images(params, images, paths)
+    else:
+        check_data(params, csv)
     return params
+
+
+def check_images(params: Any, folder: Path, paths: ProjectPaths, digest: str | None = None) -> str:
+    """The image folder decodes in full (every bad file named in one DataError) into the cache fetch reads, and its
+    class counts allow the splits data.* asks for. Returns the folder's content digest."""
+    from dlpipe.data.image_folder import cache_dir_of, channel_count, load_folder
+
+    if not folder.is_dir():
+        from dlpipe.errors import ConfigError
+
+        raise ConfigError(f"data.images.path: no such folder {str(folder)!r}; expected one sub-folder per class")
+    images = params.data.images
+    found, _, digest = load_folder(
+        folder, images.size, channel_count(images.channels), cache_dir_of(paths.downloads), digest
+    )
+    _check_splits(params, found.class_counts(), str(folder))
+    return digest
 
 
 def check_data(params: Any, csv: Path | None) -> None:
@@ -134,8 +208,6 @@ def check_data(params: Any, csv: Path | None) -> None:
     publishes) give every training part, and its labelled part, every class (what prepare, tuning, cv and the
     baselines would refuse or crash on later, after DVC removed their outputs)."""
     import numpy as np
-
-    from dlpipe.data.splits import split_problems
 
     if csv is not None:
         from dlpipe.data.csv_set import read_csv_dataset
@@ -148,6 +220,12 @@ def check_data(params: Any, csv: Path | None) -> None:
         counts, source = get_dataset_info(params.data.name).class_counts, params.data.name
         if counts is None:
             return
+    _check_splits(params, counts, source)
+
+
+def _check_splits(params: Any, counts: Any, source: str) -> None:
+    from dlpipe.data.splits import split_problems
+
     problems = split_problems(counts, params.data, source=source, labeled_min=labeled_minimum(params))
     if problems:
         from dlpipe.errors import DataError

@@ -32,8 +32,11 @@ def run(params: Params, paths: ProjectPaths) -> dict:
 
 
 def _rooted(params: Params, paths: ProjectPaths) -> DataParams:
-    """data params with a relative data.csv.path resolved against the project root (not the working directory)."""
-    csv = params.data.csv
-    if not csv.path or Path(csv.path).is_absolute():
-        return params.data
-    return params.data.model_copy(update={"csv": csv.model_copy(update={"path": str(paths.root / csv.path)})})
+    """data params with a relative data.csv.path and data.images.path resolved against the project root (not the
+    working directory)."""
+    update = {}
+    for key in ("csv", "images"):
+        section = getattr(params.data, key)
+        if section.path and not Path(section.path).is_absolute():
+            update[key] = section.model_copy(update={"path": str(paths.root / section.path)})
+    return params.data.model_copy(update=update)
