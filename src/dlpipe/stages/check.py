@@ -90,9 +90,11 @@ def _full_check(
     params_path: Path, paths: ProjectPaths, csv: Path | None, key: str, state: dict | None, stamp: dict[str, Any]
 ) -> dict[str, Any]:
     from dlpipe.config import load_params
+    from dlpipe.executors import check_stores
     from dlpipe.io import sha256_file, write_json
 
     params = load_params(params_path)
+    check_stores(params, paths)
     inputs: dict[str, Any] = {}
     if csv is not None:
         if state is None:
