@@ -78,7 +78,7 @@ class RayPool:
     def __init__(self, params: Params):
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
-            ray.init(address=address(params), logging_level=logging.WARNING, log_to_driver=False)
+            ray.init(address=address(params), logging_level=logging.WARNING)
         resources = ray.cluster_resources()
         self.cpus = max(1, params.trainer.cpu_threads or 1)
         gpu_ok = params.trainer.accelerator in ("auto", "gpu", "cuda")
@@ -114,7 +114,7 @@ class RayPool:
     def submit(self, task: Task) -> None:
         if self._shipped is None:
             raise RuntimeError("RayPool.share(context) must come before the first unit")
-        files = _inputs(self._ctx.paths.root)
+        files = inputs(self._ctx.paths.root)
         ref = self._run.remote([self._shipped], task.fn, task.args, files)  # in a list: fetched by the node once
         self._running[ref] = task
 
@@ -137,7 +137,7 @@ class RayPool:
             log.error("%s", reason.splitlines()[0])
             self.close_lost_runs()
             return Done(task, crash=reason.splitlines()[0])
-        _write_back(self._ctx.paths.root, returned.files)
+        write_back(self._ctx.paths.root, returned.files)
         if _alive_nodes() != self._alive_nodes:  # a node died (its units retried elsewhere) or joined
             self.close_lost_runs()
         return Done(task, result=returned.result)
@@ -173,12 +173,17 @@ class RayPool:
 
 
 def run_unit(shipped: list[ray.ObjectRef], fn: Any, args: tuple, files: dict[str, bytes]) -> Returned:
-    """On a node: run `fn(*args)` in a scratch project seeded with `files`; return its result and what it wrote."""
+    """The Ray task: `fn(*args)` on a node, with the context shipped once (see `in_scratch`)."""
+    return in_scratch(_fetch(shipped[0]), fn, args, files)
+
+
+def in_scratch(ship: Shipped, fn: Any, args: tuple, files: dict[str, bytes]) -> Returned:
+    """Run `fn(*args)` in a scratch project seeded with `files`, with `ship`'s context as the units' shared context;
+    return its result and the files it wrote under `OUTPUT_DIRS`. The project's own folder is never touched."""
     from dlpipe.stages import common
     from dlpipe.stages.runner import setup_logging
     from dlpipe.training.threads import apply_cpu_threads
 
-    ship: Shipped = _fetch(shipped[0])
     setup_logging()
     apply_cpu_threads(ship.context.params.trainer)
     os.environ.update(ship.env)
@@ -224,7 +229,7 @@ def _has_paths(arg: Any) -> bool:
     return dataclasses.is_dataclass(arg) and not isinstance(arg, type) and hasattr(arg, "paths")
 
 
-def _inputs(root: Path) -> dict[str, bytes]:
+def inputs(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for g in INPUT_GLOBS for p in sorted(root.glob(g))}
 
 
@@ -238,7 +243,7 @@ def _outputs(scratch: Path, shipped: dict[str, bytes]) -> dict[str, bytes]:
     return out
 
 
-def _write_back(root: Path, files: dict[str, bytes]) -> None:
+def write_back(root: Path, files: dict[str, bytes]) -> None:
     """Write a unit's outputs into the project: a model folder replaces the old one whole, a report file-wise."""
     from dlpipe.io import atomic_dir, atomic_path
 
