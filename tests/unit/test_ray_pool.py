@@ -1,6 +1,8 @@
-"""No shared disk (issue #25): a unit sent to a Ray node runs in a scratch project there, seeded with the reports it
-reads and the context the stage shipped (no data read from the project); what it writes comes back and is written
-into the project by the stage. Run here without a cluster: the same function the Ray task calls."""
+"""RayPool without a cluster (issue #25). No shared disk: a unit sent to a Ray node runs in a scratch project there,
+seeded with the reports it reads and the context the stage shipped (no data read from the project); what it writes
+comes back and is written into the project by the stage (the same function the Ray task calls, run here). Outcomes:
+a unit that raises comes back as its error, a unit lost with its node past Ray's retries as a crash with the reason,
+like a dead local worker (Ray's answers stubbed; tests/integration/test_ray_cluster.py kills a real node)."""
 
 from __future__ import annotations
 
@@ -58,3 +60,45 @@ def test_a_unit_runs_in_a_scratch_project_and_its_outputs_come_back(tmp_path, mo
     ray_pool.write_back(paths.root, returned.files)
     assert read_json(paths.test_report("mlp")) == {"lr": 0.0123}  # the tuned params reached the node
     assert sorted(p.name for p in paths.model_dir("mlp").iterdir()) == ["weights.bin"]  # replaced whole, as locally
+
+
+class Lost(Exception):
+    pass
+
+
+def pool_answering(monkeypatch, answer: BaseException) -> tuple:
+    """A RayPool with one running unit whose ray.get raises `answer`; returns (pool, task, lost-run closings)."""
+    from dlpipe.parallel import Task
+
+    pool = ray_pool.RayPool.__new__(ray_pool.RayPool)
+    task = Task("cv mlp fold1", unit, ())
+    ref = object()
+    pool.size, pool._running, pool._ctx, pool._alive_nodes = 2, {ref: task}, None, frozenset({"a", "b"})
+    closings = []
+    monkeypatch.setattr(ray_pool.ray, "wait", lambda refs, num_returns: ([ref], []))
+    monkeypatch.setattr(ray_pool.ray, "get", lambda r: (_ for _ in ()).throw(answer))
+    monkeypatch.setattr(pool, "close_lost_runs", lambda: closings.append(True))
+    return pool, task, closings
+
+
+def test_a_unit_lost_with_its_node_comes_back_as_a_crash_with_the_reason(monkeypatch):
+    import ray.exceptions
+
+    pool, task, closings = pool_answering(monkeypatch, ray.exceptions.NodeDiedError("node 10.0.0.7 died"))
+    done = pool.next_done()
+    assert done.task is task and not done.ok and done.error is None
+    assert done.crash.startswith("cv mlp fold1: lost on the Ray cluster after 2 retries (NodeDiedError: node 10.0.0.7")
+    assert closings == [True]  # the runs the lost node left RUNNING are ended
+    assert (pool.busy, pool.free) == (0, 2)  # its slot is free again
+
+
+def test_a_unit_that_raises_comes_back_as_its_error(monkeypatch):
+    import ray.exceptions
+
+    cause = Lost("no such column")
+    wrapped = ray.exceptions.RayTaskError("run_unit", "Traceback ...\nLost: no such column", cause)
+    pool, _, closings = pool_answering(monkeypatch, wrapped)
+    done = pool.next_done()
+    assert done.error is cause and done.crash is None
+    assert "no such column" in done.details
+    assert closings == []
