@@ -20,8 +20,11 @@ from dlpipe.errors import BadInputError, DlpipeError
 
 def cmd_check(args: argparse.Namespace) -> int:
     from dlpipe.config import load_params
+    from dlpipe.executors import check_stores
+    from dlpipe.paths import ProjectPaths
 
     params = load_params(args.params_file)
+    check_stores(params, ProjectPaths.from_env())  # as the check stage: a Ray study needs server stores
     print(f"{args.params_file}: ok ({params.data.name}; {', '.join(params.architectures)})")
     return 0
 

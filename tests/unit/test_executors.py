@@ -74,3 +74,18 @@ def test_check_stage_refuses_a_ray_study_on_local_stores_in_one_line_exit_2(tmp_
     assert len(lines) == 1, lines
     assert lines[0].startswith("dlpipe check: error: mlflow.tracking_uri: 'sqlite:///")
     assert not (project / "data" / "inputs.json").exists()
+
+
+def test_dlpipe_check_refuses_it_too(tmp_path):
+    project = copy_project(tmp_path / "p")
+    write_params(project, {"study": {"executor": "ray"}, "mlflow": SERVERS["mlflow"]})
+    proc = subprocess.run(
+        ["dlpipe", "check", "params.yaml"], cwd=project, env=subprocess_env(project), capture_output=True, text=True
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"dlpipe check: error: tune.storage: '{project / 'optuna' / 'journal.log'}' is a file on this machine, which "
+        "trials on other ray nodes cannot reach; allowed with study.executor ray: a database server, e.g. "
+        "postgresql://user@host/optuna"
+    ]
+    assert proc.stdout == ""
