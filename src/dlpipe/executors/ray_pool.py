@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import pickle
 import shutil
 import socket
 import tempfile
@@ -101,7 +102,8 @@ class RayPool:
         uri = resolve_tracking_uri(ctx.params.mlflow.tracking_uri, ctx.paths.root)
         env = {k: v for k, v in os.environ.items() if k.startswith("DVC_")}
         context = dataclasses.replace(ctx, experiment_id=None, _dataset_input=None)
-        self._shipped = ray.put(Shipped(context, uri, env))
+        # pickled here, unpickled once per worker: arrays come back writable (Ray's zero-copy numpy is read-only)
+        self._shipped = ray.put(pickle.dumps(Shipped(context, uri, env), protocol=pickle.HIGHEST_PROTOCOL))
 
     @property
     def free(self) -> int:
@@ -212,7 +214,7 @@ def _fetch(ref: ray.ObjectRef) -> Shipped:
     key = ref.hex()
     if key not in _FETCHED:
         _FETCHED.clear()
-        _FETCHED[key] = ray.get(ref)
+        _FETCHED[key] = pickle.loads(ray.get(ref))
     return _FETCHED[key]
 
 
