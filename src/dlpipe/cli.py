@@ -20,11 +20,15 @@ from dlpipe.errors import BadInputError, DlpipeError
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """What the check stage refuses (the same code): params, the CSV they name, the splits data.* asks for."""
+    """What the check stage refuses (the same code): params, the CSV they name, the splits data.* asks for, and a
+    Ray study's stores."""
+    from dlpipe.executors import check_stores
     from dlpipe.paths import ProjectPaths
     from dlpipe.stages.check import validate
 
-    params = validate(Path(args.params_file), ProjectPaths.from_env())
+    paths = ProjectPaths.from_env()
+    params = validate(Path(args.params_file), paths)
+    check_stores(params, paths)  # as the check stage: a Ray study needs server stores
     print(f"{args.params_file}: ok ({params.data.name}; {', '.join(params.architectures)})")
     return 0
 

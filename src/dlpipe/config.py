@@ -249,6 +249,18 @@ class MlflowParams(Section):
     log_models: bool = True
 
 
+EXECUTORS = ("local", "ray")  # study.executor: dlpipe.executors registers a pool factory under each name
+
+
+class StudyParams(Section):
+    executor: Literal[EXECUTORS] = Field(  # type: ignore[valid-type]
+        "local", description="where the study's units run: local worker processes, or tasks on a Ray cluster"
+    )
+    ray_address: str | None = Field(
+        None, description="the Ray cluster (host:port of its head); null = $RAY_ADDRESS, else a Ray started here"
+    )
+
+
 class RegistryParams(Section):
     model_name: str | None = Field(
         None, description="registered model; null = dlpipe-<dataset>, dlpipe-csv-<file stem> for a CSV"
@@ -276,6 +288,7 @@ class Params(Section):
     selection: SelectionParams = SelectionParams()
     baselines: BaselinesParams = BaselinesParams()
     mlflow: MlflowParams = MlflowParams()
+    study: StudyParams = StudyParams()
     registry: RegistryParams = RegistryParams()
 
     def model_params(self, arch: str) -> BaseModel:

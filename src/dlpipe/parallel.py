@@ -78,6 +78,9 @@ class SerialPool:
     def busy(self) -> int:
         return len(self._queue)
 
+    def share(self, ctx: Any) -> None:
+        """The stage's loaded context, which a pool on other machines ships to them (units here read the project)."""
+
     def submit(self, task: Task) -> None:
         self._queue.append(task)
 
@@ -158,6 +161,9 @@ class ProcessPool:
     @property
     def busy(self) -> int:
         return sum(w.task is not None for w in self._workers.values())
+
+    def share(self, ctx: Any) -> None:
+        """Nothing to ship: the workers read the project on this machine."""
 
     def submit(self, task: Task) -> None:
         self._ready()

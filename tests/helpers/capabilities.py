@@ -1,10 +1,10 @@
 """What the machine offers to tests that need more than Python: a PostgreSQL server, a GPU, the network, a
-Chromium, folders that can be made read-only.
+Chromium, folders that can be made read-only, a network namespace with only loopback.
 
 A test declares what it needs with a marker (`@pytest.mark.postgres`, `gpu`, `network`, `chromium`,
-`read_only_dirs`), or a fixture calls `need(name)`. Each capability is probed once per session: where it is absent
-the test is skipped with the reason, unless the comma-separated `DLPIPE_REQUIRE` names it (CI: every one but gpu and
-network), then it fails with the reason.
+`read_only_dirs`, `loopback_netns`), or a fixture calls `need(name)`. Each capability is probed once per session:
+where it is absent the test is skipped with the reason, unless the comma-separated `DLPIPE_REQUIRE` names it (CI:
+every one but gpu and network), then it fails with the reason.
 """
 
 from __future__ import annotations
@@ -89,7 +89,30 @@ def read_only_dirs_missing() -> str | None:
     return "running as root without chattr +i (e2fsprogs, on a filesystem that supports it): no read-only folders"
 
 
+LOOPBACK_NETNS = ("unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$0" "$@"')
+
+
+def loopback_netns_missing() -> str | None:
+    """Whether a command can run in a network namespace of its own with only `lo` up (`unshare --net` as root), and
+    Ray is installed: cluster tests run there, so nothing they start can reach beyond loopback."""
+    import shutil
+    import subprocess
+
+    if importlib.util.find_spec("ray") is None:
+        return "Ray is not installed (pip install -r requirements.lock)"
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return "unshare (util-linux) or ip (iproute2) not found"
+    try:
+        probe = subprocess.run([*LOOPBACK_NETNS, "true"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"no network namespace: {exc}"
+    if probe.returncode != 0:
+        return f"no network namespace (unshare --net needs root or user namespaces): {probe.stderr.strip()[-200:]}"
+    return None
+
+
 PROBES: dict[str, Callable[[], str | None]] = {
+    "loopback_netns": loopback_netns_missing,
     "postgres": postgres_missing,
     "gpu": gpu_missing,
     "network": network_missing,

@@ -348,9 +348,11 @@ def test_cli_list_prints_every_architecture_and_dataset_with_kinds(processes):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "architectures:"
-    split_at = lines.index("datasets:")
-    arch_lines = {line.split()[0]: line.split()[1] for line in lines[1:split_at]}
-    data_lines = {line.split()[0]: line.split()[1] for line in lines[split_at + 1 :]}
+    assert max(len(line) for line in lines) <= 120
+    entries = [line for line in lines if not line.startswith("   ")]  # a wrapped description continues indented
+    split_at = entries.index("datasets:")
+    arch_lines = {line.split()[0]: line.split()[1] for line in entries[1:split_at]}
+    data_lines = {line.split()[0]: line.split()[1] for line in entries[split_at + 1 :]}
     assert arch_lines == {name: "/".join(sorted(arch.kinds)) for name, arch in ARCHITECTURES.items()}
     assert data_lines == {name: info.kind for name, info in DATASETS.items()}
     assert arch_lines["cnn"] == "image" and arch_lines["mlp"] == "image/tabular"

@@ -105,5 +105,5 @@ def test_hook_runs_every_test_when_all_capabilities_are_present(pytester, monkey
 def test_unknown_required_capability_stops_the_run(pytester, monkeypatch) -> None:
     result = run_marked_tests(pytester, monkeypatch, absent=set(), require="cuda")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    allowed = "allowed: ['chromium', 'gpu', 'network', 'postgres', 'read_only_dirs']"
+    allowed = "allowed: ['chromium', 'gpu', 'loopback_netns', 'network', 'postgres', 'read_only_dirs']"
     assert f"DLPIPE_REQUIRE: unknown capability ['cuda']; {allowed}" in result.stderr.str()

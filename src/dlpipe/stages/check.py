@@ -132,9 +132,11 @@ def _full_check(
     images_state: str | None = None,
 ) -> dict[str, Any]:
     from dlpipe.config import load_params
+    from dlpipe.executors import check_stores
     from dlpipe.io import sha256_file, write_json
 
     params = load_params(params_path)
+    check_stores(params, paths)
     inputs: dict[str, Any] = {}
     if csv is not None:
         if state is None:

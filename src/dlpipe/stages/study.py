@@ -54,7 +54,14 @@ def pool_size(trainer: TrainerParams) -> int:
     return max(1, cores // (trainer.cpu_threads or cores))
 
 
-def make_pool(params: Params) -> ProcessPool | SerialPool:
+def make_pool(params: Params) -> Any:
+    """The pool of `study.executor` (dlpipe.executors): local worker processes, or a Ray cluster."""
+    from dlpipe.executors import make_pool as executor_pool
+
+    return executor_pool(params)
+
+
+def make_local_pool(params: Params) -> ProcessPool | SerialPool:
     size = pool_size(params.trainer)
     if size <= 1:
         return SerialPool()
@@ -83,6 +90,7 @@ def run(params: Params, paths: ProjectPaths) -> dict[str, Any]:
         ctx = StageContext.load(params, paths)
         ctx.check_against_data()
         ctx.close_orphans(STAGE)
+        pool.share(ctx)
         failures = Study(ctx, pool).run()
     finally:
         pool.close()
