@@ -21,7 +21,6 @@ import logging
 import time
 import warnings
 
-
 DATASETS = {  # registry name -> the archive's name
     "gunpoint": "GunPoint",
     "italy_power_demand": "ItalyPowerDemand",
