@@ -2,12 +2,14 @@
 
     .venv/bin/python benchmarks/sequences.py [--archs cnn1d lstm] [--epochs 100] [--patience 15] [--seed 0]
 
-Per dataset (the archive's own split, `data.split: official`; each series z-normalised, `data.znormalize`):
-- each architecture (params.yaml's defaults for it, batch 16, Adam 1e-3) trained on 80% of the official training
+Per dataset (the archive's own split, `data.split: official`):
+- each architecture (params.yaml's defaults for it, batch 16, Adam 1e-3; each series z-normalised,
+  `data.znormalize`) trained on 80% of the official training
   part and early-stopped on validation loss over the other 20% (stratified); the kept epoch is scored once on the
   official test set. Nothing is chosen on the test set.
 - the series baselines (`rocket`: MiniRocket with the registry's kernel count; `dtw`: 1-NN DTW), fitted on the whole
-  official training part (their 3-fold CV on it is printed too) and scored on the same test set.
+  official training part (their 3-fold CV on it is printed too) and scored on the same test set, on the series as
+  the archive ships them (as the baselines stage gives them).
 - published accuracies, only where a source bundled offline gives them: aeon ships tsml's reference results of
   InceptionTime (a deep model) as test data; resample 0 is the archive's own split in tsml's convention. The
   figures of Fawaz et al. 2019 (FCN/ResNet) and Dempster et al. 2020 (ROCKET) could not be checked offline: n/a.
