@@ -415,6 +415,12 @@ def check_semantics(params: Params) -> None:
     for i, name in enumerate(params.baselines.models):
         if name not in BASELINES:
             problems.append(f"baselines.models.{i}: unknown baseline {name!r}; allowed: {', '.join(BASELINES)}")
+        elif kind not in BASELINES[name].kinds:
+            fits = [b for b, spec in BASELINES.items() if kind in spec.kinds]
+            problems.append(
+                f"baselines.models.{i}: {name!r} takes {'/'.join(sorted(BASELINES[name].kinds))} input but dataset "
+                f"{params.data.name!r} is {kind}; allowed for {kind}: {', '.join(fits)}"
+            )
     if isinstance(params.tune.cv_folds, int) and not 0 <= params.tune.cv_folds <= params.data.folds:
         problems.append(
             f"tune.cv_folds: {params.tune.cv_folds} folds asked but data.folds is {params.data.folds}; "

@@ -59,6 +59,6 @@ def test_a_category_the_fit_never_saw_is_unknown_to_every_baseline(churn):
     X, y = churn.dataset.X.numpy().astype(np.float64), churn.y_numpy
     unseen = X[:5].copy()
     unseen[:, features.categorical] = 0  # the unknown code
-    for name in BASELINES:
+    for name in [b for b, spec in BASELINES.items() if "tabular" in spec.kinds]:
         model = make_baseline(name, 0, "tabular", features, CROSS).fit(X[:300], y[:300])
         assert len(model.predict(unseen)) == 5

@@ -9,6 +9,10 @@ gradient boosting takes the categories natively instead. The crosses declared fo
 by cross-validation on each training part only; gradient boosting chooses its number of trees by early stopping on
 a slice of it. A training part larger than `max_train` is subsampled (stratified) for fitting, and the report says
 so.
+
+Series take the generic baselines as flat vectors (NaN padding as zeros); the series baselines (aeon's MiniRocket
+and 1-NN DTW, sequence data only) take them as series: DTW each series at its own length, MiniRocket (equal lengths
+only) the NaN padding as zeros.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ if TYPE_CHECKING:
     from dlpipe.data.prepared import PreparedData
 
 INNER_FOLDS = 3
+ROCKET_KERNELS = 1008  # MiniRocket's kernels (a multiple of its 84); 10,000 in the paper, 1,008 fits a CPU budget
+ALL_KINDS = frozenset({"image", "tabular", "sequence"})
 HGB_MAX_CATEGORIES = 255  # scikit-learn's native categories: at most max_bins (255) per column
 
 
@@ -69,6 +75,18 @@ def _hist_gradient_boosting(seed: int) -> Any:
     )
 
 
+def _rocket(seed: int) -> Any:
+    from aeon.classification.convolution_based import MiniRocketClassifier
+
+    return MiniRocketClassifier(n_kernels=ROCKET_KERNELS, random_state=seed, n_jobs=1)
+
+
+def _dtw(seed: int) -> Any:
+    from aeon.classification.distance_based import KNeighborsTimeSeriesClassifier
+
+    return KNeighborsTimeSeriesClassifier(n_neighbors=1, distance="dtw", n_jobs=1)  # full window, no tie to break
+
+
 def _grid(estimator: Any, grid: dict, seed: int) -> Any:
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
@@ -82,6 +100,14 @@ class Baseline:
     make: Callable[[int], Any]  # the estimator, from the seed
     native_categories: bool = False  # takes category codes as they are (else one-hot)
     crosses: bool = False  # also takes the declared crosses, one-hot
+    kinds: frozenset[str] = ALL_KINDS  # the dataset kinds it takes
+    unequal_length: bool = False  # a series baseline that takes series of unequal length (else NaN padding as zeros)
+    min_length: int = 1  # shorter series are padded with zeros (MiniRocket's kernels span 9 steps)
+
+    @property
+    def series(self) -> bool:
+        """Takes series as series (N x channels x length), not flattened."""
+        return self.kinds == {"sequence"}
 
 
 # the registry; params' `baselines.models` names
@@ -96,6 +122,18 @@ BASELINES: dict[str, Baseline] = {
         "histogram gradient boosting, trees by early stopping; native categories",
         _hist_gradient_boosting,
         native_categories=True,
+    ),
+    "rocket": Baseline(
+        f"MiniRocket ({ROCKET_KERNELS} kernels) and ridge regression; series only, padding as zeros",
+        _rocket,
+        kinds=frozenset({"sequence"}),
+        min_length=9,
+    ),
+    "dtw": Baseline(
+        "1-nearest neighbour, dynamic time warping (full window); series only, each at its length",
+        _dtw,
+        kinds=frozenset({"sequence"}),
+        unequal_length=True,
     ),
 }
 
@@ -137,6 +175,8 @@ def make_baseline(
 
     baseline = BASELINES[name]
     estimator = baseline.make(seed)
+    if baseline.series:
+        return estimator
     if kind != "tabular":
         return make_pipeline(estimator)
     categorical = features.categorical if features is not None else []
@@ -184,6 +224,25 @@ class BaselineResult:
         return {**asdict(self), "kind": "baseline", "mean": self.mean, "std": self.std, "folds": len(self.per_fold)}
 
 
+def _inputs(baseline: Baseline, X: Any) -> np.ndarray | list[np.ndarray]:
+    """What `baseline` fits on: flat vectors, or series (N x channels x length; a list of channels x length arrays,
+    each cut at its length, for a baseline that takes unequal lengths), NaN padding as zeros."""
+    from dlpipe.data.base import series_lengths
+
+    if not baseline.series:
+        return np.nan_to_num(X.flatten(1).numpy().astype(np.float64))
+    lengths = series_lengths(X).numpy()
+    series = X.numpy().astype(np.float64)
+    if baseline.unequal_length and (lengths < series.shape[-1]).any():
+        return [s[:, : int(n)] for s, n in zip(series, lengths, strict=True)]
+    short = max(baseline.min_length - series.shape[-1], 0)
+    return np.pad(np.nan_to_num(series), ((0, 0), (0, 0), (0, short)))
+
+
+def _take(X: np.ndarray | list[np.ndarray], idx: np.ndarray) -> np.ndarray | list[np.ndarray]:
+    return [X[i] for i in idx] if isinstance(X, list) else X[idx]
+
+
 def _fit_part(idx: np.ndarray, y: np.ndarray, max_train: int | None, seed: int, labeled_fraction: float) -> np.ndarray:
     """The samples a baseline fits on: the labelled part of `idx` (the deep models' `data.labeled_fraction`, drawn
     alike), at most `max_train` of them."""
@@ -224,7 +283,7 @@ def _run_baseline(
 
     from dlpipe.evaluation.reports import report_from_predictions
 
-    X = np.nan_to_num(data.dataset.X.flatten(1).numpy().astype(np.float64))  # series padding (NaN) as zeros
+    X = _inputs(BASELINES[name], data.dataset.X)
     y = data.y_numpy
     names = data.dataset.class_names
     features = data.dataset.features
@@ -243,15 +302,15 @@ def _run_baseline(
     for k in range(data.splits.folds):
         others, scored = data.splits.fold_indices(k)
         fit_idx = _fit_part(others, y, max_train, seed, data.labeled_fraction)
-        model = make().fit(X[fit_idx], y[fit_idx])
-        report = report_from_predictions(y[scored], model.predict(X[scored]), names)
+        model = make().fit(_take(X, fit_idx), y[fit_idx])
+        report = report_from_predictions(y[scored], model.predict(_take(X, scored)), names)
         per_fold[f"fold_{k}"] = {m: report[m] for m in SCALAR_METRICS}
         per_class[f"fold_{k}"] = report["per_class"]
     train_idx = _fit_part(data.splits.train_idx, y, max_train, seed, data.labeled_fraction)
-    final = make().fit(X[train_idx], y[train_idx])
+    final = make().fit(_take(X, train_idx), y[train_idx])
     test_idx = data.splits.test_idx
-    test = report_from_predictions(y[test_idx], final.predict(X[test_idx]), names)
-    search = final[-1]
+    test = report_from_predictions(y[test_idx], final.predict(_take(X, test_idx)), names)
+    search = final[-1] if hasattr(final, "steps") else final
     chosen = dict(search.best_params_) if isinstance(search, GridSearchCV) else {}
     if isinstance(search, HistGradientBoostingClassifier):  # trees kept by early stopping
         chosen["n_iter"] = int(search.n_iter_)

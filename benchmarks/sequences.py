@@ -1,0 +1,137 @@
+"""Sequences: deep models and the series baselines on five UCR/UEA sets with their official train/test split.
+
+    .venv/bin/python benchmarks/sequences.py [--archs cnn1d lstm] [--epochs 100] [--patience 15] [--seed 0]
+
+Per dataset (the archive's own split, `data.split: official`):
+- each architecture (params.yaml's defaults for it, batch 16, Adam 1e-3; each series z-normalised,
+  `data.znormalize`) trained on 80% of the official training
+  part and early-stopped on validation loss over the other 20% (stratified); the kept epoch is scored once on the
+  official test set. Nothing is chosen on the test set.
+- the series baselines (`rocket`: MiniRocket with the registry's kernel count; `dtw`: 1-NN DTW), fitted on the whole
+  official training part (their 3-fold CV on it is printed too) and scored on the same test set, on the series as
+  the archive ships them (as the baselines stage gives them).
+- published accuracies, only where a source bundled offline gives them: aeon ships tsml's reference results of
+  InceptionTime (a deep model) as test data; resample 0 is the archive's own split in tsml's convention. The
+  figures of Fawaz et al. 2019 (FCN/ResNet) and Dempster et al. 2020 (ROCKET) could not be checked offline: n/a.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import time
+import warnings
+
+DATASETS = {  # registry name -> the archive's name
+    "gunpoint": "GunPoint",
+    "italy_power_demand": "ItalyPowerDemand",
+    "arrow_head": "ArrowHead",
+    "basic_motions": "BasicMotions",
+    "japanese_vowels": "JapaneseVowels",
+}
+PUBLISHED = "InceptionTime_accuracy.csv"  # aeon/testing/example_results_files/classification/accuracy/
+
+
+def published_inception_time() -> dict[str, float]:
+    """Resample 0 of tsml's InceptionTime accuracies as aeon bundles them (no network)."""
+    from importlib.resources import files
+
+    path = files("aeon") / "testing/example_results_files/classification/accuracy" / PUBLISHED
+    with path.open() as f:
+        rows = list(csv.reader(f))[1:]
+    return {row[0]: float(row[1]) for row in rows}
+
+
+def deep(arch: str, name: str, args: argparse.Namespace) -> dict:
+    from dlpipe.config import parse_params
+    from dlpipe.data import load_dataset
+    from dlpipe.data.prepared import PreparedData
+    from dlpipe.data.splits import make_splits
+    from dlpipe.training.fit import ModelSpec, evaluate, fit
+
+    params = parse_params(
+        {
+            "data": {"name": name, "split": "official", "znormalize": True},
+            "architectures": [arch],
+            "train": {
+                "max_epochs": args.epochs,
+                "batch_size": 16,
+                "early_stopping": {"patience": args.patience},
+            },
+            "trainer": {"accelerator": "cpu", "progress_bar": False},
+        }
+    )
+    ds = load_dataset(name, ".", params.data)
+    splits = make_splits(ds.y.numpy(), 0.2, 3, args.seed, ds.official_test.numpy())
+    data = PreparedData(ds, splits, znormalize=True)
+    split = data.holdout(0.2, args.seed)  # validation from the official training part only
+    spec = ModelSpec(arch, getattr(params.models, arch), params.train)
+    result = fit(spec, split, ds.class_names, params.trainer, args.seed)
+    report = evaluate(result.module, data.test(split.normalizer), params.trainer)
+    return {"accuracy": report["accuracy"], "f1": report["f1_macro"], "epochs": result.epochs}
+
+
+def baseline(model: str, name: str, seed: int) -> dict:
+    from dlpipe.config import DataParams
+    from dlpipe.data import load_dataset
+    from dlpipe.data.prepared import PreparedData
+    from dlpipe.data.splits import make_splits
+    from dlpipe.evaluation.baselines import run_baseline
+
+    ds = load_dataset(name, ".", DataParams(name=name, split="official"))
+    data = PreparedData(ds, make_splits(ds.y.numpy(), 0.2, 3, seed, ds.official_test.numpy()))
+    result = run_baseline(model, data, seed)
+    return {"accuracy": result.test["accuracy"], "f1": result.test["f1_macro"], "cv": result.mean["accuracy"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", nargs="+", default=["cnn1d", "lstm"])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--patience", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    import torch
+
+    torch.set_num_threads(1)
+    published = published_inception_time()
+    rows = []
+    start = time.perf_counter()
+    for name in args.datasets:
+        problem = DATASETS[name]
+        scores = {}
+        for arch in args.archs:
+            t = time.perf_counter()
+            scores[arch] = deep(arch, name, args)
+            print(f"# {problem} {arch}: {scores[arch]} ({time.perf_counter() - t:.0f} s)", flush=True)
+        for model in ("rocket", "dtw"):
+            t = time.perf_counter()
+            scores[model] = baseline(model, name, args.seed)
+            print(f"# {problem} {model}: {scores[model]} ({time.perf_counter() - t:.0f} s)", flush=True)
+        rows.append((problem, scores, published.get(problem)))
+    models = [*args.archs, "rocket", "dtw"]
+    print("\n| dataset | " + " | ".join(f"{m} acc / F1" for m in models) + " | published InceptionTime | ROCKET |")
+    print("|---" * (len(models) + 3) + "|")
+    for problem, scores, inception in rows:
+        cells = [f"{scores[m]['accuracy']:.3f} / {scores[m]['f1']:.3f}" for m in models]
+        pub = f"{inception:.3f}" if inception is not None else "n/a"
+        print(f"| {problem} | " + " | ".join(cells) + f" | {pub} | n/a |")
+    print(
+        f"\nseed {args.seed}; {args.epochs} epochs at most, patience {args.patience}; "
+        f"{time.perf_counter() - start:.0f} s in all. Published: InceptionTime, tsml reference results as aeon "
+        "bundles them (resample 0); ROCKET (Dempster et al. 2020) and FCN/ResNet (Fawaz et al. 2019) not checkable "
+        "offline: n/a."
+    )
+    print(
+        "rocket/dtw CV accuracy (3 folds, official training part): "
+        + ", ".join(f"{p} {s['rocket']['cv']:.3f}/{s['dtw']['cv']:.3f}" for p, s, _ in rows)
+    )
+
+
+if __name__ == "__main__":
+    main()
