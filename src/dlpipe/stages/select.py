@@ -162,14 +162,24 @@ def write_tables(paths: ProjectPaths, board: pd.DataFrame, verdict: dict) -> Non
 
 
 def dvc_metrics(params: Params, board: pd.DataFrame, summary: dict) -> dict[str, Any]:
-    """What `dvc metrics show` and `dvc exp show` compare across experiments, narrow enough for a terminal: the
-    champion, every architecture's CV mean of the selection metric, the registered version and the select run."""
-    deep = board[board["kind"] == "deep"].set_index("architecture")["cv_mean"]
-    out: dict[str, Any] = {"champion": summary["winner"]}
-    out |= {arch: round(float(deep[arch]), 4) for arch in params.architectures}
-    out["version"] = (summary.get("registry") or {}).get("version")
-    out["select_run"] = summary["mlflow_run_id"]
-    return out
+    """What `dvc metrics show`, `dvc metrics diff` and `dvc exp show` compare across experiments, one short column
+    each (a line fits 120 columns): the champion, its CV mean and std and its test score of the selection metric, the
+    registered version and the select run. Every model's scores are in reports/leaderboard.csv."""
+    winner = summary["winner"]
+    row = board[(board["kind"] == "deep") & (board["architecture"] == winner)].iloc[0]
+
+    def number(column: str) -> float | None:
+        value = row.get(column)
+        return None if value is None or pd.isna(value) else round(float(value), 4)
+
+    return {
+        "champion": winner,
+        "cv_mean": number("cv_mean"),
+        "cv_std": number("cv_std"),
+        "test": number("test_selection"),
+        "version": (summary.get("registry") or {}).get("version"),
+        "select_run": summary["mlflow_run_id"],
+    }
 
 
 # --- plots ----------------------------------------------------------------------------------------------------------
