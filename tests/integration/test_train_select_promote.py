@@ -165,7 +165,8 @@ def test_select_writes_the_leaderboard_metrics_and_plots(study: Study) -> None:
     assert metrics["cv_std"] == pytest.approx(board.iloc[0]["cv_std"], abs=5e-5)
     assert metrics["test"] == pytest.approx(board.iloc[0]["test_selection"], abs=5e-5)
     confusion = pd.read_csv(study.paths.reports / "plots" / "confusion.csv")
-    assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == 60
+    assert list(confusion.columns) == ["actual", "predicted", "model"] and len(confusion) == 60
+    assert set(confusion["model"]) == {expected}  # the charts' titles name the champion
     comparison = pd.read_csv(study.paths.reports / "plots" / "comparison.csv")
     assert set(comparison["architecture"]) == set(ARCHS)
     assert list(comparison.columns) == [
@@ -179,8 +180,8 @@ def test_select_writes_the_leaderboard_metrics_and_plots(study: Study) -> None:
         "test",
     ]
     for name, columns in (
-        ("pr", ["class", "recall", "precision"]),
-        ("roc", ["class", "fpr", "tpr"]),
+        ("pr", ["class", "recall", "precision", "model"]),
+        ("roc", ["class", "fpr", "tpr", "model"]),
         ("calibration", ["architecture", "confidence", "accuracy", "count"]),
     ):
         frame = pd.read_csv(study.paths.reports / "plots" / f"{name}.csv", dtype={"class": str})

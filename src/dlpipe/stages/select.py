@@ -192,7 +192,9 @@ def write_plots(ctx: StageContext, board: pd.DataFrame, winner: str) -> None:
     pred_path = paths.test_predictions(winner)
     if not pred_path.is_file():
         raise DataError(f"{pred_path}: missing; run the study stage again (dvc repro study)")
-    write_text(paths.plots / "confusion.csv", pred_path.read_text())
+    # every curve and confusion file names the champion in a `model` column: the charts' titles show it (dvc.yaml)
+    confusion = pd.read_csv(pred_path, dtype=str, keep_default_na=False).assign(model=winner)
+    write_text(paths.plots / "confusion.csv", confusion.to_csv(index=False))
     comparison = pd.DataFrame(
         {
             "architecture": board["architecture"],
@@ -208,8 +210,8 @@ def write_plots(ctx: StageContext, board: pd.DataFrame, winner: str) -> None:
     write_text(paths.plots / "comparison.csv", comparison.to_csv(index=False))
     if paths.oof_predictions(winner).is_file():
         pr, roc = curves(ctx, winner)
-        write_text(paths.plots / "pr.csv", pr.to_csv(index=False))
-        write_text(paths.plots / "roc.csv", roc.to_csv(index=False))
+        write_text(paths.plots / "pr.csv", pr.assign(model=winner).to_csv(index=False))
+        write_text(paths.plots / "roc.csv", roc.assign(model=winner).to_csv(index=False))
     else:  # a report without out-of-fold predictions: the other plots still stand
         log.warning("select: %s has no out-of-fold predictions; no PR/ROC curves", paths.oof_predictions(winner))
         for name in ("pr.csv", "roc.csv"):
