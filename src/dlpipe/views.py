@@ -28,8 +28,9 @@ from dlpipe.metric_names import LABELS, is_positive_metric
 SELECT_STAGE = "dvc repro select"
 DEFAULT_UI_URL = "http://127.0.0.1:5000"
 METRICS_FILE = "reports/metrics.json"
-# metrics.json keys that are not an architecture's CV value
-STUDY_KEYS = ("champion", "version", "select_run", "metric")
+# metrics.json keys that are not an architecture's CV value (metrics.json of older versions had one key per
+# architecture; today's has the champion's cv_mean, cv_std and test)
+STUDY_KEYS = ("champion", "version", "select_run", "metric", "cv_mean", "cv_std", "test")
 MISSING = "-"
 WIDTH = 120  # the compact leaderboard and its prose fit a terminal this wide
 
@@ -449,7 +450,7 @@ def experiments_text(exp_show: list[dict], width: int = WIDTH) -> str:
             [
                 name,
                 _text(champion),
-                fmt(metrics.get(champion)) if champion else MISSING,
+                fmt(metrics.get("cv_mean", metrics.get(champion))) if champion else MISSING,
                 _text(metrics.get("version")),
                 ", ".join(f"{k}={b}" for k, _, b in changed) or ("(the commit)" if base is None else "(none)"),
             ]
@@ -495,7 +496,8 @@ def study_metrics(name: str, row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def architecture_values(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Each architecture's CV value of the selection metric: the numeric keys that are not study keys."""
+    """Each architecture's CV value of the selection metric: the numeric keys that are not study keys (older
+    metrics.json), else the champion's `cv_mean`."""
     out = {}
     for key, value in metrics.items():
         if key in STUDY_KEYS or isinstance(value, bool):
@@ -503,6 +505,9 @@ def architecture_values(metrics: Mapping[str, Any]) -> dict[str, float]:
         number = _number(value)
         if number is not None:
             out[key] = number
+    champion, cv_mean = metrics.get("champion"), _number(metrics.get("cv_mean"))
+    if not out and isinstance(champion, str) and cv_mean is not None:
+        out[champion] = cv_mean
     return out
 
 
@@ -568,8 +573,15 @@ def _models(study: StudyView) -> dict[tuple[str, str], dict[str, Any]]:
             }
             for r in study.leaderboard
         }
+    m = study.metrics
+    own = "cv_mean" in m  # today's metrics.json: the champion's scores alone
     return {
-        (k, "deep"): {"cv_mean": v, "cv_std": None, "test": None} for k, v in architecture_values(study.metrics).items()
+        (k, "deep"): {
+            "cv_mean": v,
+            "cv_std": _number(m.get("cv_std")) if own else None,
+            "test": _number(m.get("test")) if own else None,
+        }
+        for k, v in architecture_values(m).items()
     }
 
 

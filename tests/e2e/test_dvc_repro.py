@@ -71,7 +71,7 @@ def test_stages_print_no_python_warning(study: Path):
     assert not re.findall(r"\b\w*Warning\b: .*", log), re.findall(r".*\b\w*Warning\b: .*", log)[:5]
 
 
-def test_metrics_show_has_the_champion_and_every_cv_score_and_fits_a_terminal(study: Path):
+def test_metrics_show_has_the_champions_scores_and_fits_120_columns(study: Path):
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], study).stdout)
     workspace = next(iter(shown.values()))["data"]  # the workspace's entry (DVC keys it "" or "workspace")
     assert set(workspace) == {"reports/metrics.json"}  # the rest are outputs, not metrics
@@ -80,10 +80,10 @@ def test_metrics_show_has_the_champion_and_every_cv_score_and_fits_a_terminal(st
     assert metrics["champion"] == selection["winner"]
     assert metrics["select_run"] == selection["mlflow_run_id"]
     assert metrics["version"] == selection["registry"]["version"]
-    for arch in ARCHS:
-        assert 0.0 <= metrics[arch] <= 1.0
+    assert 0.0 < metrics["cv_mean"] <= 1.0 and metrics["cv_std"] >= 0.0 and 0.0 < metrics["test"] <= 1.0
+    assert not set(ARCHS) & set(metrics)  # every model's scores: reports/leaderboard.csv
     lines = run(["dvc", "metrics", "show"], study).stdout.splitlines()
-    assert lines and max(len(line) for line in lines) <= 160, lines
+    assert lines and max(len(line) for line in lines) <= 120, lines
 
 
 def test_mlflow_holds_the_run_tree_and_a_champion(study: Path):
@@ -179,7 +179,7 @@ def test_exp_run_variant_is_compared_with_its_baseline_and_tracked(study: Path):
     branch = next(name for name in rows if name != "three-epochs")
     for name in (branch, "three-epochs"):
         metrics = rows[name]["metrics"]["reports/metrics.json"]["data"]
-        assert metrics["champion"] in ARCHS and all(0 < metrics[a] <= 1 for a in ARCHS), (name, metrics)
+        assert metrics["champion"] in ARCHS and 0 < metrics["cv_mean"] <= 1, (name, metrics)
         assert len(metrics["select_run"]) == 32 and metrics["version"] >= 1
         tuned = rows[name]["params"]["reports/tuned.yaml"]["data"]
         assert set(tuned) == set(ARCHS) and "train.lr" in tuned["mlp"]

@@ -15,6 +15,7 @@ import html
 import http.server
 import importlib.resources
 import importlib.util
+import itertools
 import re
 import shutil
 import subprocess
@@ -52,6 +53,7 @@ FILE_PLOTS = {
     "calibration": "reports/plots/calibration.csv",
 }
 METRIC = "F1 (macro)"
+CHAMPION = "resnet"  # the select stage's `model` column of the confusion and curve files
 MODELS = [  # architecture, kind, cv_mean, cv_std, test
     ("cnn", "deep", 0.972, 0.008, 0.975),
     ("mlp", "deep", 0.955, 0.012, 0.961),
@@ -93,17 +95,18 @@ def write_sample_reports(root: Path, *, classes: int = 3, baselines: bool = True
     logits[np.arange(n), y] += 2.5
     prob = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     predicted = prob.argmax(1)
-    _write_csv(root / "reports/plots/confusion.csv", ["actual", "predicted"], zip(y, predicted, strict=True))
+    confusion = [(a, p, CHAMPION) for a, p in zip(y, predicted, strict=True)]
+    _write_csv(root / "reports/plots/confusion.csv", ["actual", "predicted", "model"], confusion)
     pr_rows, roc_rows, ap, auc = [], [], {}, {}
     for c in range(classes):
         precision, recall, _ = precision_recall_curve(y == c, prob[:, c])
-        pr_rows += [(c, r, p) for r, p in zip(recall, precision, strict=True)]
+        pr_rows += [(c, r, p, CHAMPION) for r, p in zip(recall, precision, strict=True)]
         fpr, tpr, _ = roc_curve(y == c, prob[:, c])
-        roc_rows += [(c, f, t) for f, t in zip(fpr, tpr, strict=True)]
+        roc_rows += [(c, f, t, CHAMPION) for f, t in zip(fpr, tpr, strict=True)]
         ap[str(c)] = average_precision_score(y == c, prob[:, c])
         auc[str(c)] = roc_auc_score(y == c, prob[:, c])
-    _write_csv(root / "reports/plots/pr.csv", ["class", "recall", "precision"], pr_rows)
-    _write_csv(root / "reports/plots/roc.csv", ["class", "fpr", "tpr"], roc_rows)
+    _write_csv(root / "reports/plots/pr.csv", ["class", "recall", "precision", "model"], pr_rows)
+    _write_csv(root / "reports/plots/roc.csv", ["class", "fpr", "tpr", "model"], roc_rows)
     calibration, ece = [], {}
     for arch, temperature in TEMPERATURES.items():
         scaled = np.exp(logits / temperature) / np.exp(logits / temperature).sum(1, keepdims=True)
@@ -220,6 +223,24 @@ def labelled_values(labels: list[str], key: str) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in found if m}
 
 
+def label_gaps(section: str) -> list[float]:
+    """Pixels between neighbouring numeric axis labels of a chart's x axis (vega's 10px sans-serif: a digit is
+    5.56 px wide, a point 2.78), from where vega placed them and how it anchored them."""
+    groups = re.findall(r'<g class="mark-text role-axis-label(?: [^"]*)?"[^>]*>(.*?)</g>', section, flags=re.S)
+    spans = []
+    for group in groups:
+        for attrs, text in re.findall(r"<text([^>]*)>(.*?)</text>", group, flags=re.S):
+            placed = re.search(r'text-anchor="(\w+)" transform="translate\(([-\d.]+),', attrs)
+            if not placed or not numbers([html.unescape(text)]):
+                continue
+            width = sum(2.78 if ch == "." else 5.56 for ch in text)
+            x = float(placed.group(2))
+            left = {"start": x, "middle": x - width / 2, "end": x - width}[placed.group(1)]
+            spans.append((left, left + width))
+    spans.sort()
+    return [b[0] - a[1] for a, b in itertools.pairwise(spans)]
+
+
 ALL_PLOTS = [CV_PLOT, TEST_PLOT, *FILE_PLOTS.values()]
 
 
@@ -263,6 +284,35 @@ def test_plots_show_draws_every_chart_offline(tmp_path: Path, browser: str):
     assert ece.keys() == expected["ece"].keys(), ece
     for arch, value in expected["ece"].items():
         assert abs(ece[arch] - value) < 0.0015, (arch, ece[arch], value)
+
+
+def test_titles_name_the_champion_and_score_axes_keep_their_labels_apart(tmp_path: Path, browser: str):
+    """A study whose models span 0.87-0.99 on the test set (the digits study's range): every x-axis label of the
+    comparison charts stands clear of its neighbours, and the champion's charts name it."""
+    root = make_plots_project(tmp_path / "study")
+    write_sample_reports(root)
+    wide = [
+        ("cnn", "deep", 0.9917, 0.0053, 0.9916),
+        ("mlp", "deep", 0.9703, 0.01, 0.9611),
+        ("resnet", "deep", 0.9107, 0.03, 0.8722),
+        ("svc", "baseline", 0.991, 0.005, 0.9944),
+        ("logreg", "baseline", 0.962, 0.01, 0.9583),
+    ]
+    _write_csv(
+        root / "reports/plots/comparison.csv",
+        ["architecture", "kind", "metric", "cv_mean", "cv_std", "test"],
+        [(a, k, METRIC, m, s, t) for a, k, m, s, t in wide],
+    )
+    parts = assert_all_drawn(render_plots.dump_dom(plots_page(root, "show"), browser), ALL_PLOTS)
+    for plot in (CV_PLOT, TEST_PLOT):
+        gaps = label_gaps(parts[plot])
+        assert gaps and min(gaps) >= 8, (plot, gaps, texts(parts[plot], "axis-label"))
+    for plot, title in (
+        ("confusion", "confusion matrix on the held-out test set"),
+        ("pr", "precision-recall per class (out-of-fold predictions)"),
+        ("roc", "ROC per class, one-vs-rest (out-of-fold predictions)"),
+    ):
+        assert f"Champion {CHAMPION}: {title}" in texts(parts[FILE_PLOTS[plot]], "title-text")
 
 
 def test_plots_diff_keeps_revisions_apart(tmp_path: Path, browser: str):

@@ -161,11 +161,12 @@ def test_select_writes_the_leaderboard_metrics_and_plots(study: Study) -> None:
     assert "±" in md and f"p={chosen['p_value']:.4f}" in md
     metrics = read_json(study.paths.reports / "metrics.json")
     assert metrics["champion"] == expected and metrics["select_run"] == chosen["mlflow_run_id"]
-    assert {a: metrics[a] for a in ARCHS} == pytest.approx(
-        {a: cv_reports[a]["mean"]["f1_macro"] for a in ARCHS}, abs=5e-5
-    )
+    assert metrics["cv_mean"] == pytest.approx(cv_reports[expected]["mean"]["f1_macro"], abs=5e-5)
+    assert metrics["cv_std"] == pytest.approx(board.iloc[0]["cv_std"], abs=5e-5)
+    assert metrics["test"] == pytest.approx(board.iloc[0]["test_selection"], abs=5e-5)
     confusion = pd.read_csv(study.paths.reports / "plots" / "confusion.csv")
-    assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == 60
+    assert list(confusion.columns) == ["actual", "predicted", "model"] and len(confusion) == 60
+    assert set(confusion["model"]) == {expected}  # the charts' titles name the champion
     comparison = pd.read_csv(study.paths.reports / "plots" / "comparison.csv")
     assert set(comparison["architecture"]) == set(ARCHS)
     assert list(comparison.columns) == [
@@ -179,8 +180,8 @@ def test_select_writes_the_leaderboard_metrics_and_plots(study: Study) -> None:
         "test",
     ]
     for name, columns in (
-        ("pr", ["class", "recall", "precision"]),
-        ("roc", ["class", "fpr", "tpr"]),
+        ("pr", ["class", "recall", "precision", "model"]),
+        ("roc", ["class", "fpr", "tpr", "model"]),
         ("calibration", ["architecture", "confidence", "accuracy", "count"]),
     ):
         frame = pd.read_csv(study.paths.reports / "plots" / f"{name}.csv", dtype={"class": str})

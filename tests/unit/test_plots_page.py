@@ -19,9 +19,9 @@ from helpers.project import REPO_ROOT
 PLOTS_DIR = REPO_ROOT / ".dvc" / "plots"
 DATA_FILES = {  # the files the select stage writes, with their CSV headers
     "reports/plots/comparison.csv": "architecture,kind,metric,cv_mean,cv_std,cv_low,cv_high,test",
-    "reports/plots/confusion.csv": "actual,predicted",
-    "reports/plots/pr.csv": "class,recall,precision",
-    "reports/plots/roc.csv": "class,fpr,tpr",
+    "reports/plots/confusion.csv": "actual,predicted,model",
+    "reports/plots/pr.csv": "class,recall,precision,model",
+    "reports/plots/roc.csv": "class,fpr,tpr,model",
     "reports/plots/calibration.csv": "architecture,confidence,accuracy,count",
 }
 

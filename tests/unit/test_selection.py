@@ -261,3 +261,50 @@ def test_score_predictions_by_hand() -> None:
     assert sel.score_predictions(y_true, y_pred, "f1_weighted", names) == pytest.approx((3 * 2 / 3 + 2 * 1 / 2) / 5)
     with pytest.raises(DataError, match="not a class"):
         sel.score_predictions(y_true, y_pred, "f1_positive", names, "maybe")
+
+
+def test_dvc_metrics_show_fits_120_columns_and_diff_shows_the_champions_scores(tmp_path: Path) -> None:
+    """metrics.json as `dvc metrics show` prints it: one line of short, named columns (every model's scores are in
+    the leaderboard), and `dvc metrics diff` shows the champion's scores change."""
+    import json
+    import subprocess
+
+    from helpers.processes import subprocess_env
+    from helpers.reports import leaderboard_frame, selection
+
+    board, summary = leaderboard_frame(), selection()
+    summary["winner"] = "transformer"  # the longest architecture name of the family
+    written = select.dvc_metrics(params_for("f1_macro"), board, summary)
+    assert written == {
+        "champion": "transformer",
+        "cv_mean": 0.99,
+        "cv_std": 0.001,
+        "test": 0.9858,
+        "version": 4,
+        "select_run": summary["mlflow_run_id"],
+    }
+
+    def sh(*cmd: str) -> str:
+        env = {**subprocess_env(tmp_path), "COLUMNS": "200"}
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  select:\n    cmd: 'true'\n    metrics:\n      - reports/metrics.json:\n          cache: false\n"
+    )
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "metrics.json").write_text(json.dumps(written, indent=2))
+    for cmd in (("git", "init", "-q"), ("dvc", "init", "-q"), ("git", "add", "-A")):
+        sh(*cmd)
+    sh("git", "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qm", "study")
+    shown = sh("dvc", "metrics", "show").splitlines()
+    assert max(len(line) for line in shown) <= 120, shown
+    assert shown[0].split() == ["Path", "champion", "cv_mean", "cv_std", "select_run", "test", "version"]
+
+    later = {**written, "cv_mean": 0.9925, "version": 5}
+    (tmp_path / "reports" / "metrics.json").write_text(json.dumps(later, indent=2))
+    diff = sh("dvc", "metrics", "diff").splitlines()
+    assert max(len(line) for line in diff) <= 120, diff
+    changed = {line.split()[1]: line.split()[2:] for line in diff[1:]}
+    assert changed["cv_mean"] == ["0.99", "0.9925", "0.0025"] and changed["version"] == ["4", "5", "1"]

@@ -75,3 +75,18 @@ def test_plot_files_are_logged_as_pictures(client: MlflowClient, tmp_path: Path)
     (plots / "pr.csv").unlink()  # a study without out-of-fold predictions: the others still drawn
     (plots / "roc.csv").write_text("class,x,y\n0,0.1,0.2\n")  # an odd file: no picture of it, no failure
     assert marks.log_plot_images(client, run_id, plots, "cnn") == ["comparison", "confusion", "calibration"]
+
+
+def test_the_confusion_picture_draws_no_grid_through_its_counts_even_under_a_grid_style() -> None:
+    """A matplotlibrc or style with `axes.grid: True` (seaborn's, ggplot's) would draw white lines through every
+    cell; the confusion matrix turns the grid off and names its model in the title."""
+    import matplotlib
+
+    from dlpipe.evaluation import plots
+
+    with matplotlib.rc_context({"axes.grid": True, "grid.color": "white"}):
+        fig = plots.confusion_matrix_figure([[5, 1], [0, 7]], ["a", "b"], "cnn: confusion matrix")
+    ax = fig.axes[0]
+    assert not any(line.get_visible() for line in ax.get_xgridlines() + ax.get_ygridlines())
+    assert ax.get_title() == "cnn: confusion matrix"
+    plots.close(fig)

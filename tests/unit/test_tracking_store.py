@@ -596,3 +596,34 @@ def test_git_dirty_ignores_the_pipelines_own_outputs(tmp_path: Path) -> None:
     (root / "params.yaml").write_text("seed: 1\n")
     (root / "src" / "code.py").write_text("x = 2\n")
     assert runs.git_commit(root) == head + "+dirty"
+
+
+def test_a_copied_store_names_the_copys_optuna_journal(recorded_project: Path, tmp_path: Path) -> None:
+    """The runs' `optuna.storage` tag follows the project (a database URL and a journal elsewhere stay)."""
+    import shutil
+
+    original = recorded_project
+    client = MlflowClient(tracking_uri=store.local_store_uri(original))
+    exp_id = client.get_experiment_by_name("dlpipe/digits").experiment_id
+    elsewhere = str(tmp_path / "shared" / "journal.log")
+    values = {
+        "own": str(original / "optuna" / "journal.log"),
+        "url": "postgresql://dlpipe:***@db:5432/optuna",
+        "elsewhere": elsewhere,
+    }
+    for name, value in values.items():
+        client.create_run(exp_id, run_name=name, tags={"optuna.storage": value})
+    client.set_model_version_tag("dlpipe-digits", "1", "optuna.storage", values["own"])
+    copy = (tmp_path / "copy").resolve()
+    shutil.copytree(original, copy)
+
+    store.configure(None, copy, "dlpipe/digits")
+
+    client = MlflowClient(tracking_uri=store.local_store_uri(copy))
+    tags = {r.info.run_name: r.data.tags.get("optuna.storage") for r in client.search_runs([exp_id])}
+    assert tags["own"] == str(copy / "optuna" / "journal.log")
+    assert (tags["url"], tags["elsewhere"]) == (values["url"], elsewhere)
+    assert client.get_model_version("dlpipe-digits", "1").tags["optuna.storage"] == str(copy / "optuna" / "journal.log")
+    original_client = MlflowClient(tracking_uri=store.local_store_uri(original))
+    kept = {r.info.run_name: r.data.tags.get("optuna.storage") for r in original_client.search_runs([exp_id])}
+    assert kept["own"] == values["own"]

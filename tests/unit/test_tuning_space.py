@@ -190,6 +190,33 @@ def test_study_name_changes_with_what_shapes_the_search_and_not_with_the_budget(
     assert S.study_name(p, "mlp", SearchSpace.for_arch(p, "mlp"), "otherdata") != first
 
 
+def test_a_study_created_under_dvc_exp_run_names_its_experiment_and_is_resumed(tmp_path: Path, monkeypatch):
+    """`dvc exp run` sets DVC_EXP_NAME: a new study says which experiment created it; a rerun of the experiment,
+    another experiment and `dvc repro` with the same params resume it; `dvc repro` names a new study as before."""
+    p = params({"sampler": "random", "spaces": {"mlp": {"train.lr": LR}}})
+    space = SearchSpace.for_arch(p, "mlp")
+
+    def opened(project: Path, experiment: str | None) -> S.StudyHandle:
+        if experiment is None:
+            monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+        else:
+            monkeypatch.setenv("DVC_EXP_NAME", experiment)
+        return S.open_study(p, ProjectPaths(project), "mlp", space, "abc123")
+
+    plain = opened(tmp_path / "repro", None)
+    assert plain.name == f"mlp-{plain.hash}"  # `dvc repro`: the name of today
+    assert opened(tmp_path / "repro", "later-exp").name == plain.name  # an experiment resumes the study of repro
+
+    first = opened(tmp_path / "exp", "tidy-lynx")
+    assert first.name == f"mlp-{first.hash}@tidy-lynx"
+    first.study.add_trial(optuna.trial.create_trial(value=0.5))
+    for experiment in ("tidy-lynx", None, "other-exp"):  # its rerun, `dvc repro`, another experiment
+        again = opened(tmp_path / "exp", experiment)
+        assert again.name == first.name and len(again.study.trials) == 1, experiment
+    names = optuna.get_all_study_names(S.open_storage(S.storage_location(p, ProjectPaths(tmp_path / "exp"))))
+    assert names == [first.name]
+
+
 # --- samplers -----------------------------------------------------------------------------------------------------
 
 

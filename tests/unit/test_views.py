@@ -11,7 +11,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.reports import BASELINES, DEEP, leaderboard_frame, metrics, run_id, selection, write_reports
+from helpers.reports import (
+    BASELINES,
+    DEEP,
+    leaderboard_frame,
+    metrics,
+    metrics_per_architecture,
+    run_id,
+    selection,
+    write_reports,
+)
 
 from dlpipe import cli, views
 
@@ -345,11 +354,24 @@ def test_compare_text_side_by_side_with_std_test_baselines_params_and_significan
 
 
 def test_compare_text_from_metrics_json_alone_and_a_skipped_comparison() -> None:
-    a, b = views.StudyView("main", metrics(champion="cnn")), views.StudyView("exp-b", metrics(shift=0.001))
+    """Commits whose leaderboard is not at hand: metrics.json of earlier versions (every architecture's CV value)."""
+    a = views.StudyView("main", metrics_per_architecture(champion="cnn"))
+    b = views.StudyView("exp-b", metrics_per_architecture(shift=0.001))
     text = views.compare_text(a, b, {"skipped": "their test sets differ (1 in A, 2 in B)"})
     rows = {line.split()[0]: line.split() for line in text.splitlines() if line[:1].isalpha()}
     assert rows["cnn"] == ["cnn", "deep", "0.9800", "*", "-", "0.9810", "-", "+0.0010"]
     assert text.rstrip().endswith("The champions are not compared: their test sets differ (1 in A, 2 in B).")
+
+
+def test_compare_text_from_todays_metrics_json_shows_each_champions_std_and_test() -> None:
+    a, b = views.StudyView("main", metrics(champion="cnn")), views.StudyView("exp-b", metrics(shift=0.001))
+    text = views.compare_text(a, b)
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line[:1].isalpha()}
+    assert rows["cnn"][:5] == ["cnn", "deep", "0.9800", "±", "0.0020"] and "0.9758" in rows["cnn"]
+    assert rows["transformer"][2:] and "0.9910" in rows["transformer"] and "0.9868" in rows["transformer"]
+    assert "cv_mean" not in views.architecture_values(metrics()) and views.architecture_values(metrics()) == {
+        "transformer": 0.99
+    }
 
 
 def test_compare_of_unknown_names_lists_the_known_ones(monkeypatch, capsys, tmp_path) -> None:

@@ -162,14 +162,24 @@ def write_tables(paths: ProjectPaths, board: pd.DataFrame, verdict: dict) -> Non
 
 
 def dvc_metrics(params: Params, board: pd.DataFrame, summary: dict) -> dict[str, Any]:
-    """What `dvc metrics show` and `dvc exp show` compare across experiments, narrow enough for a terminal: the
-    champion, every architecture's CV mean of the selection metric, the registered version and the select run."""
-    deep = board[board["kind"] == "deep"].set_index("architecture")["cv_mean"]
-    out: dict[str, Any] = {"champion": summary["winner"]}
-    out |= {arch: round(float(deep[arch]), 4) for arch in params.architectures}
-    out["version"] = (summary.get("registry") or {}).get("version")
-    out["select_run"] = summary["mlflow_run_id"]
-    return out
+    """What `dvc metrics show`, `dvc metrics diff` and `dvc exp show` compare across experiments, one short column
+    each (a line fits 120 columns): the champion, its CV mean and std and its test score of the selection metric, the
+    registered version and the select run. Every model's scores are in reports/leaderboard.csv."""
+    winner = summary["winner"]
+    row = board[(board["kind"] == "deep") & (board["architecture"] == winner)].iloc[0]
+
+    def number(column: str) -> float | None:
+        value = row.get(column)
+        return None if value is None or pd.isna(value) else round(float(value), 4)
+
+    return {
+        "champion": winner,
+        "cv_mean": number("cv_mean"),
+        "cv_std": number("cv_std"),
+        "test": number("test_selection"),
+        "version": (summary.get("registry") or {}).get("version"),
+        "select_run": summary["mlflow_run_id"],
+    }
 
 
 # --- plots ----------------------------------------------------------------------------------------------------------
@@ -182,7 +192,9 @@ def write_plots(ctx: StageContext, board: pd.DataFrame, winner: str) -> None:
     pred_path = paths.test_predictions(winner)
     if not pred_path.is_file():
         raise DataError(f"{pred_path}: missing; run the study stage again (dvc repro study)")
-    write_text(paths.plots / "confusion.csv", pred_path.read_text())
+    # every curve and confusion file names the champion in a `model` column: the charts' titles show it (dvc.yaml)
+    confusion = pd.read_csv(pred_path, dtype=str, keep_default_na=False).assign(model=winner)
+    write_text(paths.plots / "confusion.csv", confusion.to_csv(index=False))
     comparison = pd.DataFrame(
         {
             "architecture": board["architecture"],
@@ -198,8 +210,8 @@ def write_plots(ctx: StageContext, board: pd.DataFrame, winner: str) -> None:
     write_text(paths.plots / "comparison.csv", comparison.to_csv(index=False))
     if paths.oof_predictions(winner).is_file():
         pr, roc = curves(ctx, winner)
-        write_text(paths.plots / "pr.csv", pr.to_csv(index=False))
-        write_text(paths.plots / "roc.csv", roc.to_csv(index=False))
+        write_text(paths.plots / "pr.csv", pr.assign(model=winner).to_csv(index=False))
+        write_text(paths.plots / "roc.csv", roc.assign(model=winner).to_csv(index=False))
     else:  # a report without out-of-fold predictions: the other plots still stand
         log.warning("select: %s has no out-of-fold predictions; no PR/ROC curves", paths.oof_predictions(winner))
         for name in ("pr.csv", "roc.csv"):

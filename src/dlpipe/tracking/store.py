@@ -169,6 +169,13 @@ STORAGE_COLUMNS: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("model_versions", "storage_location", None),
     ("trace_tags", "value", ("mlflow.artifactLocation", "mlflow.trace.archiveLocation")),
 )
+# Tags that name a file of the project by its absolute path (the Optuna journal): (table, key column, value column,
+# keys). They follow the project root, not mlruns/; a database URL or a file outside the project stays.
+PROJECT_PATH_TAGS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("tags", "key", "value", ("optuna.storage",)),
+    ("logged_model_tags", "tag_key", "tag_value", ("optuna.storage",)),
+    ("model_version_tags", "key", "value", ("optuna.storage",)),
+)
 # What `configure` names an experiment's artifacts: <root>/mlruns/artifacts/<experiment>, as a file URI.
 _OWN_LOCATION = re.compile(r"(?P<mlruns>.+/mlruns)/artifacts/[^/]+")
 
@@ -213,22 +220,30 @@ def _stale(db: Path, mlruns: Path) -> list[str]:
     return sorted(old for old in recorded_mlruns(db) if old not in current and not _same_folder(_as_path(old), mlruns))
 
 
+_STORAGE: Columns = tuple((table, column, "key", keys) for table, column, keys in STORAGE_COLUMNS)
+_PROJECT_TAGS: Columns = tuple((table, value, key, keys) for table, key, value, keys in PROJECT_PATH_TAGS)
+
+
 def _tables(con: sqlite3.Connection) -> dict[str, set[str]]:
     names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     return {t: {c[1] for c in con.execute(f"PRAGMA table_info('{t}')")} for t in names}
 
 
-def _rewrite(con: sqlite3.Connection, old: str, new: str) -> int:
-    """Replace the prefix `old` (a folder: the value itself or `old/...`) by `new` in every storage column."""
+Columns = tuple[tuple[str, str, str, tuple[str, ...] | None], ...]  # (table, column, key column, keys or None)
+
+
+def _rewrite(con: sqlite3.Connection, old: str, new: str, columns: Columns) -> int:
+    """Replace the prefix `old` (a folder: the value itself or `old/...`) by `new` in each (table, column, key
+    column, keys) of `columns`."""
     tables, rows = _tables(con), 0
-    for table, column, keys in STORAGE_COLUMNS:
+    for table, column, key_column, keys in columns:
         if column not in tables.get(table, ()):
             continue
         args = {"old": old, "new": new, "prefix": old + "/", "n": len(old) + 1, "cut": len(old) + 1}
         where = f"({column} = :old OR substr({column}, 1, :n) = :prefix)"
         if keys:
             args |= {f"k{i}": k for i, k in enumerate(keys)}
-            where += f" AND key IN ({', '.join(f':k{i}' for i in range(len(keys)))})"
+            where += f" AND {key_column} IN ({', '.join(f':k{i}' for i in range(len(keys)))})"
         sql = f"UPDATE {table} SET {column} = :new || substr({column}, :cut) WHERE {where}"
         rows += con.execute(sql, args).rowcount
     return rows
@@ -238,7 +253,8 @@ def relocate(root: Path, announce: bool = True) -> list[Relocation]:
     """Point the local store of the project at `root` at its own mlruns/ if it names another project's.
 
     Rewrites, in one transaction of this project's database only, every stored artifact path under a recorded
-    `<old>/mlruns` (file URI and plain path forms) to `<root>/mlruns`. Returns what it rewrote (nothing when the
+    `<old>/mlruns` (file URI and plain path forms) to `<root>/mlruns`, and the Optuna journal paths of
+    PROJECT_PATH_TAGS under `<old>` to `<root>`. Returns what it rewrote (nothing when the
     store is missing or already in place), logging one line per rewrite when `announce`. StoreRelocationError when
     the database cannot be rewritten safely.
     """
@@ -260,9 +276,10 @@ def relocate(root: Path, announce: bool = True) -> list[Relocation]:
             con.execute("BEGIN IMMEDIATE")  # parallel workers: one rewrites, the others then find nothing to do
             for old in _stale(db, mlruns):
                 plain_old, plain_new = _as_path(old), str(mlruns)
-                rows = _rewrite(con, old, mlruns.as_uri() if old.startswith("file:") else plain_new)
+                rows = _rewrite(con, old, mlruns.as_uri() if old.startswith("file:") else plain_new, _STORAGE)
                 if plain_old != old:
-                    rows += _rewrite(con, plain_old, plain_new)
+                    rows += _rewrite(con, plain_old, plain_new, _STORAGE)
+                rows += _rewrite(con, str(Path(plain_old).parent), str(mlruns.parent), _PROJECT_TAGS)
                 done.append(Relocation(db, _as_path(old), plain_new, rows))
             con.execute("COMMIT")
         except BaseException:

@@ -2,9 +2,11 @@
 
 - Name: `<arch>-<hash>` of everything that shapes the search (space, sampler, pruner, metric, folds, epochs, seed,
   data params and dataset hash, the model/train params that are not tuned, precision). Same params on any
-  machine give the same name, so a rerun resumes the study and `dlpipe tune-worker` joins it; a changed space
+  machine give the same hash, so a rerun resumes the study and `dlpipe tune-worker` joins it; a changed space
   starts a new study. `tune.n_trials`, `tune.timeout` and `tune.workers` are not part of it: raising the budget
-  continues the study.
+  continues the study. A study that `dvc exp run` creates is named `<arch>-<hash>@<experiment>` (DVC_EXP_NAME);
+  a study with the same hash is found under whichever name it has (its own experiment's first, then the plain
+  name, then the oldest other), so a rerun of the experiment, `dvc repro` and other experiments resume it.
 - Storage: a journal file at `<project>/optuna/journal.log` (one machine, any number of processes), or
   `tune.storage`: a database URL (`postgresql://user:pass@host:5432/db`, RDBStorage) for many machines, or another
   journal file path (relative to the project root). A journal torn by a crash or a full disk is repaired when it
@@ -31,6 +33,7 @@ import hashlib
 import importlib.util
 import logging
 import math
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,7 +118,28 @@ def study_hash(params: Params, arch: str, space: SearchSpace, dataset_hash: str)
 
 
 def study_name(params: Params, arch: str, space: SearchSpace, dataset_hash: str) -> str:
-    return f"{arch}-{study_hash(params, arch, space, dataset_hash)}"
+    """The name a new study of `arch` gets here (`own_name`)."""
+    return own_name(arch, study_hash(params, arch, space, dataset_hash))
+
+
+DVC_EXP_NAME = "DVC_EXP_NAME"  # `dvc exp run` sets it in every stage's environment (dvc.env)
+
+
+def own_name(arch: str, digest: str) -> str:
+    """The name a new study of `arch` gets here: `<arch>-<hash>`, `<arch>-<hash>@<experiment>` under `dvc exp run`."""
+    experiment = os.environ.get(DVC_EXP_NAME)
+    return f"{arch}-{digest}@{experiment}" if experiment else f"{arch}-{digest}"
+
+
+def existing_name(storage: BaseStorage, arch: str, digest: str) -> str:
+    """The study with this hash to resume (see the module doc), else `own_name`."""
+    own, plain = own_name(arch, digest), f"{arch}-{digest}"
+    names = [s.study_name for s in storage.get_all_studies()]
+    tagged = [n for n in names if n.startswith(plain + "@")]
+    for name in (own, plain, *tagged):
+        if name in names:
+            return name
+    return own
 
 
 def study_attrs(key: dict[str, Any], digest: str) -> dict[str, Any]:
@@ -328,9 +352,9 @@ def open_study(params: Params, paths: ProjectPaths, arch: str, space: SearchSpac
     """Create the study of `arch` or load it when it exists (resumption, or a worker joining)."""
     key = study_key(params, arch, space, dataset_hash)
     digest = params_hash(key)
-    name = f"{arch}-{digest}"
     location = storage_location(params, paths)
     storage = open_storage(location)
+    name = existing_name(storage, arch, digest)
     study = optuna.create_study(
         storage=storage,
         study_name=name,
