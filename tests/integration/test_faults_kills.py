@@ -33,7 +33,7 @@ from dlpipe.config import load_params
 from dlpipe.io import read_json
 from dlpipe.paths import ProjectPaths
 from dlpipe.stages import fetch, prepare
-from dlpipe.tracking.runs import RECORDED_TAG
+from dlpipe.tracking.runs import RECORDED_TAG, holds_fold_report
 
 pytestmark = pytest.mark.slow
 
@@ -208,15 +208,16 @@ def final_parents(project: Path) -> set[str]:
 
 def assert_killed_with_reason(client: MlflowClient, run_ids: set[str], resumed: set[str] = frozenset()) -> None:
     """Each run was ended by the sweep of dead owners: KILLED with the reason, or, when its process died after it
-    had recorded its work (`dlpipe.recorded`: in the moment before its FINISHED status), FINISHED with the reason
-    it was closed; a parent run that the rerun resumed (`resumed`) ends FINISHED and keeps the reason as history."""
+    had recorded its work (`dlpipe.recorded`: in the moment before its FINISHED status; or a fold's report), FINISHED
+    with the reason it was closed; a parent run that the rerun resumed (`resumed`) ends FINISHED and keeps the reason
+    as history."""
     for run_id in run_ids:
         run = client.get_run(run_id)
         tags = run.data.tags
         if run_id in resumed:
             assert run.info.status == "FINISHED", (run.info.run_name, run.info.status)
             assert "ended without closing this run" in tags.get("dlpipe.killed_reason", ""), tags
-        elif tags.get(RECORDED_TAG) == "true":
+        elif tags.get(RECORDED_TAG) == "true" or holds_fold_report(run):
             assert run.info.status == "FINISHED", (run.info.run_name, run.info.status)
             assert "ended after recording this run's work" in tags.get("dlpipe.closed_reason", ""), tags
         else:

@@ -3,8 +3,9 @@
 Real processes run a `tracked_run` (and a tracked Optuna trial) and are SIGKILLed at a chosen point: inside the
 block, or in the last moment of the run, where MLflow would write its FINISHED status (the process kills itself in
 place of `mlflow.end_run`). The sweep every stage runs first (`close_orphaned_runs`, in another process, as a
-stage would) must end the first kind KILLED and the second FINISHED, each with its reason; a trial's result must
-reach the study before its run can end.
+stage would) must end the first kind KILLED and the second FINISHED, each with its reason; so must it a run killed
+inside its block after it logged its fold report (the artifact that marks a cv fold done), but not one whose report
+is torn. A trial's result must reach the study before its run can end.
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ mlflow.set_experiment("faults")
 where = sys.argv[2]
 if where == "end":
     {kill_at_end}
-with tracked_run(run_name="unit", tags={{"unit": where}}):
-    mlflow.log_dict({{"accuracy": 0.9}}, "fold_report.json")
-    if where == "block":
+with tracked_run(run_name="unit", tags={{"unit": where, "fold": "0"}}):
+    mlflow.log_metric("accuracy", 0.9)
+    if where == "torn":  # its report half written
+        mlflow.log_text('{{"accuracy": 0.', "fold_report.json")
+    elif where != "block":
+        mlflow.log_dict({{"accuracy": 0.9}}, "fold_report.json")
+    if where in ("block", "torn", "reported"):
         os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -139,3 +144,16 @@ def test_a_trial_killed_as_its_run_ends_has_told_the_study_and_its_run_ends_fini
 
 def study_experiment(uri: str) -> str:
     return client_of(uri).get_experiment_by_name("faults").experiment_id
+
+
+def test_a_fold_killed_after_logging_its_report_ends_finished_and_a_torn_report_ends_killed(tmp_path, store):
+    killed(tmp_path, UNIT, store, "reported")  # chaos seed 7: SIGKILL between the report and the recorded tag
+    killed(tmp_path, UNIT, store, "torn")
+    client = client_of(store)
+    runs = {r.data.tags["unit"]: r for r in client.search_runs([study_experiment(store)])}
+    assert RECORDED_TAG not in runs["reported"].data.tags
+
+    closed = sweep(tmp_path, store)
+    assert closed == {runs["reported"].info.run_id: "FINISHED", runs["torn"].info.run_id: "KILLED"}
+    reported = client.get_run(runs["reported"].info.run_id)
+    assert "ended after recording this run's work" in reported.data.tags["dlpipe.closed_reason"]

@@ -31,6 +31,7 @@ from dlpipe.profile import timed
 from dlpipe.stages.common import StageContext, model_spec, worker_context
 from dlpipe.tracking.callbacks import EpochMetricsLogger
 from dlpipe.tracking.runs import (
+    FOLD_REPORT,
     closing_run,
     finished_child_runs,
     is_global_zero,
@@ -44,7 +45,6 @@ from dlpipe.training.fit import ModelSpec
 
 log = logging.getLogger(__name__)
 STAGE = "cv"
-FOLD_REPORT = "fold_report.json"
 
 
 @dataclass

@@ -5,7 +5,7 @@ that creates the run, so a run whose process was killed can be recognised later:
 runs KILLED with a reason (`dlpipe.killed_reason`), and every stage calls it before it starts. A `tracked_run` whose
 block completed is tagged `dlpipe.recorded` just before it ends FINISHED: a process killed between the two has
 recorded all its work, and the sweep ends that run FINISHED instead (with `dlpipe.closed_reason`), so the work is
-reused, not done again.
+reused, not done again. So does a cv fold's run killed after it logged its `fold_report.json`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from dlpipe.profile import timed
 
 MAX_BATCH = 100  # MLflow's limit of params/tags per log_batch call
 RECORDED_TAG = "dlpipe.recorded"  # set last in a completed tracked_run: everything the run's work wrote is stored
+FOLD_REPORT = "fold_report.json"  # a cv fold's result, the last thing its run logs: its presence marks the fold done
 SEARCH_PAGE = 200
 
 
@@ -213,7 +214,7 @@ def close_orphaned_runs(experiment_id: str, closed_by: str) -> dict[str, str]:
         if dead is None or not dead.is_dead():
             continue
         who = f"process {dead.pid} on {dead.host}"
-        if run.data.tags.get(RECORDED_TAG) == "true":
+        if run.data.tags.get(RECORDED_TAG) == "true" or holds_fold_report(run):
             status, tag = RunStatus.FINISHED, "dlpipe.closed_reason"
             reason = f"{who} ended after recording this run's work, before closing it; closed by {closed_by}"
         else:
@@ -223,6 +224,16 @@ def close_orphaned_runs(experiment_id: str, closed_by: str) -> dict[str, str]:
         client.set_terminated(run.info.run_id, RunStatus.to_string(status))
         closed[run.info.run_id] = RunStatus.to_string(status)
     return closed
+
+
+def holds_fold_report(run: mlflow.entities.Run) -> bool:
+    """Whether the run logged a whole fold report (killed between it and `RECORDED_TAG`, its fold is done)."""
+    if "fold" not in run.data.tags:
+        return False
+    try:
+        return isinstance(mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{FOLD_REPORT}"), dict)
+    except Exception:  # no report, or a torn one
+        return False
 
 
 def log_params(run_id: str, flat: dict[str, Any]) -> None:
