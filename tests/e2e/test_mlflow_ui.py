@@ -31,6 +31,7 @@ from helpers.processes import subprocess_env
 from helpers.project import REPO_ROOT
 
 from dlpipe import views
+from dlpipe.tracking import store
 
 pytestmark = pytest.mark.slow
 
@@ -118,7 +119,11 @@ def browser() -> str:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, mlflow_template_db: Path) -> Iterator[tuple[Study, str]]:
     root = tmp_path_factory.mktemp("ui") / "project"
-    study = make_study(root, mlflow_template_db)
+    with pytest.MonkeyPatch.context() as mp:
+        # an earlier in-process test in this worker may have left MLflow's exported store URIs: this study's own
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", store.CONFIGURED_ENV):
+            mp.delenv(name, raising=False)
+        study = make_study(root, mlflow_template_db)
     port = free_port()
     log_path = root / "ui.log"
     env = {**subprocess_env(root), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

@@ -121,3 +121,19 @@ def test_image_folder_with_other_files_is_refused_naming_them(tmp_path: Path) ->
         f"{folder}: not image file(s) labels.csv, notes.txt; the folder must hold only images "
         f"(.bmp, .gif, .jpeg, .jpg, .png, .webp): move the others out"
     )
+
+
+def test_the_served_model_takes_trailing_nan_padding_of_series_but_no_nan_inside_one() -> None:
+    from dlpipe.tracking.pyfunc_model import DlpipeClassifier, InputError
+
+    model = DlpipeClassifier.__new__(DlpipeClassifier)  # only the input check: no logged model needed
+    model.input_shape, model.feature_names = (2, 5), None
+    x = np.ones((2, 2, 5), dtype=np.float32)
+    x[0, :, 3:] = np.nan  # a series of 3 steps, padded to 5
+    model._check_finite(x)
+    x[1, 0, 1] = np.nan  # a gap inside a series is not padding
+    with pytest.raises(InputError, match=r"1 NaN or infinite value\(s\) \(row\(s\) 1\)"):
+        model._check_finite(x)
+    x[1, 0, 1], x[0, 1, 0] = 1.0, np.inf
+    with pytest.raises(InputError, match=r"row\(s\) 0"):
+        model._check_finite(x)

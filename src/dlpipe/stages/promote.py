@@ -26,7 +26,7 @@ from mlflow.entities.model_registry import ModelVersion
 from dlpipe.config import Params
 from dlpipe.data.base import Features
 from dlpipe.data.prepared import PreparedData
-from dlpipe.data.store import SPLITS_FILE, dataset_digest, dataset_features
+from dlpipe.data.store import SPLITS_FILE, dataset_digest
 from dlpipe.errors import DataError
 from dlpipe.evaluation.selection import score_predictions
 from dlpipe.paths import ProjectPaths
@@ -59,9 +59,10 @@ def load_test_set(params: Params, paths: ProjectPaths) -> TestSet | None:
     try:
         data = PreparedData.load(paths.raw, paths.prepared, params.data.normalize)
         dhash = dataset_digest(paths.raw)
-        features = dataset_features(paths.raw)
     except (DataError, FileNotFoundError):
         return None
+    # the prepared codes, and so their text, follow the training part's vocabularies, not the raw file's
+    features = data.dataset.features
     idx = data.splits.test_idx
     X = data.dataset.X[torch.from_numpy(idx)].numpy().astype(np.float32)
     y = data.dataset.y[torch.from_numpy(idx)].numpy()

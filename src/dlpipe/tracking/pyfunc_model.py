@@ -108,8 +108,13 @@ class DlpipeClassifier(PythonModel):
         return np.ascontiguousarray(x), unknown
 
     def _check_finite(self, x: np.ndarray) -> None:
-        """InputError naming the rows (and, for named columns, the columns) that hold a NaN or an infinity."""
+        """InputError naming the rows (and, for named columns, the columns) that hold a NaN or an infinity. Series
+        (channels x length) may end in NaN steps: that is their padding, never a value inside a series."""
         bad = ~np.isfinite(x.reshape(len(x), -1))
+        if len(self.input_shape) == 2:
+            step_is_nan = np.isnan(x).all(axis=1)  # (N, length)
+            padding = np.flip(np.logical_and.accumulate(np.flip(step_is_nan, axis=1), axis=1), axis=1)
+            bad = (~np.isfinite(x) & ~padding[:, None, :]).reshape(len(x), -1)
         if not bad.any():
             return
         rows = np.flatnonzero(bad.any(axis=1))
