@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dlpipe.errors import BadInputError
-from dlpipe.evaluation.wording import baseline_sentence
+from dlpipe.evaluation.wording import as_number, baseline_sentence
 from dlpipe.metric_names import LABELS, is_positive_metric
 
 SELECT_STAGE = "dvc repro select"
@@ -78,19 +78,11 @@ def read_selection(path: Path, required: bool = True) -> dict | None:
 # --------------------------------------------------------------------------------------------------- formatting
 
 
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
-
-
 def fmt(value: Any, digits: int = 4) -> str:
     """A float with `digits` decimals; an int (or integer text) as it is; empty or NaN as '-'; text as it is."""
     if value is None or value == "":
         return MISSING
-    number = _number(value)
+    number = as_number(value)
     if number is None or isinstance(value, bool):
         return str(value)
     if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("+-").isdigit()):
@@ -99,19 +91,19 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def _integral(values: Iterable[Any]) -> bool:
-    numbers = [_number(v) for v in values if v not in (None, "")]
+    numbers = [as_number(v) for v in values if v not in (None, "")]
     return bool(numbers) and all(n is not None and n.is_integer() for n in numbers)
 
 
 def _count(value: Any) -> str:
-    number = _number(value)
+    number = as_number(value)
     return MISSING if number is None else f"{int(number):,}"
 
 
 def _mean_std(mean: Any, std: Any) -> str:
-    if _number(mean) is None:
+    if as_number(mean) is None:
         return MISSING
-    return fmt(mean) if _number(std) is None else f"{fmt(mean)} ± {fmt(std)}"
+    return fmt(mean) if as_number(std) is None else f"{fmt(mean)} ± {fmt(std)}"
 
 
 def _text(value: Any) -> str:
@@ -207,7 +199,7 @@ def leaderboard_every_column(columns: list[str], rows: list[dict[str, str]]) -> 
     """Every column of the CSV, numbers rounded to 4 decimals."""
     whole = {c for c in columns if _integral(row.get(c) for row in rows)}  # counts written as 1234.0 beside NaN
     body = [[_count(row.get(c)).replace(",", "") if c in whole else fmt(row.get(c)) for c in columns] for row in rows]
-    right = [all(_number(row.get(c)) is not None or not row.get(c) for row in rows) for c in columns]
+    right = [all(as_number(row.get(c)) is not None or not row.get(c) for row in rows) for c in columns]
     return table(columns, body, right)
 
 
@@ -220,15 +212,15 @@ def verdict(selection: Mapping[str, Any]) -> str:
     text = f"Champion: {selection['winner']} on the cross-validated {metric}"
     detail = selection.get("rule_detail") or {}
     if selection.get("rule") == "smallest_within_rope" and detail.get("best") not in (None, selection["winner"]):
-        p_right = _number((detail.get("equivalent_to_best") or {}).get("p_right")) or 0.0
+        p_right = as_number((detail.get("equivalent_to_best") or {}).get("p_right")) or 0.0
         text += (
             f", the smallest model practically equivalent to the best ({detail['best']}; P(worse by more than "
             f"{selection.get('rope')}) = {p_right:.3f})"
         )
     runner, p, lead = (
         selection.get("runner_up"),
-        _number(selection.get("p_value")),
-        _number(selection.get("mean_difference")),
+        as_number(selection.get("p_value")),
+        as_number(selection.get("mean_difference")),
     )
     if runner is None:
         text += " (the only deep model)."
@@ -237,11 +229,10 @@ def verdict(selection: Mapping[str, Any]) -> str:
     else:
         outcome = "significant" if selection["significant"] else "not significant"
         text += f"; its lead of {lead:+.4f} over {runner} is {outcome} at alpha={selection.get('alpha')} (corrected "
-        text += (
-            f"resampled t-test over {selection.get('k')} folds: t={_number(selection.get('t')) or 0.0:.3f}, p={p:.4f})"
-        )
+        t = as_number(selection.get("t")) or 0.0
+        text += f"resampled t-test over {selection.get('k')} folds: t={t:.3f}, p={p:.4f})"
         b = selection.get("bayes") or {}
-        if all(_number(b.get(k)) is not None for k in ("p_right", "p_rope", "p_left")):
+        if all(as_number(b.get(k)) is not None for k in ("p_right", "p_rope", "p_left")):
             text += (
                 f"; Bayesian correlated t-test, rope ±{selection.get('rope')}: P(better) {b['p_right']:.3f}, "
                 f"P(equivalent) {b['p_rope']:.3f}, P(worse) {b['p_left']:.3f}"
@@ -502,10 +493,10 @@ def architecture_values(metrics: Mapping[str, Any]) -> dict[str, float]:
     for key, value in metrics.items():
         if key in STUDY_KEYS or isinstance(value, bool):
             continue
-        number = _number(value)
+        number = as_number(value)
         if number is not None:
             out[key] = number
-    champion, cv_mean = metrics.get("champion"), _number(metrics.get("cv_mean"))
+    champion, cv_mean = metrics.get("champion"), as_number(metrics.get("cv_mean"))
     if not out and isinstance(champion, str) and cv_mean is not None:
         out[champion] = cv_mean
     return out
@@ -567,9 +558,9 @@ def _models(study: StudyView) -> dict[tuple[str, str], dict[str, Any]]:
     if study.leaderboard:
         return {
             (r.get("architecture", ""), r.get("kind") or "deep"): {
-                "cv_mean": _number(r.get("cv_mean")),
-                "cv_std": _number(r.get("cv_std")),
-                "test": _number(r.get("test_selection")),
+                "cv_mean": as_number(r.get("cv_mean")),
+                "cv_std": as_number(r.get("cv_std")),
+                "test": as_number(r.get("test_selection")),
             }
             for r in study.leaderboard
         }
@@ -578,8 +569,8 @@ def _models(study: StudyView) -> dict[tuple[str, str], dict[str, Any]]:
     return {
         (k, "deep"): {
             "cv_mean": v,
-            "cv_std": _number(m.get("cv_std")) if own else None,
-            "test": _number(m.get("test")) if own else None,
+            "cv_std": as_number(m.get("cv_std")) if own else None,
+            "test": as_number(m.get("test")) if own else None,
         }
         for k, v in architecture_values(m).items()
     }

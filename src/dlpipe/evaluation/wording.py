@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def _number(value: Any) -> float | None:
+def as_number(value: Any) -> float | None:
+    """`value` as a float; None for what is not a number, and for NaN."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -24,7 +25,7 @@ def _number(value: Any) -> float | None:
 def baseline_sentence(base: Mapping[str, Any], metric_label: str) -> str:
     """One sentence on the champion against the best baseline `base` (the verdict's "baseline" entry); "" when it
     lacks the CV difference or its p-value."""
-    lead, p = _number(base.get("mean_difference")), _number(base.get("p_value"))
+    lead, p = as_number(base.get("mean_difference")), as_number(base.get("p_value"))
     if not base.get("name") or lead is None or p is None:
         return ""
     name, significant = base["name"], bool(base.get("significant"))
@@ -34,10 +35,10 @@ def baseline_sentence(base: Mapping[str, Any], metric_label: str) -> str:
         cv = f"it trails {name} by {-lead:.4f}, {'significantly' if significant else 'not significantly'}"
     else:
         cv = f"it ties with {name}"
-    p_right = _number((base.get("bayes") or {}).get("p_right"))
+    p_right = as_number((base.get("bayes") or {}).get("p_right"))
     detail = f"p = {p:.4f}" + (f"; P(better by more than the rope) {p_right:.3f}" if p_right is not None else "")
     text = f" Against the best baseline: on CV, {cv} ({detail})"
-    ours, theirs = _number(base.get("test_value")), _number(base.get("baseline_test_value"))
+    ours, theirs = as_number(base.get("test_value")), as_number(base.get("baseline_test_value"))
     if ours is not None and theirs is not None:
         text += f"; on the test set, {metric_label} {ours:.4f} vs {theirs:.4f} ({ours - theirs:+.4f})"
     return text + "."
