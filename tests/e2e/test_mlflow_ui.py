@@ -9,7 +9,6 @@ Screenshots go to the folder the `screenshots` fixture names (tmp_path/screensho
 from __future__ import annotations
 
 import html
-import importlib.util
 import json
 import os
 import re
@@ -28,7 +27,7 @@ import pytest
 from helpers import capabilities
 from helpers.mlflow_store import install_mlflow_store
 from helpers.processes import subprocess_env
-from helpers.project import REPO_ROOT
+from helpers.project import REPO_ROOT, load_script
 
 from dlpipe import views
 from dlpipe.tracking import store
@@ -40,14 +39,7 @@ MODEL = "dlpipe-digits"
 ARCHS = ("cnn", "mlp")
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-render_plots = _load_script("render_plots")
+render_plots = load_script("render_plots")
 
 
 @dataclass

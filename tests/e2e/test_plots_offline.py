@@ -14,7 +14,6 @@ import functools
 import html
 import http.server
 import importlib.resources
-import importlib.util
 import itertools
 import re
 import shutil
@@ -28,21 +27,14 @@ import pytest
 from dvc_render.base import Renderer
 from helpers import capabilities
 from helpers.processes import subprocess_env
-from helpers.project import REPO_ROOT, copy_project
+from helpers.project import REPO_ROOT, copy_project, load_script
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 pytestmark = pytest.mark.slow
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-render_plots = _load_script("render_plots")
-build_plots_page = _load_script("build_plots_page")
+render_plots = load_script("render_plots")
+build_plots_page = load_script("build_plots_page")
 
 CV_PLOT = "Models ranked by cross-validation"
 TEST_PLOT = "Models on the held-out test set"

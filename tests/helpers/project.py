@@ -85,3 +85,13 @@ def prepare_project(project: Path, overrides: dict | None = None):
     fetch.run(params, paths)
     prepare.run(params, paths)
     return params, paths
+
+
+def load_script(name: str):
+    """scripts/<name>.py imported as a module (the scripts folder is no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -6,7 +6,6 @@ The browser test that loads the pages is tests/e2e/test_plots_offline.py.
 from __future__ import annotations
 
 import configparser
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dvc_render import VegaRenderer, render_html
-from helpers.project import REPO_ROOT
+from helpers.project import REPO_ROOT, load_script
 
 PLOTS_DIR = REPO_ROOT / ".dvc" / "plots"
 DATA_FILES = {  # the files the select stage writes, with their CSV headers
@@ -26,14 +25,7 @@ DATA_FILES = {  # the files the select stage writes, with their CSV headers
 }
 
 
-def _load_builder():
-    spec = importlib.util.spec_from_file_location("build_plots_page", REPO_ROOT / "scripts" / "build_plots_page.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-builder = _load_builder()
+builder = load_script("build_plots_page")
 
 
 def plot_definitions() -> list[tuple[str, dict]]:
