@@ -32,6 +32,13 @@ class CsvParams(Section):
     categorical: list[str] = Field(
         [], description="feature columns read as categories even when numeric (text columns always are)"
     )
+    text_column: str | None = Field(
+        None,
+        min_length=1,
+        description="a free-text column: the CSV becomes text data (token sequences; null = tabular data)",
+    )
+    max_tokens: int = Field(64, ge=1, le=4096, description="text data: tokens kept of each text (the rest is cut)")
+    vocab_size: int = Field(2000, ge=16, le=100_000, description="text data: most tokens the tokenizer learns")
 
 
 class ImagesParams(Section):
@@ -374,11 +381,16 @@ def check_semantics(params: Params) -> None:
     """Rules that span sections: dataset and architecture names, input kinds, search-space keys."""
     problems: list[str] = []
     try:
-        kind = get_dataset_info(params.data.name).kind
+        kind = dataset_kind(params.data)
     except ConfigError as exc:
         raise ConfigError(str(exc)) from None
     if params.data.name == "csv" and not params.data.csv.path:
         problems.append("data.csv.path: required when data.name is 'csv'")
+    if params.data.csv.text_column is not None and params.data.name != "csv":
+        problems.append(
+            f"data.csv.text_column: a text column of the CSV (data.name csv); data.name is "
+            f"{params.data.name!r}; allowed: null"
+        )
     problems += _data_problems(params.data, kind)
     problems += _augmentation_problems(params.train.augmentation, kind)
     if params.data.name == "images" and not params.data.images.path:
@@ -432,6 +444,13 @@ def check_semantics(params: Params) -> None:
         raise ConfigError("\n".join(problems))
 
 
+def dataset_kind(data: DataParams) -> str:
+    """The input kind of the data these params name: the registry's, or text for a CSV with a text column."""
+    if data.name == "csv" and data.csv.text_column is not None:
+        return "text"
+    return get_dataset_info(data.name).kind
+
+
 def _data_problems(data: DataParams, kind: str) -> list[str]:
     """data.split and data.znormalize against what the dataset has."""
     problems = []
@@ -450,6 +469,8 @@ def _augmentation_problems(augmentation: AugmentationParams, kind: str) -> list[
     """Image options on series, or series options on images, would silently do nothing."""
     if not augmentation.enabled:
         return []
+    if kind == "text":
+        return ["train.augmentation.enabled: no augmentation of token sequences (text data); allowed: false"]
     wrong = augmentation.image_options if kind == "sequence" else augmentation.series_options
     allowed = "jitter, scaling, window_slice" if kind == "sequence" else "the image options"
     return [f"train.augmentation.{key}: not for {kind} data; allowed: {allowed}" for key in wrong]

@@ -227,7 +227,7 @@ def test_every_architecture_accepts_image_data_and_only_dense_ones_tabular():
     for name in ARCHITECTURES:
         if name != "cnn1d":  # 1-D convolutions take series only
             parse_params({"architectures": [name]})  # digits is image data
-    assert "architectures.0: 'cnn1d' takes sequence input" in config_error({"architectures": ["cnn1d"]})
+    assert "architectures.0: 'cnn1d' takes sequence/text input" in config_error({"architectures": ["cnn1d"]})
     tabular_ok = {name for name, arch in ARCHITECTURES.items() if "tabular" in arch.kinds}
     assert tabular_ok == {"perceptron", "mlp", "wide_deep", "autoencoder"}
     for name in ARCHITECTURES:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-InputKind = Literal["image", "tabular", "sequence"]
+InputKind = Literal["image", "tabular", "sequence", "text"]
 UNKNOWN = 0  # the code of a category outside a column's vocabulary (unseen, missing)
 
 
@@ -66,6 +66,20 @@ class Features:
         return cls(tuple(data["names"]), {k: tuple(v) for k, v in (data.get("vocabularies") or {}).items()})
 
 
+@dataclass(frozen=True)
+class TextColumn:
+    """The free text of a text dataset (a CSV's `data.csv.text_column`), one string per sample, and how it is
+    tokenized (`data.text`: a tokenizer fitted per training part turns it into token ids)."""
+
+    column: str
+    texts: tuple[str, ...]
+    max_tokens: int
+    vocab_size: int
+
+    def take(self, idx: Iterable[int]) -> list[str]:
+        return [self.texts[int(i)] for i in idx]
+
+
 def series_lengths(X: torch.Tensor) -> torch.Tensor:
     """The length of each series of a sequence batch (N x channels x length): up to its last step with a value;
     the NaN steps after it (every channel NaN) are padding."""
@@ -93,6 +107,8 @@ class Dataset:
     `categories`: the vocabulary of each categorical feature (by name); its column of X holds codes (see `Features`).
     Sequence data: X is N x channels x length, shorter series padded at their end with NaN steps (see
     `series_lengths`). `official_test`: True for each sample of the dataset's official test set (None: it has none).
+    Text data (`kind` "text"): the inputs are `text`'s strings, tokenized per training part; X is an N x 0
+    placeholder (token ids depend on the tokenizer a split fits, see `data.text`).
     """
 
     name: str
@@ -103,6 +119,7 @@ class Dataset:
     feature_names: list[str] | None = None
     categories: dict[str, list[str]] | None = None
     official_test: torch.Tensor | None = None
+    text: TextColumn | None = None
 
     def __post_init__(self) -> None:
         if self.X.dtype != torch.float32 or self.y.dtype != torch.int64:
@@ -115,6 +132,8 @@ class Dataset:
             raise ValueError(
                 f"dataset {self.name}: sequence data must be N x channels x length, got {tuple(self.X.shape)}"
             )
+        if (self.kind == "text") != (self.text is not None) or (self.text and len(self.text.texts) != len(self.y)):
+            raise ValueError(f"dataset {self.name}: text data (and only text data) needs one text per sample")
         if self.official_test is not None:
             self.official_test = torch.as_tensor(self.official_test, dtype=torch.bool)
             if self.official_test.shape != self.y.shape:

@@ -20,6 +20,9 @@ Categorical columns: the vocabularies a model sees hold only the categories of t
 rows the final model and the folds learn from); a category met only in test rows is the unknown code 0, as it would
 be for a model serving new data. (dataset.json keeps the fetched file's full vocabulary; codes are re-numbered here.)
 Within the training part, the normaliser of each fit also maps the codes its own rows never showed to 0.
+
+Text (a CSV's `data.csv.text_column`): each split fits its own tokenizer on its training rows (see `data.text`); its
+`Normalizer` carries it, and every part of that split (validation, scored fold, test) is tokenized with it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 from dlpipe.data.base import UNKNOWN, Dataset
 from dlpipe.data.splits import Normalizer, Splits, carve_validation, labeled_subset
 from dlpipe.data.store import SPLITS_FILE, load_saved_dataset, load_splits
+from dlpipe.data.text import TextEncoder
 
 log = logging.getLogger(__name__)
 HIDDEN = -1  # the label of a training sample whose label is hidden (data.labeled_fraction)
@@ -92,7 +96,8 @@ class PreparedData:
         if len(subset) != len(ds):
             idx = torch.from_numpy(subset)
             official = None if ds.official_test is None else ds.official_test[idx]
-            ds = replace(ds, X=ds.X[idx], y=ds.y[idx], official_test=official)
+            text = None if ds.text is None else replace(ds.text, texts=tuple(ds.text.take(subset)))
+            ds = replace(ds, X=ds.X[idx], y=ds.y[idx], official_test=official, text=text)
         return cls(ds, splits, normalize, labeled_fraction, znormalize)
 
     @property
@@ -100,18 +105,26 @@ class PreparedData:
         return self.dataset.y.numpy()
 
     def part(self, idx: np.ndarray, normalizer: Normalizer) -> Part:
-        rows = torch.from_numpy(idx)
-        return Part(normalizer(self.dataset.X[rows]), self.dataset.y[rows], idx)
+        return Part(self.inputs(idx, normalizer), self.dataset.y[torch.from_numpy(idx)], idx)
+
+    def inputs(self, idx: np.ndarray, normalizer: Normalizer) -> torch.Tensor:
+        """The model inputs of rows `idx`: X transformed by `normalizer`; text tokenized by its fitted tokenizer."""
+        if normalizer.text is not None:
+            return normalizer.text.encode(self.dataset.text.take(idx))
+        return normalizer(self.dataset.X[torch.from_numpy(idx)])
 
     def split(self, train_idx: np.ndarray, val_idx: np.ndarray, seed: int = 0) -> TrainValSplit:
-        """Train on `train_idx` (normaliser fitted there), validate on `val_idx`; with `labeled_fraction` < 1 only
-        a stratified fraction of `train_idx` (drawn with `seed`) keeps its labels."""
-        X = self.dataset.X
-        norm = Normalizer.fit(X[torch.from_numpy(train_idx)], self.dataset.features, self.normalize, self.znormalize)
+        """Train on `train_idx` (normaliser, or tokenizer for text, fitted there), validate on `val_idx`; with
+        `labeled_fraction` < 1 only a stratified fraction of `train_idx` (drawn with `seed`) keeps its labels."""
+        X, text = self.dataset.X, self.dataset.text
+        if text is not None:  # every training input, labelled or not; never validation, scored or test text
+            norm = Normalizer.for_text(TextEncoder.fit(text.take(train_idx), text.vocab_size, text.max_tokens))
+        else:
+            norm = Normalizer.fit(X[torch.from_numpy(train_idx)], self.dataset.features, self.normalize, self.znormalize)
         labeled, hidden = labeled_subset(self.y_numpy, train_idx, self.labeled_fraction, seed)
         unlabeled = None
         if len(hidden):
-            unlabeled = Part(norm(X[torch.from_numpy(hidden)]), torch.full((len(hidden),), HIDDEN), hidden)
+            unlabeled = Part(self.inputs(hidden, norm), torch.full((len(hidden),), HIDDEN), hidden)
         return TrainValSplit(self.part(labeled, norm), self.part(val_idx, norm), norm, unlabeled)
 
     def holdout(self, val_size: float, seed: int) -> TrainValSplit:
@@ -128,8 +141,13 @@ class PreparedData:
         """The held-out test set, transformed with a model's training statistics (final evaluation only)."""
         return self.part(self.splits.test_idx, normalizer)
 
-    def raw(self, idx: np.ndarray) -> torch.Tensor:
-        """Untransformed inputs of `idx` (what a logged model receives)."""
+    def raw(self, idx: np.ndarray, normalizer: Normalizer | None = None) -> torch.Tensor:
+        """Untransformed inputs of `idx` (what a model's exported program receives): for text, the token ids of
+        `normalizer`'s tokenizer (the served pyfunc tokenizes raw text into these)."""
+        if self.dataset.text is not None:
+            if normalizer is None or normalizer.text is None:
+                raise ValueError("text inputs are token ids of a fitted tokenizer: pass the split's normalizer")
+            return normalizer.text.encode(self.dataset.text.take(idx))
         return self.dataset.X[torch.from_numpy(idx)]
 
 

@@ -11,6 +11,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch import nn
 
 from dlpipe.data.base import UNKNOWN, Features
+from dlpipe.data.text import TextEncoder
 from dlpipe.errors import DataError
 
 
@@ -215,6 +216,17 @@ class Normalizer:
     features: Features | None = None
     seen: torch.Tensor | None = None
     per_series: bool = False  # sequences: z-normalise each series on its own first (data.znormalize)
+    text: TextEncoder | None = None  # text: the tokenizer fitted on the training rows (token ids are not scaled)
+
+    @classmethod
+    def for_text(cls, encoder: TextEncoder) -> Normalizer:
+        """Text: token ids pass unscaled; `encoder` turns the split's text into them."""
+        return cls(torch.zeros(1, 1), torch.ones(1, 1), text=encoder)
+
+    @property
+    def vocabulary(self) -> int | None:
+        """How many token ids a text model embeds (None: not text)."""
+        return None if self.text is None else self.text.size
 
     @classmethod
     def fit(

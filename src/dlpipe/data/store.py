@@ -3,7 +3,8 @@
 dataset.json: name, kind, input_shape, class_names, n_samples, sha256 (of dataset.npz) and, for tabular data,
 feature_names (X's column names in order) and, when some are categorical, `categories` (column name -> vocabulary;
 X holds code i + 1 for vocabulary[i], 0 for unknown), and `official_test` (the size of the official test set, whose
-flags dataset.npz holds) for data that comes with one. Files written before feature_names existed still load.
+flags dataset.npz holds) for data that comes with one; for text data, `text` (the column, max_tokens, vocab_size;
+dataset.npz holds the strings as `texts`). Files written before feature_names existed still load.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlpipe.data.base import Dataset, Features
+from dlpipe.data.base import Dataset, Features, TextColumn
 from dlpipe.data.splits import Splits
 from dlpipe.errors import DataError
 from dlpipe.io import atomic_path, read_json, sha256_file, write_json
@@ -29,6 +30,8 @@ def save_dataset(ds: Dataset, folder: Path) -> dict:
     arrays = {"X": ds.X.numpy(), "y": ds.y.numpy()}
     if ds.official_test is not None:
         arrays["official_test"] = ds.official_test.numpy()
+    if ds.text is not None:
+        arrays["texts"] = np.asarray(ds.text.texts, dtype=str)  # fixed-width unicode: no pickle
     with atomic_path(data_path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
     meta = {
@@ -45,6 +48,8 @@ def save_dataset(ds: Dataset, folder: Path) -> dict:
         meta["categories"] = {name: list(vocab) for name, vocab in ds.categories.items()}
     if ds.official_test is not None:
         meta["official_test"] = int(ds.official_test.sum())
+    if ds.text is not None:
+        meta["text"] = {"column": ds.text.column, "max_tokens": ds.text.max_tokens, "vocab_size": ds.text.vocab_size}
     write_json(folder / DATASET_META, meta)
     return meta
 
@@ -59,8 +64,10 @@ def load_saved_dataset(folder: Path, verify: bool = False) -> Dataset:
     with np.load(data_path) as npz:
         X, y = torch.from_numpy(npz["X"]), torch.from_numpy(npz["y"])
         official = torch.from_numpy(npz["official_test"]) if "official_test" in npz.files else None
+        texts = tuple(str(t) for t in npz["texts"]) if "texts" in npz.files else None
     names, categories = meta.get("feature_names"), meta.get("categories")
-    return Dataset(meta["name"], X, y, meta["kind"], list(meta["class_names"]), names, categories, official)
+    text = None if texts is None else TextColumn(texts=texts, **meta["text"])
+    return Dataset(meta["name"], X, y, meta["kind"], list(meta["class_names"]), names, categories, official, text)
 
 
 def dataset_digest(folder: Path) -> str:

@@ -214,7 +214,8 @@ def check_data(params: Any, csv: Path | None) -> None:
     if csv is not None:
         from dlpipe.data.csv_set import read_csv_dataset
 
-        ds = read_csv_dataset(csv, params.data.csv.target, params.data.csv.categorical)
+        c = params.data.csv
+        ds = read_csv_dataset(csv, c.target, c.categorical, c.text_column, c.max_tokens, c.vocab_size)
         counts, source = np.bincount(ds.y.numpy(), minlength=len(ds.class_names)), str(csv)
     else:
         from dlpipe.data.registry import get_dataset_info
