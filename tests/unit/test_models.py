@@ -45,8 +45,8 @@ def test_registry_lists_every_family_with_its_input_kinds():
     for name in IMAGE_ONLY_ARCHS:
         assert ARCHITECTURES[name].kinds == {"image"}
     for name in SEQUENCE_ARCHS:
-        assert ARCHITECTURES[name].kinds == {"image", "sequence"}
-    assert ARCHITECTURES["cnn1d"].kinds == {"sequence"}
+        assert ARCHITECTURES[name].kinds == {"image", "sequence", "text"}
+    assert ARCHITECTURES["cnn1d"].kinds == {"sequence", "text"}
     assert all(isinstance(a, Architecture) and a.description for a in ARCHITECTURES.values())
 
 

@@ -15,11 +15,11 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from dlpipe.models.common import ArchParams, apply_init, padded_steps
+from dlpipe.models.common import TextInputParams, apply_init, padded_steps
 from dlpipe.models.registry import register
 
 
-class CNN1DParams(ArchParams):
+class CNN1DParams(TextInputParams):
     channels: list[int] = Field(
         [128, 256, 128], min_length=1, description="filters of each block (FCN: one convolution; ResNet: a block)"
     )
@@ -102,7 +102,7 @@ class SeriesCNN(nn.Module):
 @register(
     "cnn1d",
     params=CNN1DParams,
-    kinds={"sequence"},
+    kinds={"sequence", "text"},
     description="1-D convolutions over series: FCN (kernels 8/5/3, global average pooling) or ResNet (residual)",
     space={
         "model.channels": {"type": "categorical", "choices": [[64, 128, 64], [128, 256, 128]]},

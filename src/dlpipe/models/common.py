@@ -31,6 +31,12 @@ class ArchParams(BaseModel):
     init: Init = Field("default", description="weight init: default (PyTorch's), xavier or kaiming")
 
 
+class TextInputParams(ArchParams):
+    """Params of a family that also reads text (token ids): the width of its token embedding."""
+
+    embedding_dim: int = Field(32, ge=1, description="text data: width of each token's learned embedding")
+
+
 class DropoutParams(ArchParams):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability before each hidden/output layer")
     activation: Activation = "relu"
@@ -141,3 +147,33 @@ def padded_steps(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = series_lengths(x).clamp(min=1)
     valid = torch.arange(x.shape[-1], device=x.device) < lengths[:, None]
     return torch.nan_to_num(x, nan=0.0), valid
+
+
+class TokenEmbedding(nn.Module):
+    """Token ids (N x 1 x length, NaN after each text's last token, see `data.text`) as a series of `dim` channels
+    (N x dim x length) with the same NaN padding: the sequence network behind it masks text padding as it masks
+    series padding. The padding id 0 (`[PAD]`) embeds to zero; an id outside the vocabulary is `[UNK]` (1)."""
+
+    def __init__(self, vocabulary: int, dim: int):
+        super().__init__()
+        self.vocabulary = vocabulary
+        self.embedding = nn.Embedding(vocabulary, dim, padding_idx=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values, valid = padded_steps(x)
+        ids = values[:, 0].long()
+        ids = torch.where((ids >= 0) & (ids < self.vocabulary), ids, 1)
+        z = self.embedding(ids).transpose(1, 2)  # N x dim x length
+        return torch.where(valid[:, None, :], z, torch.full_like(z, float("nan")))
+
+
+class TextNetwork(nn.Module):
+    """A sequence family's network reading text: token embedding, then the network over `dim` channels per step."""
+
+    def __init__(self, embedding: TokenEmbedding, net: nn.Module):
+        super().__init__()
+        self.embed = embedding
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.embed(x))

@@ -7,11 +7,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from dlpipe.models.common import ArchParams, apply_init, padded_steps
+from dlpipe.models.common import TextInputParams, apply_init, padded_steps
 from dlpipe.models.registry import register
 
 
-class RecurrentParams(ArchParams):
+class RecurrentParams(TextInputParams):
     hidden_size: int = Field(64, ge=1)
     num_layers: int = Field(1, ge=1)
     bidirectional: bool = True
@@ -99,7 +99,7 @@ def _register(name: str, cell: type[nn.RNNBase], label: str) -> None:
     @register(
         name,
         params=RecurrentParams,
-        kinds={"image", "sequence"},
+        kinds={"image", "sequence", "text"},
         description=f"{label} over image rows or series steps (bidirectional, stacked)",
         space={"model.hidden_size": {"type": "int", "low": 32, "high": 128, "log": True}},
     )

@@ -77,12 +77,22 @@ def build_model(
     input_shape: tuple[int, ...],
     num_classes: int,
     features: Features | None = None,
+    vocabulary: int | None = None,
 ) -> nn.Module:
     """Build architecture `name` for inputs of `input_shape` (no batch dim) and `num_classes` outputs; `features`
-    describes tabular columns (which hold category codes) to the families that read it."""
+    describes tabular columns (which hold category codes) to the families that read it. With `vocabulary` (text:
+    how many token ids the tokenizer has) the input is token ids (1 x length): a token embedding of the family's
+    `embedding_dim` feeds its sequence network, the same for every family that takes text."""
     arch = get_architecture(name)
     if not isinstance(params, arch.params):
         params = arch.params.model_validate(params)
+    if vocabulary is not None:
+        from dlpipe.models.common import TextNetwork, TokenEmbedding
+
+        if "text" not in arch.kinds:
+            raise ConfigError(f"architecture {name!r} takes {'/'.join(sorted(arch.kinds))} input, not text")
+        dim = params.embedding_dim
+        return TextNetwork(TokenEmbedding(vocabulary, dim), arch.build(params, (dim, input_shape[-1]), num_classes))
     if arch.features:
         return arch.build(params, tuple(input_shape), num_classes, features=features)
     return arch.build(params, tuple(input_shape), num_classes)

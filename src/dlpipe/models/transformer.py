@@ -10,11 +10,11 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from dlpipe.errors import ConfigError
-from dlpipe.models.common import ArchParams, apply_init, padded_steps
+from dlpipe.models.common import TextInputParams, apply_init, padded_steps
 from dlpipe.models.registry import register
 
 
-class TransformerParams(ArchParams):
+class TransformerParams(TextInputParams):
     d_model: int = Field(64, ge=2)
     nhead: int = Field(4, ge=1)
     num_layers: int = Field(2, ge=1)
@@ -93,7 +93,7 @@ class ImageTransformer(nn.Module):
 @register(
     "transformer",
     params=TransformerParams,
-    kinds={"image", "sequence"},
+    kinds={"image", "sequence", "text"},
     description="encoder over image rows or patches, or series steps (padding masked)",
     space={
         "model.d_model": {"type": "categorical", "choices": [32, 64]},

@@ -42,11 +42,17 @@ class ModelSpec:
     train: TrainParams
 
     def build(
-        self, input_shape: tuple[int, ...], num_classes: int, class_names: list[str], features: Features | None = None
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        class_names: list[str],
+        features: Features | None = None,
+        vocabulary: int | None = None,
     ) -> Classifier:
         """The network and the LightningModule its family trains it with (the shared Classifier by default);
-        `features`: the tabular columns (categorical vocabularies), for the families that read them."""
-        net = build_model(self.arch, self.model, input_shape, num_classes, features)
+        `features`: the tabular columns (categorical vocabularies), for the families that read them; `vocabulary`:
+        the token ids of text inputs (the split's tokenizer)."""
+        net = build_model(self.arch, self.model, input_shape, num_classes, features, vocabulary)
         module = get_architecture(self.arch).module_class()
         return module(net, self.train, num_classes, class_names, input_shape)
 
@@ -102,7 +108,8 @@ def fit(
     (on every DDP rank) and `val` that epoch's validation metrics."""
     L.seed_everything(seed, workers=True, verbose=False)
     input_shape = tuple(split.train.X.shape[1:])
-    module = spec.build(input_shape, len(class_names), class_names, split.normalizer.features)
+    norm = split.normalizer
+    module = spec.build(input_shape, len(class_names), class_names, norm.features, norm.vocabulary)
     # semi-supervised modules (autoencoder, GAN) also learn from unlabelled inputs, and see the input scale
     semi_supervised = getattr(module, "learns_from_unlabeled", False)
     if semi_supervised:
