@@ -43,6 +43,7 @@ class TestSet:
     hash: str
     feature_names: list[str] | None = None  # tabular data: X's column names, in order
     features: Features | None = None  # tabular data: the categorical columns' vocabularies (X holds their codes)
+    texts: list[str] | None = None  # text data: the raw text of each test row (X is empty)
 
 
 def test_set_hash(dataset_hash: str, test_idx: np.ndarray) -> str:
@@ -67,7 +68,8 @@ def load_test_set(params: Params, paths: ProjectPaths) -> TestSet | None:
     X = data.dataset.X[torch.from_numpy(idx)].numpy().astype(np.float32)
     y = data.dataset.y[torch.from_numpy(idx)].numpy()
     names = list(features.names) if features is not None else None
-    return TestSet(X, y, list(data.dataset.class_names), test_set_hash(dhash, idx), names, features)
+    texts = data.dataset.text.take(idx) if data.dataset.text is not None else None
+    return TestSet(X, y, list(data.dataset.class_names), test_set_hash(dhash, idx), names, features, texts)
 
 
 def model_input(model, test: TestSet) -> np.ndarray | pd.DataFrame:
@@ -76,6 +78,8 @@ def model_input(model, test: TestSet) -> np.ndarray | pd.DataFrame:
     from dlpipe.tracking.model_logging import feature_names_of, input_frame
 
     wanted = feature_names_of(model)
+    if test.texts is not None:  # a text model takes its one column of raw text
+        return pd.DataFrame({name: test.texts for name in wanted or ["text"]})
     if wanted is None:
         return test.X
     flat = test.X.reshape(len(test.X), -1)

@@ -227,14 +227,15 @@ def save_model(ctx: StageContext, trained: Trained, summary: dict) -> None:
     """models/<arch>/ (state_dict, exported program, params.json), and the logged MLflow model."""
     ds, arch = ctx.data.dataset, trained.spec.arch
     norm = trained.split.normalizer
-    raw_test = ctx.data.raw(trained.test.idx)
+    raw_test = ctx.data.raw(trained.test.idx, norm)  # text: the token ids of the model's own tokenizer
+    input_shape = tuple(raw_test.shape[1:])
     meta = {
         **identity(ctx, trained),
         "model": trained.spec.model.model_dump(mode="json"),
         "train": trained.spec.train.model_dump(mode="json"),
         "class_names": list(ds.class_names),
         "kind": ds.kind,
-        "input_shape": list(ds.input_shape),
+        "input_shape": list(input_shape),
         "normalizer": {"mean": norm.mean.tolist(), "std": norm.std.tolist()},
         "seed": ctx.params.seed,
         "val_size": ctx.params.data.val_size,
@@ -253,8 +254,8 @@ def save_model(ctx: StageContext, trained: Trained, summary: dict) -> None:
             info = model_logging.log_classifier(
                 program,
                 list(ds.class_names),
-                ds.input_shape,
-                ctx.data.raw(trained.split.train.idx[:5]).numpy(),
+                input_shape,
+                example_inputs(ctx, trained.split.train.idx[:5]),
                 name=arch,
                 step=trained.result.best_epoch or 0,
                 decision=trained.decision.to_dict(),
@@ -266,8 +267,15 @@ def save_model(ctx: StageContext, trained: Trained, summary: dict) -> None:
                     **kept,
                 },
                 feature_names=ds.feature_names,
+                text=None if ds.text is None else (ds.text.column, norm.text),
             )
             summary["model_uri"], summary["model_id"] = info.model_uri, info.model_id
+
+
+def example_inputs(ctx: StageContext, idx: np.ndarray) -> np.ndarray:
+    """What a logged model's input example holds: the raw inputs of rows `idx` (for text, the raw text)."""
+    text = ctx.data.dataset.text
+    return np.asarray(text.take(idx), dtype=object) if text is not None else ctx.data.raw(idx).numpy()
 
 
 def kept_epoch(best_epoch: int | None, epochs: int) -> dict[str, str]:

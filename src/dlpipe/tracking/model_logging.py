@@ -11,6 +11,10 @@ point: argmax, or a threshold on the positive class's probability) and `prob_<cl
   the exported program. Numeric columns are doubles; categorical columns are strings (the raw text), which the
   pyfunc maps to codes with the vocabularies the program carries (`features.json`; an unseen category is unknown,
   and the output column `unknown_categories` names, per row, the columns that held one).
+- text models (a CSV's `data.csv.text_column`): one string column, named as in the CSV, of raw text; the pyfunc
+  tokenizes it with the tokenizer fitted on the model's training rows (its JSON is in `serving.json`) into the
+  token ids the program takes (N x 1 x max_tokens, NaN after each text's last token). Loading one also needs
+  Hugging Face `tokenizers` (in its requirements).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from torch import nn
 
 from dlpipe.data.base import Features
 from dlpipe.data.splits import Normalizer
+from dlpipe.data.text import TextEncoder
 from dlpipe.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -148,15 +153,20 @@ def signature(
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def requirements() -> list[str]:
+def requirements(text: bool = False) -> list[str]:
     import pandas
 
-    return [
+    pins = [
         f"mlflow=={mlflow.__version__}",
         f"torch=={torch.__version__.split('+')[0]}",
         f"numpy=={np.__version__}",
         f"pandas=={pandas.__version__}",
     ]
+    if text:
+        import tokenizers
+
+        pins.append(f"tokenizers=={tokenizers.__version__}")
+    return pins
 
 
 def log_classifier(
@@ -171,14 +181,20 @@ def log_classifier(
     feature_names: list[str] | None = None,
     decision: dict[str, Any] | None = None,
     step: int = 0,
+    text: tuple[str, TextEncoder] | None = None,
 ) -> ModelInfo:
     """Log an exported program (see `export_program`) as a pyfunc model named `name` of the active run.
 
     `feature_names` (tabular data only: X's column names, in order) makes the model take named columns; those the
     program's vocabularies name (see `export_program`) are text, `input_example` holds their codes. `decision` (an
     operating point: rule, threshold on P(positive_class)) decides the `prediction` column; the run's metrics at
-    `step` (e.g. the kept epoch) are linked to the model.
+    `step` (e.g. the kept epoch) are linked to the model. `text` (the text column's name and the fitted tokenizer)
+    makes a text model: it takes that one column of raw text, and `input_example` holds raw text.
     """
+    if text is not None:
+        return _log_text_classifier(
+            program_path, class_names, input_shape, input_example, text, name, params, tags, decision, step
+        )
     names = check_feature_names(feature_names, tuple(input_shape))
     features = program_features(Path(program_path))
     if features is not None and (names is None or list(features.names) != names):
@@ -204,6 +220,46 @@ def log_classifier(
             signature=signature(input_shape, class_names, names, list(categories or ())),
             input_example=example,
             pip_requirements=requirements(),
+            params={k: str(v) for k, v in (params or {}).items()} or None,
+            tags=tags,
+            step=step,
+        )
+
+
+def _log_text_classifier(
+    program_path: Path,
+    class_names: list[str],
+    input_shape: tuple[int, ...],
+    input_example: np.ndarray,
+    text: tuple[str, TextEncoder],
+    name: str,
+    params: dict[str, Any] | None,
+    tags: dict[str, str] | None,
+    decision: dict[str, Any] | None,
+    step: int,
+) -> ModelInfo:
+    column, encoder = text
+    columns = [ColSpec("string", PREDICTION)] + [ColSpec("float", f"prob_{c}") for c in class_names]
+    model_signature = ModelSignature(inputs=Schema([ColSpec("string", column)]), outputs=Schema(columns))
+    example = pd.DataFrame({column: [str(t) for t in np.asarray(input_example, dtype=object)]})
+    with tempfile.TemporaryDirectory(prefix="dlpipe-model-") as tmp:
+        meta = Path(tmp) / META_FILE
+        info = {
+            "class_names": [str(c) for c in class_names],
+            "input_shape": list(input_shape),
+            "feature_names": [column],
+            "categories": None,
+            "text": {"column": column, "tokenizer": encoder.tokenizer_json, "max_tokens": encoder.max_tokens},
+            "decision": decision or {"rule": "argmax", "threshold": None, "positive_class": None},
+        }
+        meta.write_text(json.dumps(info))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(MODEL_CODE),
+            artifacts={"program": str(program_path), "meta": str(meta)},
+            signature=model_signature,
+            input_example=example,
+            pip_requirements=requirements(text=True),
             params={k: str(v) for k, v in (params or {}).items()} or None,
             tags=tags,
             step=step,

@@ -16,6 +16,9 @@ shape (N, *input_shape), or flattened to (N, prod(input_shape)) (a CSV row of pi
 feature names takes a DataFrame's columns by name, in any order (extra columns are ignored, as MLflow's schema
 enforcement does; a missing one is an error); only unnamed columns (0..F-1) are taken by position. Categorical
 columns take the raw text; a category outside the vocabulary (or a missing value) is the unknown code 0.
+A text model (`meta["text"]`: the column, the tokenizer's JSON, max_tokens) takes that one column of raw text (a
+DataFrame, or an array of strings) and tokenizes it as training did (Hugging Face `tokenizers`, imported only for
+text models): token ids, cut at max_tokens, NaN after each text's last token, an empty text one `[UNK]`.
 Bad input (a NaN or infinite number, a wrong shape, a missing column) raises `InputError`: served, an HTTP 400 whose
 message leads with what is wrong (the scoring server's echo of the request is cut short).
 """
@@ -79,6 +82,12 @@ class DlpipeClassifier(PythonModel):
         decision = meta.get("decision") or {}
         self.threshold = decision.get("threshold")
         self.positive = self.class_names.index(str(decision["positive_class"])) if self.threshold is not None else None
+        self.text = meta.get("text")
+        self.tokenizer = None
+        if self.text is not None:
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_str(self.text["tokenizer"])
         self.program = torch.export.load(context.artifacts["program"]).module()
         if "mlflow.pyfunc.scoring_server" in sys.modules:  # `mlflow models serve`: a process of this model's own
             _short_echoes()
@@ -88,6 +97,8 @@ class DlpipeClassifier(PythonModel):
             if len(model_input) != 1:
                 raise InputError(f"expected one input tensor, got {sorted(model_input)}")
             model_input = next(iter(model_input.values()))
+        if self.tokenizer is not None:
+            return self._tokens(model_input), None
         if self.codes and not isinstance(model_input, pd.DataFrame) and np.asarray(model_input).dtype == object:
             model_input = pd.DataFrame(np.asarray(model_input).reshape(len(model_input), -1))  # text by position
         unknown = None
@@ -106,6 +117,23 @@ class DlpipeClassifier(PythonModel):
                 raise InputError(f"input shape {tuple(x.shape)} does not match the model's (N, {dims}) or (N, {size})")
         self._check_finite(x)
         return np.ascontiguousarray(x), unknown
+
+    def _tokens(self, model_input) -> np.ndarray:
+        """Raw text (the model's text column of a DataFrame, or one string per row) as token ids (N x 1 x max)."""
+        if isinstance(model_input, pd.DataFrame):
+            column = self.text["column"]
+            if column not in {str(c) for c in model_input.columns}:
+                raise InputError(f"input is missing the text column {column}; the model takes raw text in it")
+            model_input = model_input[next(c for c in model_input.columns if str(c) == column)]
+        texts = np.asarray(model_input, dtype=object).reshape(-1)
+        longest = self.text["max_tokens"]
+        out = np.full((len(texts), 1, longest), np.nan, dtype=np.float32)
+        unk = self.tokenizer.token_to_id("[UNK]")
+        strings = ["" if _text(t) is None else _text(t) for t in texts]  # a missing value: an empty text
+        for i, encoding in enumerate(self.tokenizer.encode_batch(strings)):
+            ids = encoding.ids[:longest] or [unk]  # as dlpipe.data.text.encode_ids
+            out[i, 0, : len(ids)] = ids
+        return out
 
     def _check_finite(self, x: np.ndarray) -> None:
         """InputError naming the rows (and, for named columns, the columns) that hold a NaN or an infinity. Series
