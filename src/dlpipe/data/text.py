@@ -11,8 +11,8 @@ params), not a cache of token ids.
 The tokenizer (Hugging Face `tokenizers`): lowercase and accent-stripping normaliser, whitespace and punctuation
 pre-tokenizer, a word-level vocabulary trained from the training text (`train_from_iterator`): its most frequent
 words, at most `data.csv.vocab_size` tokens with `[PAD]` = 0 and `[UNK]` = 1 (any other word). Word level, not
-WordPiece or BPE: their trainers break ties between equally frequent merges in hash-map order, so the same text gave
-different vocabularies run to run (checked with tokenizers 0.23); a study must be reproducible. A text becomes one channel of token ids, its first
+WordPiece: its trainer breaks ties between equally frequent merges in hash-map order, so the same text gave different
+vocabularies run to run (4 in 30 fits, tokenizers 0.23); a study must be reproducible. A text becomes one channel of token ids, its first
 `data.csv.max_tokens` tokens (longer texts are cut there, as the key says), padded at the end with NaN steps like a
 short series (`base.series_lengths`), so the sequence families mask text padding as they mask series padding. The
 tokenizer's JSON (`Tokenizer.to_str()`) travels with the logged model, whose pyfunc tokenizes raw text the same way.
