@@ -5,6 +5,7 @@ in one line, exit 2, at `check`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from dlpipe.config import Params, check_semantics
 from dlpipe.data.csv_set import read_csv_dataset
 from dlpipe.data.prepared import PreparedData
 from dlpipe.data.splits import make_splits
+from dlpipe.data.store import save_dataset, save_splits
 from dlpipe.data.text import TextEncoder
 from dlpipe.errors import ConfigError
 from dlpipe.models import build_model
@@ -76,13 +78,13 @@ def test_sequence_families_embed_tokens_and_ignore_padding(arch):
     params = {"cnn1d": {"channels": [8], "kernel_sizes": [3]}}.get(arch, {})
     net = build_model(arch, {**params, "embedding_dim": 8}, (1, 6), 2, vocabulary=30).eval()
     ids = torch.tensor([[[5.0, 7.0, 9.0, np.nan, np.nan, np.nan]], [[4.0, 2.0, 3.0, 8.0, 11.0, 6.0]]])
-    padded_otherwise = ids.clone()
-    padded_otherwise[0, 0, 3:] = np.nan  # (NaN: the same padding) — and a batch of its own
     with torch.no_grad():
         out = net(ids)
         alone = net(ids[:1])
+        unpadded = net(ids[:1, :, :3]) if arch != "transformer" else alone  # (its positions are fixed: 6 tokens)
     assert out.shape == (2, 2) and torch.isfinite(out).all()
-    assert torch.allclose(out[0], alone[0], atol=1e-5)  # what follows a text's last token changes nothing
+    assert torch.allclose(out[0], alone[0], atol=1e-5)  # a longer text in the batch changes nothing
+    assert torch.allclose(alone, unpadded, atol=1e-5)  # padding steps are never read
 
 
 def test_check_refuses_text_for_families_and_baselines_that_cannot_read_it():
@@ -111,3 +113,16 @@ def test_dlpipe_check_names_a_missing_text_column_in_one_line(tmp_path, monkeypa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.csv.max_tokens" in err[0], err
     assert not (project / "data" / "raw").exists()
+
+
+def test_fetched_text_survives_the_store_and_a_limit_subset(tmp_path):
+    ds = read_csv_dataset(write_text_csv(tmp_path / "t.csv", n=60), "sentiment", text_column="review", max_tokens=9)
+    save_dataset(ds, tmp_path)
+    meta = json.loads((tmp_path / "dataset.json").read_text())
+    assert meta["kind"] == "text" and meta["text"] == {"column": "review", "max_tokens": 9, "vocab_size": 2000}
+    subset = np.arange(0, 60, 2)  # data.limit's subsample: the splits index it
+    splits = make_splits(ds.y.numpy()[subset], 0.2, 3, seed=0)
+    save_splits(splits, subset, tmp_path / "splits.npz")
+    data = PreparedData.load(tmp_path, tmp_path)
+    assert data.dataset.text.texts == tuple(ds.text.texts[i] for i in subset) and len(data.dataset) == 30
+    assert data.holdout(0.1, seed=0).train.X.shape[1:] == (1, 9)
