@@ -82,6 +82,8 @@ def test_the_champion_learned_the_word_and_takes_raw_text(champion, tmp_path, ca
 
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model(CHAMPION)  # what `mlflow models serve` loads
+    assert model.metadata.get_input_schema().input_names() == ["review"]
+    assert "unknown_categories" not in model.metadata.get_output_schema().input_names()
     served = model.predict(pd.DataFrame({"review": [*test["review"], "", "GOOD!!", "unheard-of words bad"]}))
     assert (served["prediction"].to_numpy()[:40] == predicted).all()
     assert len(served) == 43 and np.isfinite(served[["prob_neg", "prob_pos"]].to_numpy()).all()

@@ -191,65 +191,34 @@ def log_classifier(
     `step` (e.g. the kept epoch) are linked to the model. `text` (the text column's name and the fitted tokenizer)
     makes a text model: it takes that one column of raw text, and `input_example` holds raw text.
     """
-    if text is not None:
-        return _log_text_classifier(
-            program_path, class_names, input_shape, input_example, text, name, params, tags, decision, step
-        )
-    names = check_feature_names(feature_names, tuple(input_shape))
-    features = program_features(Path(program_path))
-    if features is not None and (names is None or list(features.names) != names):
-        raise ValueError(f"feature_names: {names} are not the columns the program was exported for {features.names}")
-    categories = {k: list(v) for k, v in features.vocabularies.items()} if features is not None else None
-    example: np.ndarray | pd.DataFrame = np.asarray(input_example, dtype=np.float32)
-    if names is not None:
-        example = input_frame(example, names, features)
+    extra: dict[str, Any] = {"categories": None}
+    if text is not None:  # one column of raw text; the tokenizer's JSON rides in serving.json
+        column, encoder = text
+        names, pins = [column], requirements(text=True)
+        extra["text"] = {"column": column, "tokenizer": encoder.tokenizer_json, "max_tokens": encoder.max_tokens}
+        example: np.ndarray | pd.DataFrame = pd.DataFrame({column: [str(t) for t in np.asarray(input_example)]})
+        outputs = [ColSpec("string", PREDICTION)] + [ColSpec("float", f"prob_{c}") for c in class_names]
+        model_signature = ModelSignature(inputs=Schema([ColSpec("string", column)]), outputs=Schema(outputs))
+    else:
+        names, pins = check_feature_names(feature_names, tuple(input_shape)), requirements()
+        features = program_features(Path(program_path))
+        if features is not None and (names is None or list(features.names) != names):
+            raise ValueError(
+                f"feature_names: {names} are not the columns the program was exported for {features.names}"
+            )
+        categories = {k: list(v) for k, v in features.vocabularies.items()} if features is not None else None
+        extra["categories"] = categories
+        example = np.asarray(input_example, dtype=np.float32)
+        if names is not None:
+            example = input_frame(example, names, features)
+        model_signature = signature(input_shape, class_names, names, list(categories or ()))
     with tempfile.TemporaryDirectory(prefix="dlpipe-model-") as tmp:
         meta = Path(tmp) / META_FILE
         info = {
             "class_names": [str(c) for c in class_names],
             "input_shape": list(input_shape),
             "feature_names": names,
-            "categories": categories,
-            "decision": decision or {"rule": "argmax", "threshold": None, "positive_class": None},
-        }
-        meta.write_text(json.dumps(info))
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(MODEL_CODE),
-            artifacts={"program": str(program_path), "meta": str(meta)},
-            signature=signature(input_shape, class_names, names, list(categories or ())),
-            input_example=example,
-            pip_requirements=requirements(),
-            params={k: str(v) for k, v in (params or {}).items()} or None,
-            tags=tags,
-            step=step,
-        )
-
-
-def _log_text_classifier(
-    program_path: Path,
-    class_names: list[str],
-    input_shape: tuple[int, ...],
-    input_example: np.ndarray,
-    text: tuple[str, TextEncoder],
-    name: str,
-    params: dict[str, Any] | None,
-    tags: dict[str, str] | None,
-    decision: dict[str, Any] | None,
-    step: int,
-) -> ModelInfo:
-    column, encoder = text
-    columns = [ColSpec("string", PREDICTION)] + [ColSpec("float", f"prob_{c}") for c in class_names]
-    model_signature = ModelSignature(inputs=Schema([ColSpec("string", column)]), outputs=Schema(columns))
-    example = pd.DataFrame({column: [str(t) for t in np.asarray(input_example, dtype=object)]})
-    with tempfile.TemporaryDirectory(prefix="dlpipe-model-") as tmp:
-        meta = Path(tmp) / META_FILE
-        info = {
-            "class_names": [str(c) for c in class_names],
-            "input_shape": list(input_shape),
-            "feature_names": [column],
-            "categories": None,
-            "text": {"column": column, "tokenizer": encoder.tokenizer_json, "max_tokens": encoder.max_tokens},
+            **extra,
             "decision": decision or {"rule": "argmax", "threshold": None, "positive_class": None},
         }
         meta.write_text(json.dumps(info))
@@ -259,7 +228,7 @@ def _log_text_classifier(
             artifacts={"program": str(program_path), "meta": str(meta)},
             signature=model_signature,
             input_example=example,
-            pip_requirements=requirements(text=True),
+            pip_requirements=pins,
             params={k: str(v) for k, v in (params or {}).items()} or None,
             tags=tags,
             step=step,
