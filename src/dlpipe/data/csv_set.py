@@ -29,7 +29,11 @@ from dlpipe.errors import DataError
 log = logging.getLogger(__name__)
 
 
-@register_dataset("csv", "tabular", "your CSV file: data.csv.path, target column data.csv.target")
+@register_dataset(
+    "csv",
+    "tabular",
+    "your CSV file: data.csv.path, target column data.csv.target; text data with data.csv.text_column",
+)
 def load_csv_dataset(root: Path, data_params: Any) -> Dataset:
     csv = data_params.csv
     if not csv.path:
