@@ -112,6 +112,10 @@ def test_dlpipe_check_names_a_missing_text_column_in_one_line(tmp_path, monkeypa
     assert cli.main(["check", "params.yaml"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.csv.max_tokens" in err[0], err
+    write_params(project, {"data": {"name": "csv", "csv": {**csv, "text_columns": "review"}}, "architectures": ["gru"]})
+    assert cli.main(["check", "params.yaml"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.csv.text_columns" in err[0], err
     assert not (project / "data" / "raw").exists()
 
 
