@@ -63,6 +63,20 @@ def test_padding_is_never_read(arch):
         assert torch.allclose(model(x)[1:2], model(x[1:2, :, :3]), atol=1e-6)  # alone, cut to its length
 
 
+@pytest.mark.parametrize("residual", [False, True])
+def test_cnn1d_batch_norm_in_training_leaves_padding_out(residual):
+    """With batch statistics (training), padded steps are no data either: padding the batch further changes neither
+    its outputs nor the running statistics batch norm keeps for evaluation."""
+    x = padded_batch([6, 3, 1])
+    longer = torch.cat([x, torch.full((3, 2, 5), NAN)], dim=2)
+    short, long = build("cnn1d", (2, 6), residual=residual).train(), build("cnn1d", (2, 11), residual=residual).train()
+    assert torch.allclose(short(x), long(longer), atol=1e-5)
+    norms = [m for m in short.modules() if isinstance(m, nn.BatchNorm1d)]
+    for a, b in zip(norms, [m for m in long.modules() if isinstance(m, nn.BatchNorm1d)], strict=True):
+        assert torch.allclose(a.running_mean, b.running_mean, atol=1e-6)
+        assert torch.allclose(a.running_var, b.running_var, atol=1e-5)
+
+
 @pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_recurrent_series_equal_packed_sequences(arch, bidirectional):

@@ -5,8 +5,8 @@ scratch with deep neural networks: a strong baseline", IJCNN 2017).
 FCN: convolution blocks (Conv1d with "same" padding, batch norm, ReLU; kernels 8, 5, 3 with 128, 256, 128 filters),
 then global average pooling over the steps and a linear head. ResNet (`residual: true`): residual blocks, each the
 convolutions of `kernel_sizes` with a shortcut (a 1x1 convolution and batch norm where the width changes); the
-paper's widths are 64, 128, 128. Series of unequal length: padded steps are zero before every convolution and left
-out of the average.
+paper's widths are 64, 128, 128. Series of unequal length: padded steps are zero before every convolution, left out of
+batch norm's statistics in training and out of the average.
 """
 
 from __future__ import annotations
@@ -41,12 +41,38 @@ class CNN1DParams(TextInputParams):
         return self
 
 
-def conv_block(in_ch: int, out_ch: int, kernel: int, relu: bool = True) -> nn.Sequential:
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """Batch norm whose batch statistics (training) count only the steps within each series' length: padding, and how
+    much of it a batch has, changes neither the normalised steps nor the running statistics kept for evaluation."""
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if not self.training:
+            return super().forward(x)  # running statistics: each step on its own
+        n = keep.sum()  # real steps in the batch (keep: N x 1 x length)
+        mean = (x * keep).sum(dim=(0, 2)) / n
+        var = ((x - mean[:, None]).square() * keep).sum(dim=(0, 2)) / n
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            self.running_mean.lerp_(mean.detach(), momentum)
+            self.running_var.lerp_(var.detach() * n / max(float(n) - 1, 1.0), momentum)  # unbiased, as BatchNorm1d
+        z = (x - mean[:, None]) / torch.sqrt(var[:, None] + self.eps)
+        return z * self.weight[:, None] + self.bias[:, None]
+
+
+class ConvBlock(nn.Module):
     """Zero padding to keep the length ("same"; an even kernel pads one more step after than before), convolution,
-    batch norm, ReLU."""
-    pad = nn.ConstantPad1d(((kernel - 1) // 2, kernel // 2), 0.0)
-    layers: list[nn.Module] = [pad, nn.Conv1d(in_ch, out_ch, kernel, bias=False), nn.BatchNorm1d(out_ch)]
-    return nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
+    batch norm over the real steps, ReLU; padded steps are zero after it."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, relu: bool = True):
+        super().__init__()
+        self.pad = nn.ConstantPad1d(((kernel - 1) // 2, kernel // 2), 0.0)
+        self.conv = nn.Conv1d(in_ch, out_ch, kernel, bias=False)
+        self.norm = MaskedBatchNorm1d(out_ch)
+        self.relu = nn.ReLU() if relu else nn.Identity()
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.norm(self.conv(self.pad(x)), keep)) * keep
 
 
 class ResidualBlock(nn.Module):
@@ -54,26 +80,15 @@ class ResidualBlock(nn.Module):
         super().__init__()
         widths = [in_ch] + [out_ch] * len(kernels)
         last = len(kernels) - 1
-        self.convs = nn.ModuleList(
-            conv_block(widths[i], widths[i + 1], k, relu=i < last) for i, k in enumerate(kernels)
-        )
-        self.shortcut = nn.Identity() if in_ch == out_ch else conv_block(in_ch, out_ch, 1, relu=False)
+        self.convs = nn.ModuleList(ConvBlock(widths[i], widths[i + 1], k, relu=i < last) for i, k in enumerate(kernels))
+        self.shortcut = None if in_ch == out_ch else ConvBlock(in_ch, out_ch, 1, relu=False)
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         z = x
         for conv in self.convs:
-            z = conv(z) * keep
-        return self.relu(z + self.shortcut(x) * keep)
-
-
-class FCNBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, kernel: int):
-        super().__init__()
-        self.conv = conv_block(in_ch, out_ch, kernel)
-
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        return self.conv(x) * keep
+            z = conv(z, keep)
+        return self.relu(z + (x * keep if self.shortcut is None else self.shortcut(x, keep)))
 
 
 class SeriesCNN(nn.Module):
@@ -85,7 +100,7 @@ class SeriesCNN(nn.Module):
         if p.residual:
             blocks = [ResidualBlock(widths[i], widths[i + 1], p.kernel_sizes) for i in range(len(p.channels))]
         else:
-            blocks = [FCNBlock(widths[i], widths[i + 1], k) for i, k in enumerate(p.kernel_sizes)]
+            blocks = [ConvBlock(widths[i], widths[i + 1], k) for i, k in enumerate(p.kernel_sizes)]
         self.blocks = nn.ModuleList(blocks)
         self.dropout = nn.Dropout(p.dropout)
         self.head = nn.Linear(widths[-1], num_classes)
