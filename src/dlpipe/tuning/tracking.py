@@ -8,6 +8,7 @@ FINISHED (COMPLETE, PRUNED), FAILED (FAIL) or KILLED (interrupted). Each process
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from dlpipe.evaluation import plots
+from dlpipe.interrupts import deferred_interrupts
 from dlpipe.tracking.runs import log_metrics, log_params, set_tags, tracked_run
 from dlpipe.tuning.objective import EpochHook
 
@@ -68,6 +70,7 @@ class TrialTracker:
         """Run `body(on_epoch)` inside the trial's run, record its outcome there, then `finish(outcome)` (tell
         Optuna) before the run ends: a run never ends FINISHED for a trial the study did not get."""
         outcome: Outcome | None = None
+        told = contextlib.ExitStack()  # holds Ctrl-C/SIGTERM from the tell until the run has ended
         try:
             nested = mlflow.active_run() is not None  # the stage's own process runs trials inside its parent run
             name = f"tune-{self.arch}-trial{trial.number}"
@@ -94,6 +97,9 @@ class TrialTracker:
                     set_tags(run_id, {"state": TrialState.FAIL.name, "interrupted": "true"})
                     raise
                 self._record(run_id, outcome)
+                # An interrupt once the study holds the result (the journal delivers one that arrived while it
+                # wrote the record right after) would end this run KILLED for a finished trial: raise it after.
+                told.enter_context(deferred_interrupts())
                 try:
                     finish(outcome)
                 except Exception:  # the study did not take the result (e.g. another worker failed it as stale)
@@ -103,6 +109,8 @@ class TrialTracker:
                     raise _TrialFailed
         except _TrialFailed:
             pass
+        finally:
+            told.close()
         assert outcome is not None
         return outcome
 
