@@ -7,7 +7,8 @@ stage would) must end the first kind KILLED and the second FINISHED, each with i
 inside its block after it logged its fold report (the artifact that marks a cv fold done), but not one whose report
 is torn. A trial's result must reach the study before its run can end, and a SIGTERM or Ctrl-C that arrives while
 the study records that result (deferred by the journal lock until its record is written) must not end the run of
-the trial the study now holds as COMPLETE as KILLED (chaos seed 7: a finished trial without its FINISHED run).
+the trial the study now holds as COMPLETE as KILLED (chaos seed 7: a finished trial without its FINISHED run); a trial
+SIGKILLed in that moment has its run, which the sweep ended KILLED, ended FINISHED by the next tune stage.
 """
 
 from __future__ import annotations
@@ -115,6 +116,52 @@ TrialRunner(study, Objective(), 1, "w0", TrialTracker("mlp", None, {{"stage": "t
 print("not interrupted")
 """
 
+# SIGKILL right after the study took the trial's result ("told"), or inside the objective ("objective").
+KILLED_TRIAL = """
+import os, signal, sys, mlflow, optuna
+from optuna.trial import TrialState
+from dlpipe.tuning.tracking import TrialTracker
+from dlpipe.tuning.workers import TrialRunner
+mlflow.set_tracking_uri(sys.argv[1])
+mlflow.set_experiment("faults")
+storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(sys.argv[2]))
+study = optuna.create_study(storage=storage, study_name="s", direction="maximize", load_if_exists=True)
+real_set = storage.set_trial_state_values
+
+def set_state(trial_id, state, values=None):
+    done = real_set(trial_id, state, values)
+    if state == TrialState.COMPLETE:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return done
+
+storage.set_trial_state_values = set_state
+
+class Space:
+    def decode(self, params):
+        return dict(params)
+
+class Objective:
+    arch, metric, epochs, space = "mlp", "f1_macro", 1, Space()
+    def __call__(self, trial, on_epoch=None):
+        if sys.argv[3] == "objective":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return trial.suggest_float("train.lr", 1e-3, 1e-1, log=True)
+
+TrialRunner(study, Objective(), 2, "w0", TrialTracker("mlp", None, {"stage": "tune"}, "f1_macro")).run_next()
+"""
+
+TUNE_SWEEPS = """
+import json, sys, mlflow, optuna
+from dlpipe.tracking.runs import close_orphaned_runs
+from dlpipe.tuning.tracking import close_told_runs
+mlflow.set_tracking_uri(sys.argv[1])
+experiment = mlflow.set_experiment("faults")
+storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(sys.argv[2]))
+swept = close_orphaned_runs(experiment.experiment_id, "the test's sweep")
+told = close_told_runs(experiment.experiment_id, optuna.load_study(study_name="s", storage=storage))
+print(json.dumps([swept, told]))
+"""
+
 SWEEP = """
 import json, sys, mlflow
 from dlpipe.tracking.runs import close_orphaned_runs
@@ -218,3 +265,23 @@ def test_a_trial_interrupted_while_the_study_records_its_result_ends_its_run_fin
     assert (run.info.status, run.data.tags["state"]) == ("FINISHED", "COMPLETE")  # the study holds its result
     assert run.data.tags["trial"] == str(trial.number) and "interrupted" not in run.data.tags
     assert sweep(tmp_path, store) == {}
+
+
+def test_a_trial_killed_after_the_study_took_its_result_gets_its_run_finished_by_the_next_tune(tmp_path, store):
+    journal = tmp_path / "journal.log"
+    for where in ("told", "objective"):
+        proc = python(tmp_path, KILLED_TRIAL, store, str(journal), where)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    trials = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(journal)))).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.RUNNING]
+    runs = {r.data.tags["trial"]: r.info.run_id for r in client_of(store).search_runs([study_experiment(store)])}
+    proc = python(tmp_path, TUNE_SWEEPS, store, str(journal))  # what the tune stage does first
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    swept, told_closed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert swept == {runs["0"]: "KILLED", runs["1"]: "KILLED"}  # the sweep cannot see the study
+    assert told_closed == [runs["0"]]
+    told, killed_inside = (client_of(store).get_run(runs[n]) for n in ("0", "1"))
+    assert (told.info.status, told.data.tags["state"]) == ("FINISHED", "COMPLETE")
+    assert "the study holds trial 0 COMPLETE" in told.data.tags["dlpipe.closed_reason"]
+    assert "dlpipe.killed_reason" not in told.data.tags
+    assert killed_inside.info.status == "KILLED"  # its trial has no result: it is failed and run again
