@@ -44,7 +44,7 @@ from dlpipe.tuning.study import (
     open_study,
     state_counts,
 )
-from dlpipe.tuning.tracking import TrialTracker, log_study_plots
+from dlpipe.tuning.tracking import TrialTracker, close_told_runs, log_study_plots
 
 log = logging.getLogger(__name__)
 STAGE = "tune"
@@ -95,6 +95,11 @@ def plan(ctx: StageContext, arch: str) -> TunePlan | dict[str, Any]:
         return read_json(paths.tuning_report(arch))
     ctx.check_against_data()
     handle = open_study(params, paths, arch, space, ctx.dataset_hash)
+    if ctx.experiment_id is not None:
+        for run_id in close_told_runs(ctx.experiment_id, handle.study):
+            log.warning(
+                "tune %s: trial run %s was killed after the study took its result; ended it FINISHED", arch, run_id
+            )
     counts = state_counts(handle.study)
     log.info(
         "tune %s: study %s in %s (%d of %d trials finished)",

@@ -29,6 +29,8 @@ from dlpipe.profile import timed
 
 MAX_BATCH = 100  # MLflow's limit of params/tags per log_batch call
 RECORDED_TAG = "dlpipe.recorded"  # set last in a completed tracked_run: everything the run's work wrote is stored
+KILLED_REASON = "dlpipe.killed_reason"  # why the sweep ended a run KILLED
+CLOSED_REASON = "dlpipe.closed_reason"  # why a run was ended FINISHED by another process than its own
 FOLD_REPORT = "fold_report.json"  # a cv fold's result, the last thing its run logs: its presence marks the fold done
 SEARCH_PAGE = 200
 
@@ -215,10 +217,10 @@ def close_orphaned_runs(experiment_id: str, closed_by: str) -> dict[str, str]:
             continue
         who = f"process {dead.pid} on {dead.host}"
         if run.data.tags.get(RECORDED_TAG) == "true" or holds_fold_report(run):
-            status, tag = RunStatus.FINISHED, "dlpipe.closed_reason"
+            status, tag = RunStatus.FINISHED, CLOSED_REASON
             reason = f"{who} ended after recording this run's work, before closing it; closed by {closed_by}"
         else:
-            status, tag = RunStatus.KILLED, "dlpipe.killed_reason"
+            status, tag = RunStatus.KILLED, KILLED_REASON
             reason = f"{who} ended without closing this run (killed?); closed by {closed_by}"
         client.set_tag(run.info.run_id, tag, reason)
         client.set_terminated(run.info.run_id, RunStatus.to_string(status))

@@ -3,11 +3,14 @@
 A trial run carries the standard tags (stage=tune), `trial`, `worker`, `study_name` and `state` (COMPLETE, PRUNED,
 FAIL), its params (the real values), every epoch's train_*/val_* metrics with step = fold x epochs + epoch (the
 monitored one is the intermediate value Optuna saw), and the final value as the selection metric. Runs end
-FINISHED (COMPLETE, PRUNED), FAILED (FAIL) or KILLED (interrupted). Each process logs the trials it runs.
+FINISHED (COMPLETE, PRUNED), FAILED (FAIL) or KILLED (interrupted). Each process logs the trials it runs. An
+interrupt after the study took the result waits until the run has ended FINISHED; a trial run that a SIGKILL in
+that moment left to the orphan sweep (KILLED) is ended FINISHED by the next tune stage (`close_told_runs`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from collections.abc import Callable
@@ -20,8 +23,10 @@ import optuna
 from optuna.trial import TrialState
 
 from dlpipe.evaluation import plots
-from dlpipe.tracking.runs import log_metrics, log_params, set_tags, tracked_run
+from dlpipe.interrupts import deferred_interrupts
+from dlpipe.tracking.runs import CLOSED_REASON, KILLED_REASON, log_metrics, log_params, set_tags, tracked_run
 from dlpipe.tuning.objective import EpochHook
+from dlpipe.tuning.study import FINISHED
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +73,7 @@ class TrialTracker:
         """Run `body(on_epoch)` inside the trial's run, record its outcome there, then `finish(outcome)` (tell
         Optuna) before the run ends: a run never ends FINISHED for a trial the study did not get."""
         outcome: Outcome | None = None
+        told = contextlib.ExitStack()  # holds Ctrl-C/SIGTERM from the tell until the run has ended
         try:
             nested = mlflow.active_run() is not None  # the stage's own process runs trials inside its parent run
             name = f"tune-{self.arch}-trial{trial.number}"
@@ -94,6 +100,9 @@ class TrialTracker:
                     set_tags(run_id, {"state": TrialState.FAIL.name, "interrupted": "true"})
                     raise
                 self._record(run_id, outcome)
+                # An interrupt once the study holds the result (the journal delivers one that arrived while it
+                # wrote the record right after) would end this run KILLED for a finished trial: raise it after.
+                told.enter_context(deferred_interrupts())
                 try:
                     finish(outcome)
                 except Exception:  # the study did not take the result (e.g. another worker failed it as stale)
@@ -103,6 +112,8 @@ class TrialTracker:
                     raise _TrialFailed
         except _TrialFailed:
             pass
+        finally:
+            told.close()
         assert outcome is not None
         return outcome
 
@@ -117,6 +128,34 @@ class TrialTracker:
         if outcome.error:
             tags["error"] = outcome.error[:4000]
         set_tags(run_id, tags)
+
+
+def close_told_runs(experiment_id: str, study: optuna.Study) -> list[str]:
+    """End FINISHED the KILLED trial runs of `study` whose trial the study holds with the outcome the run recorded
+    (its process was killed between the tell and the run's end: the sweep, which cannot see the study, ended them
+    KILLED); returns their run ids. A trial with a FINISHED run already is left alone."""
+    held = {t.number: t.state.name for t in study.get_trials(deepcopy=False, states=FINISHED)}
+    if not held:
+        return []
+    client = mlflow.MlflowClient()
+    clause = f"tags.study_name = '{study.study_name}' and attributes.status != 'RUNNING'"
+    runs = [r for r in client.search_runs([experiment_id], clause, max_results=5000) if "trial" in r.data.tags]
+    done = {r.data.tags["trial"] for r in runs if r.info.status == "FINISHED"}
+    closed = []
+    for run in runs:
+        tags, number = run.data.tags, run.data.tags["trial"]
+        if run.info.status != "KILLED" or number in done or not number.isdigit():
+            continue
+        if held.get(int(number)) != tags.get("state"):  # killed before the study got its result (or another one)
+            continue
+        reason = tags.get(KILLED_REASON, "interrupted after the study took its result")
+        client.set_tag(run.info.run_id, CLOSED_REASON, f"{reason}; the study holds trial {number} {tags['state']}")
+        if KILLED_REASON in tags:
+            client.delete_tag(run.info.run_id, KILLED_REASON)
+        client.set_terminated(run.info.run_id, "FINISHED")
+        done.add(number)
+        closed.append(run.info.run_id)
+    return closed
 
 
 # --- the study's plots --------------------------------------------------------------------------------------------

@@ -278,6 +278,8 @@ class TrialRunner:
 
     def _close_interrupted(self, trial: optuna.Trial) -> None:
         try:
+            if storage_of(self.study).get_trial(trial_id(trial)).state.is_finished():  # told before the interrupt
+                return
             storage_of(self.study).set_trial_system_attr(trial_id(trial), ATTR_INTERRUPTED, True)
             trial.set_user_attr("epochs", self.objective.epochs)
             self.study.tell(trial, state=TrialState.FAIL)
