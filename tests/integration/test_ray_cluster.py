@@ -35,6 +35,8 @@ from dlpipe.config import load_params
 from dlpipe.io import read_json
 from dlpipe.paths import ProjectPaths
 from dlpipe.stages import fetch, prepare
+from dlpipe.stages import study as study_stage
+from dlpipe.tracking import store
 from dlpipe.tracking.runs import FOLD_REPORT
 from dlpipe.tuning.study import with_driver
 
@@ -83,18 +85,15 @@ def pg() -> Iterator[servers.Postgres]:
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory, mlflow_template_db) -> ProjectPaths:
-    """The study on the local pool (its own SQLite store and Optuna journal)."""
+    """The study on the local pool (trainer.workers 1: in this process), its own SQLite store and Optuna journal."""
     paths = prepared(tmp_path_factory.mktemp("local"), "local")
     install_mlflow_store(paths.root, mlflow_template_db)
-    proc = subprocess.run(
-        [sys.executable, "pipelines/study.py"],
-        cwd=paths.root,
-        env=subprocess_env(paths.root),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", store.CONFIGURED_ENV):
+            mp.delenv(name, raising=False)  # the project's own store, and none of it left behind
+        mp.setenv("DLPIPE_ROOT", str(paths.root))
+        mp.chdir(paths.root)
+        study_stage.run(load_params(paths.root / "params.yaml"), paths)
     return paths
 
 
