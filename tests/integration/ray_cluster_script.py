@@ -8,10 +8,10 @@ artifacts proxied into SERVER_DIR/art) and `ray.cluster_utils.Cluster`: a head a
 each node its own raylet, worker processes and session folder. Runs `pipelines/study.py` of PROJECT as a driver of
 that cluster (RAY_ADDRESS) logging to the server (MLFLOW_TRACKING_URI: units reach runs and artifacts only through
 it). Two faults, each costing a fold:
-- `mid-fold`: the node is frozen (SIGSTOP) and removed (its raylet and workers SIGKILLed) as soon as a fold's run is
-  open on it;
-- `recorded`: the node's units stop themselves (SIGSTOP, dlpipe.executors.ray_pool.STOP_ENV) once a fold is logged
-  and its run ended, before the result goes back; the node is removed then.
+- `mid-fold`: the node's units stop themselves (SIGSTOP at dlpipe.processes.stop_point `fold:open`) as soon as a
+  fold's run is open, before it trains; the node is removed then (its raylet and workers SIGKILLed);
+- `recorded`: the node's units stop themselves once a fold is logged and its run ended, before the result goes
+  back (`fold_unit:returned`); the node is removed then.
 Writes OUT.json: the stage's exit code and stderr, the fold runs each killed node held, the network interfaces and
 every socket seen while the study ran.
 """
@@ -33,8 +33,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/: helpers
 from helpers.servers import mlflow_server
 
-from dlpipe.executors.ray_pool import STOP_ENV
+from dlpipe.processes import STOP_ENV
 
+STATES = {"mid-fold": "RUNNING", "recorded": "FINISHED"}  # what the fold's run is when the node's unit stops
 HEALTH = {"health_check_period_ms": 500, "health_check_failure_threshold": 4}  # a dead node noticed in ~2 s
 
 
@@ -88,8 +89,8 @@ def start_cluster():
     head = {"num_cpus": 1, "include_dashboard": False, "_system_config": HEALTH}
     cluster = Cluster(initialize_head=True, head_node_args=head)
     faults = {
-        "mid-fold": cluster.add_node(num_cpus=1),
-        "recorded": cluster.add_node(num_cpus=1, env_vars={STOP_ENV: "fold_unit"}),
+        "mid-fold": cluster.add_node(num_cpus=1, env_vars={STOP_ENV: "fold:open"}),
+        "recorded": cluster.add_node(num_cpus=1, env_vars={STOP_ENV: "fold_unit:returned"}),
     }
     cluster.wait_for_nodes()
     return cluster, faults
@@ -136,17 +137,11 @@ def main() -> int:
                 for fault, node in faults.items():
                     if fault in killed:
                         continue
-                    pids = node_pids(node)
-                    if fault == "mid-fold":
-                        held = [run for pid, run in fold_runs("RUNNING").items() if pid in pids]
-                        for pid in pids if held else ():  # freeze the node first: the kill lands where it was seen
-                            with contextlib.suppress(ProcessLookupError):
-                                os.kill(pid, signal.SIGSTOP)
-                    else:  # a unit of the node stopped itself after its fold's run ended
-                        stopped = {pid for pid, status in pids.items() if status == psutil.STATUS_STOPPED}
-                        held = [run for pid, run in fold_runs("FINISHED").items() if pid in stopped] if stopped else []
+                    # a unit of the node stopped itself at the fault's point: held, its fold's run in that state
+                    stopped = {pid for pid, status in node_pids(node).items() if status == psutil.STATUS_STOPPED}
+                    held = [run for pid, run in fold_runs(STATES[fault]).items() if pid in stopped] if stopped else []
                     if held:  # kill its workers (a frozen one would never notice its raylet die), then the node
-                        for pid in pids:
+                        for pid in node_pids(node):
                             with contextlib.suppress(ProcessLookupError):
                                 os.kill(pid, signal.SIGKILL)
                         cluster.remove_node(node, allow_graceful=False)

@@ -168,7 +168,7 @@ def test_a_node_killed_mid_fold_costs_only_that_attempt(cluster):
     runs = client.search_runs([e.experiment_id for e in experiments], "")
     assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
     lost = client.get_run(result["killed"]["mid-fold"][0])
-    # frozen as soon as its run was seen open, the fold had not logged its report (after that: the next test's case)
+    # its unit stopped itself once the fold's run was open, before training (dlpipe.processes.stop_point)
     assert not logged_fold_report(art, lost.info.run_id), "the kill landed after the fold was logged"
     assert lost.info.status == "KILLED", lost.data.tags
     assert "ended without closing this run" in lost.data.tags["dlpipe.killed_reason"]

@@ -22,7 +22,6 @@ import logging
 import os
 import pickle
 import shutil
-import signal
 import socket
 import tempfile
 import time
@@ -35,12 +34,10 @@ import ray.exceptions
 from dlpipe.config import Params
 from dlpipe.parallel import STOP_GRACE_SECONDS, Done, Task
 from dlpipe.paths import ProjectPaths
+from dlpipe.processes import stop_point
 
 log = logging.getLogger(__name__)
 
-# For fault tests: a unit whose function is named here stops itself (SIGSTOP) once it has returned (its run
-# recorded), before its result goes back: a node killed then dies with recorded work the stage never received
-STOP_ENV = "DLPIPE_TEST_STOP_BEFORE_RETURN"
 MAX_RETRIES = 2  # attempts after the first when a task's worker or node dies (not when the unit raises)
 # what units read from the project besides the shipped context (written by earlier phases, in this process)
 INPUT_GLOBS = ("reports/tuning/*.json", "reports/cv/*.json", "dvc.lock")
@@ -207,8 +204,7 @@ def in_scratch(ship: Shipped, fn: Any, args: tuple, files: dict[str, bytes]) -> 
         common._WORKER_CONTEXTS.clear()
         common._WORKER_CONTEXTS[(params.model_dump_json(), paths.root)] = ctx
         result = fn(*args)
-        if os.environ.get(STOP_ENV) == getattr(fn, "__name__", None):
-            os.kill(os.getpid(), signal.SIGSTOP)
+        stop_point(f"{getattr(fn, '__name__', fn)}:returned")  # fault tests: a node killed with recorded work
         return Returned(result, _outputs(scratch, files), socket.gethostname())
     finally:
         common._WORKER_CONTEXTS.clear()

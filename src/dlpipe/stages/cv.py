@@ -27,6 +27,7 @@ from dlpipe.evaluation.operating_point import OperatingPoint, choose
 from dlpipe.io import write_json, write_text
 from dlpipe.metric_names import SCALAR_METRICS, label
 from dlpipe.paths import ProjectPaths
+from dlpipe.processes import stop_point
 from dlpipe.profile import timed
 from dlpipe.stages.common import StageContext, model_spec, worker_context
 from dlpipe.tracking.callbacks import EpochMetricsLogger
@@ -39,7 +40,6 @@ from dlpipe.tracking.runs import (
     log_metrics,
     log_params,
     open_run,
-    recorded,
     tracked_run,
 )
 from dlpipe.training.fit import ModelSpec
@@ -140,6 +140,7 @@ def fold_unit(job: FoldJob) -> FoldResult:
     tags = {**job.tags, "fold": str(job.k)}
     with tracked_run(run_name=name, parent_run_id=job.parent_run_id, tags=tags) as child:
         run_id = child.info.run_id
+        stop_point("fold:open")  # fault tests: a kill in the middle of a fold
         ctx.log_dataset(run_id)
         result = run_fold(
             spec,
@@ -176,11 +177,11 @@ def recorded_fold(experiment_id: str, job: FoldJob) -> tuple[str, FoldResult] | 
     clause = f"tags.mlflow.parentRunId = '{job.parent_run_id}' and tags.fold = '{job.k}'"
     clause += f" and tags.stage = '{STAGE}' and tags.params_hash = '{phash}'"
     for run in mlflow.MlflowClient().search_runs([experiment_id], clause, max_results=100):
-        if run.info.status not in ("FINISHED", "RUNNING") or not recorded(run):
+        if run.info.status not in ("FINISHED", "RUNNING"):  # a FAILED or KILLED attempt recorded nothing
             continue
-        try:
+        try:  # the report is the last thing a fold logs: a RUNNING run holding it has recorded the fold
             result = FoldResult.from_dict(mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{FOLD_REPORT}"))
-        except Exception:  # no report (a FINISHED run from before reports were logged), or a torn one
+        except Exception:  # no report (still training, or from before reports were logged), or a torn one
             continue
         if result.probs:
             return run.info.run_id, result
