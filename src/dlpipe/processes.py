@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +19,15 @@ from typing import Any
 import psutil
 
 START_TOLERANCE = 1e-3  # seconds: process start times compare within this
+STOP_ENV = "DLPIPE_TEST_STOP_AT"  # fault tests: the point (see `stop_point`) where a process freezes itself
+
+
+def stop_point(name: str) -> None:
+    """For fault tests: freeze this process (SIGSTOP) at point `name` when $DLPIPE_TEST_STOP_AT names it, so that the
+    test kills it (or its node) exactly there. Points: `fold:open` (a cv fold's run is open, nothing trained yet),
+    `<unit>:returned` (a unit on a Ray node returned, its run recorded, before its result goes back)."""
+    if os.environ.get(STOP_ENV) == name:
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 @functools.cache

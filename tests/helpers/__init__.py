@@ -6,6 +6,7 @@ One job per module:
 - `mlflow_store`: an MLflow store for a project (a copy of a migrated template).
 - `training`: in-memory datasets, splits and fits for the training-core tests (no DVC stages).
 - `reports`: fixture reports in the select stage's contract for the command-line views.
+- `servers`: a throwaway PostgreSQL cluster and an `mlflow server` on loopback.
 - `capabilities`: what the machine offers (PostgreSQL, a GPU, the network) for the capability markers.
 
 Importable as `helpers.<module>`: pyproject.toml's [tool.pytest.ini_options] pythonpath puts tests/ on sys.path.

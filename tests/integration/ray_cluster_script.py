@@ -1,29 +1,42 @@
-"""Run the study stage of a project on a two-node local Ray cluster; meant to run in a network namespace with only
-`lo` up (tests/integration/test_ray_cluster.py starts it under `unshare --net`).
+"""Run the study stage of a project on a local Ray cluster of three nodes while two of them die; meant to run in a
+network namespace with only `lo` up (tests/integration/test_ray_cluster.py starts it under `unshare --net`).
 
-    python ray_cluster_script.py PROJECT OUT.json SERVER_DIR [--kill-node]
+    python ray_cluster_script.py PROJECT OUT.json SERVER_DIR BACKEND_URI
 
-Starts an `mlflow server` on 127.0.0.1 (backend SERVER_DIR/srv.db, a migrated SQLite store the caller put there;
-artifacts proxied into SERVER_DIR/art) and `ray.cluster_utils.Cluster` (a head and a worker node, one CPU each; each
-node its own raylet and worker processes), runs `pipelines/study.py` of PROJECT as a driver of that cluster
-(RAY_ADDRESS) logging to the server (MLFLOW_TRACKING_URI: units reach runs and artifacts only through it), and with
-`--kill-node`
-removes the worker node (its raylet and workers killed) as soon as a fold's run is open on it. Writes OUT.json: the
-stage's exit code and stderr, the runs of the folds the killed node was running, the network interfaces and every
-socket seen while the study ran.
+Starts an `mlflow server` on 127.0.0.1 (backend BACKEND_URI, a PostgreSQL database reached through its Unix socket;
+artifacts proxied into SERVER_DIR/art) and `ray.cluster_utils.Cluster`: a head and two worker nodes, one CPU each,
+each node its own raylet, worker processes and session folder. Runs `pipelines/study.py` of PROJECT as a driver of
+that cluster (RAY_ADDRESS) logging to the server (MLFLOW_TRACKING_URI: units reach runs and artifacts only through
+it). Two faults, each costing a fold:
+- `mid-fold`: the node's units stop themselves (SIGSTOP at dlpipe.processes.stop_point `fold:open`) as soon as a
+  fold's run is open, before it trains; the node is removed then (its raylet and workers SIGKILLed);
+- `recorded`: the node's units stop themselves once a fold is logged and its run ended, before the result goes
+  back (`fold_unit:returned`); the node is removed then.
+Writes OUT.json: the stage's exit code and stderr, the fold runs each killed node held, the network interfaces and
+every socket seen while the study ran.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/: helpers
+from helpers.servers import mlflow_server
+
+from dlpipe.processes import STOP_ENV
+
+STATES = {"mid-fold": "RUNNING", "recorded": "FINISHED"}  # what the fold's run is when the node's unit stops
+HEALTH = {"health_check_period_ms": 500, "health_check_failure_threshold": 4}  # a dead node noticed in ~2 s
 
 
 def sockets() -> list[str]:
@@ -32,129 +45,127 @@ def sockets() -> list[str]:
     return [" ".join(line.split()[4:6]) for line in out.splitlines() if line.strip()]
 
 
-def running_folds(db: Path) -> dict[int, str]:
-    """{owner pid: run id} of the fold runs now RUNNING (read from the server's backend store)."""
-    from mlflow.tracking import MlflowClient
+class FoldRuns:
+    """{owner pid: run id} of the fold runs with a status, read from the server's PostgreSQL backend (a query
+    through the server every few tenths of a second would load the one CPU the study needs)."""
 
-    try:
-        client = MlflowClient(tracking_uri=f"sqlite:///{db}")
-        experiments = [e.experiment_id for e in client.search_experiments()]
-        runs = client.search_runs(experiments, "attributes.status = 'RUNNING' and tags.fold != ''")
-    except Exception:  # the store is being written: look again
-        return {}
-    return {int(r.data.tags["dlpipe.pid"]): r.info.run_id for r in runs if "dlpipe.pid" in r.data.tags}
+    def __init__(self, backend: str):
+        from sqlalchemy.engine import make_url
 
+        url = make_url(backend)
+        self.connect = {"dbname": url.database, "user": url.username, **url.query}
 
-def mlflow_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    """`mlflow server` on a free loopback port; returns (process, url) once it answers /health."""
-    import socket
-    import urllib.request
+    def __call__(self, status: str) -> dict[int, str]:
+        import psycopg2
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{folder / 'srv.db'}",
-    ]
-    cmd += [
-        "--artifacts-destination",
-        str(folder / "art"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    log = open(folder / "server.log", "wb")  # noqa: SIM115  (open while the server runs)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
+        query = (
+            "SELECT p.value, r.run_uuid FROM runs r JOIN tags p ON p.run_uuid = r.run_uuid AND p.key = 'dlpipe.pid' "
+            "JOIN tags f ON f.run_uuid = r.run_uuid AND f.key = 'fold' WHERE r.status = %s"
+        )
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
+            with psycopg2.connect(**self.connect) as db, db.cursor() as cursor:
+                cursor.execute(query, (status,))
+                return {int(pid): run for pid, run in cursor.fetchall()}
+        except psycopg2.Error:  # the server is busy: look again
+            return {}
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """End the server and the workers it started (its own process group)."""
-    import signal
-
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
-
-
-def node_pids(node) -> set[int]:
-    """The processes of a Ray node: its raylet and everything it started (its workers)."""
+def node_pids(node) -> dict[int, str]:
+    """{pid: status} of a Ray node's processes: its raylet and everything it started (its workers)."""
     import psutil
     from ray._private.ray_constants import PROCESS_TYPE_RAYLET
 
-    raylet = psutil.Process(node.all_processes[PROCESS_TYPE_RAYLET][0].process.pid)
-    return {raylet.pid} | {p.pid for p in raylet.children(recursive=True)}
+    try:
+        raylet = psutil.Process(node.all_processes[PROCESS_TYPE_RAYLET][0].process.pid)
+        return {p.pid: p.status() for p in [raylet, *raylet.children(recursive=True)]}
+    except psutil.Error:
+        return {}
+
+
+def start_cluster():
+    """A head and the two nodes that will die (one CPU each); returns (cluster, {fault: node})."""
+    from ray.cluster_utils import Cluster
+
+    head = {"num_cpus": 1, "include_dashboard": False, "_system_config": HEALTH}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    faults = {
+        "mid-fold": cluster.add_node(num_cpus=1, env_vars={STOP_ENV: "fold:open"}),
+        "recorded": cluster.add_node(num_cpus=1, env_vars={STOP_ENV: "fold_unit:returned"}),
+    }
+    cluster.wait_for_nodes()
+    return cluster, faults
 
 
 def main() -> int:
-    project, out, server_dir = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-    kill = "--kill-node" in sys.argv
+    project, out, server_dir, backend = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    import psutil
     import ray
-    from ray.cluster_utils import Cluster
 
     temp = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths must fit in 107 characters
     os.environ["RAY_TMPDIR"] = temp  # this cluster's sessions and address file, apart from any other Ray here
-    node_args = {"num_cpus": 1, "include_dashboard": False}
+    os.environ |= {"NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
     started = time.monotonic()
-    server, url = mlflow_server(server_dir)
-    cluster = Cluster(initialize_head=True, head_node_args=node_args)
-    worker = cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    seconds = {"cluster": time.monotonic() - started}
-    seen: set[str] = set(sockets())
-    killed: list[str] = []  # the run ids of the folds running on the worker node when it was removed
-    done = threading.Event()
+    server = contextlib.ExitStack()  # the server starts while the cluster does (in this thread: Ray's signal handlers)
+    booted: dict = {}
 
-    def watch() -> None:
-        while not done.wait(0.2):
-            seen.update(sockets())
-            if kill and not killed:
-                on_worker = [
-                    run for pid, run in running_folds(server_dir / "srv.db").items() if pid in node_pids(worker)
-                ]
-                if on_worker:  # a fold runs on the worker node: kill the node's raylet and workers now
-                    cluster.remove_node(worker, allow_graceful=False)
-                    killed.extend(on_worker)
+    def boot_server() -> None:
+        try:
+            booted["url"] = server.enter_context(mlflow_server(server_dir, backend))
+        except Exception as exc:
+            booted["error"] = exc
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    env = {**os.environ, "RAY_ADDRESS": cluster.address, "DLPIPE_ROOT": str(project), "MLFLOW_TRACKING_URI": url}
-    env |= {"NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
-    proc = subprocess.run(
-        [sys.executable, "pipelines/study.py"], cwd=project, env=env, capture_output=True, text=True, timeout=300
-    )
-    seconds["study"] = time.monotonic() - started - seconds["cluster"]
-    done.set()
-    watcher.join()
-    interfaces = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout.splitlines()
-    ray.shutdown()
-    cluster.shutdown()
-    stop(server)
+    boot = threading.Thread(target=boot_server)
+    boot.start()
+    with server:
+        try:
+            cluster, faults = start_cluster()
+        finally:
+            boot.join()
+        if "error" in booted:
+            raise booted["error"]
+        url = booted["url"]
+        seconds = {"server and cluster": time.monotonic() - started}
+        seen: set[str] = set(sockets())
+        killed: dict[str, list[str]] = {}  # fault -> the fold runs its node held when it was removed
+        done = threading.Event()
+        fold_runs = FoldRuns(backend)
+
+        def watch() -> None:
+            while not done.wait(0.3):
+                seen.update(sockets())
+                for fault, node in faults.items():
+                    if fault in killed:
+                        continue
+                    # a unit of the node stopped itself at the fault's point: held, its fold's run in that state
+                    stopped = {pid for pid, status in node_pids(node).items() if status == psutil.STATUS_STOPPED}
+                    held = [run for pid, run in fold_runs(STATES[fault]).items() if pid in stopped] if stopped else []
+                    if held:  # kill its workers (a frozen one would never notice its raylet die), then the node
+                        for pid in node_pids(node):
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(pid, signal.SIGKILL)
+                        cluster.remove_node(node, allow_graceful=False)
+                        killed[fault] = held
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        env = {**os.environ, "RAY_ADDRESS": cluster.address, "DLPIPE_ROOT": str(project), "MLFLOW_TRACKING_URI": url}
+        try:
+            cmd = [sys.executable, "pipelines/study.py"]
+            proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=240)
+        except subprocess.TimeoutExpired as exc:  # report what it said (the test fails on the exit code)
+            stderr = exc.stderr.decode() if isinstance(exc.stderr, bytes) else exc.stderr or ""
+            proc = subprocess.CompletedProcess(exc.cmd, -9, "", f"{stderr}\nstudy: no end after {exc.timeout}s")
+        seconds["study"] = time.monotonic() - started - seconds["server and cluster"]
+        done.set()
+        watcher.join()
+        interfaces = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout.splitlines()
+        ray.shutdown()
+        cluster.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
     result = {
         "returncode": proc.returncode,
-        "stderr": proc.stderr[-6000:],
+        "stderr": proc.stderr[-8000:],
         "killed": killed,
         "seconds": seconds,
         "interfaces": interfaces,

@@ -25,6 +25,7 @@ from dlpipe.io import read_json
 from dlpipe.metric_names import SCALAR_METRICS
 from dlpipe.paths import ProjectPaths
 from dlpipe.stages import cv
+from dlpipe.stages.common import worker_context
 from dlpipe.stages.runner import stage_main
 
 ARCHS = ("perceptron", "mlp")
@@ -288,6 +289,24 @@ def test_unchanged_rerun_creates_no_runs_trains_nothing_and_rewrites_the_report(
     assert len(study.client.get_metric_history(pid, "mean_accuracy")) == mean_history  # nothing logged again
     assert again == study.outs[arch]
     assert read_json(study.paths.cv_report(arch)) == study.outs[arch]
+
+
+def test_a_fold_unit_run_again_reuses_its_recorded_run_and_trains_nothing(
+    study: Study, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What Ray's retry of a fold does when the fold's node died after logging it (tests/integration/
+    test_ray_cluster.py kills such a node): the unit finds the fold's recorded run under the parent and returns it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    arch = "mlp"
+    p = cv.plan(worker_context(study.params, study.paths), arch)
+    before = {r.info.run_id for r in experiment_runs(study.client)}
+    counter = CountingRunFold()
+    monkeypatch.setattr(cv, "run_fold", counter)
+    result = cv.fold_unit(cv.FoldJob(study.params, study.paths, arch, 1, p.parent_run_id, p.tags))
+    assert counter.calls == []
+    assert {r.info.run_id for r in experiment_runs(study.client)} == before  # no new run
+    (child,) = [r for r in children(study.client, p.parent_run_id) if r.data.tags["fold"] == "1"]
+    assert result.fold == 1 and result.metrics["accuracy"] == child.data.metrics["accuracy"]
 
 
 # ------------------------------------------------------------------------------------- failures and resumption

@@ -2,97 +2,31 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
+from helpers import servers
 from helpers.project import prepare_project
 from mlflow.tracking import MlflowClient
 
 from dlpipe.io import read_json
 from dlpipe.stages import cv
 
-HOST = "127.0.0.1"  # loopback only
-MLFLOW = Path(sys.executable).parent / "mlflow"
-START_TIMEOUT_S = 60
 ARCH = "perceptron"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End the server and the workers it started (its own process group, made by start_new_session)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
 
 
 @pytest.fixture
 def mlflow_server(tmp_path: Path, mlflow_template_db: Path, monkeypatch: pytest.MonkeyPatch):
     """`mlflow server` on a free loopback port (backend: a copy of the migrated template DB); yields (url, art)."""
     db = tmp_path / "server" / "srv.db"
-    art = tmp_path / "server" / "art"
     db.parent.mkdir()
     shutil.copy2(mlflow_template_db, db)
-    port = free_port()
-    url = f"http://{HOST}:{port}"
-    monkeypatch.setenv("NO_PROXY", HOST)
-    monkeypatch.setenv("no_proxy", HOST)
-    log_path = tmp_path / "server" / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    cmd = [
-        str(MLFLOW),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{db}",
-        "--artifacts-destination",
-        str(art),
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path / "server", start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not healthy(url):
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after {START_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url, art
-    finally:
-        stop(proc)
+    monkeypatch.setenv("NO_PROXY", servers.HOST)
+    monkeypatch.setenv("no_proxy", servers.HOST)
+    with servers.mlflow_server(db.parent, f"sqlite:///{db}") as url:
+        yield url, db.parent / "art"
 
 
 @pytest.mark.slow

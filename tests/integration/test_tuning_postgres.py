@@ -3,23 +3,16 @@ tune stage on one study, then a `dlpipe tune-worker` from a second project copy 
 
 Needs Debian's `postgresql` package (initdb/pg_ctl under /usr/lib/postgresql/<version>/bin): the `postgres` marker
 skips the test where it is absent, and fails it in CI (DLPIPE_REQUIRE=postgres), where .ci/run installs it.
-The server refuses to run as root, so as root it runs as the `postgres` user."""
+The server (tests/helpers/servers.py) refuses to run as root, so as root it runs as the `postgres` user."""
 
 from __future__ import annotations
 
 import json
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import optuna
 import pytest
-from helpers.capabilities import postgres_bin
+from helpers import servers
 from helpers.mlflow_store import install_mlflow_store
 from helpers.project import copy_project
 from mlflow.tracking import MlflowClient
@@ -36,43 +29,11 @@ DB = "dlpipe"
 PASSWORD = "s3cret-pw"  # trust auth ignores it; the report and MLflow must not show it
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL cluster on a free loopback port with database `dlpipe`; stopped and removed after."""
-    bindir = postgres_bin()
-    assert bindir is not None  # the postgres marker skipped (or failed) the test otherwise
-    as_user: list[str] = []
-    base = Path(tempfile.mkdtemp(prefix="dlpipe-pg-"))
-    if os.geteuid() == 0:
-        user = pwd.getpwnam("postgres")  # created by the Debian package
-        os.chown(base, user.pw_uid, user.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, sock, logfile = base / "data", base / "sock", base / "server.log"
-
-    def run(*cmd: str | Path, check: bool = True) -> subprocess.CompletedProcess:
-        out = subprocess.run([*as_user, *map(str, cmd)], capture_output=True, text=True, timeout=120)
-        if check and out.returncode != 0:
-            log = logfile.read_text() if logfile.exists() else ""
-            pytest.fail(f"{cmd[0]} failed ({out.returncode}): {out.stdout}{out.stderr}{log}")
-        return out
-
-    run("mkdir", "-p", sock)
-    run(bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
-    port = free_port()
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {sock} -c fsync=off"
-    run(bindir / "pg_ctl", "-D", data, "-l", logfile, "-o", options, "-w", "-t", "60", "start")
-    try:
-        run(bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", DB)
-        yield f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/{DB}"
-    finally:
-        run(bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop", check=False)
-        shutil.rmtree(base, ignore_errors=True)
+    with servers.postgres(DB) as pg:
+        yield pg.url(DB, PASSWORD)
 
 
 def test_workers_on_two_machines_share_one_study_in_postgresql(

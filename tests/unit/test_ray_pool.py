@@ -102,3 +102,29 @@ def test_a_unit_that_raises_comes_back_as_its_error(monkeypatch):
     assert done.error is cause and done.crash is None
     assert "no such column" in done.details
     assert closings == []
+
+
+def test_runs_of_a_lost_host_end_killed_or_finished_when_they_had_recorded_their_work(
+    tmp_path, monkeypatch, mlflow_template_db
+):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from dlpipe.tracking.runs import RECORDED_TAG
+
+    uri = install_mlflow_store(copy_project(tmp_path / "p"), mlflow_template_db)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("lost")
+    owner = {"dlpipe.host": "gone", "dlpipe.pid": "4242"}
+    midway = client.create_run(exp, tags=owner).info.run_id
+    recorded = client.create_run(exp, tags={**owner, RECORDED_TAG: "true"}).info.run_id
+    elsewhere = client.create_run(exp, tags={**owner, "dlpipe.host": "alive"}).info.run_id
+    nodes = [{"NodeManagerHostname": "gone", "Alive": False}, {"NodeManagerHostname": "alive", "Alive": True}]
+    monkeypatch.setattr(ray_pool.ray, "nodes", lambda: nodes)
+
+    assert ray_pool.close_runs_of_lost_hosts(exp) == {midway: "KILLED", recorded: "FINISHED"}
+    assert "Ray node on gone was lost" in client.get_run(midway).data.tags["dlpipe.killed_reason"]
+    assert "after it recorded its work" in client.get_run(recorded).data.tags["dlpipe.closed_reason"]
+    assert client.get_run(elsewhere).info.status == "RUNNING"  # its host still has a live node

@@ -9,7 +9,9 @@ the tracking URI this stage resolved (an MLflow server on a cluster: `check` ref
 
 Each task asks `trainer.cpu_threads` CPUs, and one GPU where the cluster has GPUs (Ray sets
 `CUDA_VISIBLE_DEVICES`). A task whose node dies is retried by Ray (`MAX_RETRIES`); past that it comes back as a
-crashed unit with the reason, like a dead local worker, and the runs the lost node left RUNNING are ended KILLED.
+crashed unit with the reason, like a dead local worker. The runs the lost node left RUNNING are ended KILLED, or
+FINISHED when they had recorded their work; a retried fold whose earlier attempt recorded it reuses that run
+(`stages.cv.recorded_fold`) instead of training again.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import ray.exceptions
 from dlpipe.config import Params
 from dlpipe.parallel import STOP_GRACE_SECONDS, Done, Task
 from dlpipe.paths import ProjectPaths
+from dlpipe.processes import stop_point
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +204,7 @@ def in_scratch(ship: Shipped, fn: Any, args: tuple, files: dict[str, bytes]) -> 
         common._WORKER_CONTEXTS.clear()
         common._WORKER_CONTEXTS[(params.model_dump_json(), paths.root)] = ctx
         result = fn(*args)
+        stop_point(f"{getattr(fn, '__name__', fn)}:returned")  # fault tests: a node killed with recorded work
         return Returned(result, _outputs(scratch, files), socket.gethostname())
     finally:
         common._WORKER_CONTEXTS.clear()
@@ -269,10 +273,13 @@ def _alive_nodes() -> frozenset[str]:
 
 
 def close_runs_of_lost_hosts(experiment_id: str) -> dict[str, str]:
-    """End KILLED the RUNNING runs owned by a host where no Ray node is alive any more (their pids cannot be
-    looked up from here); returns {run id: status}."""
+    """End the RUNNING runs owned by a host where no Ray node is alive any more (their pids cannot be looked up from
+    here): KILLED, or FINISHED when the run had recorded its work (as `close_orphaned_runs` decides); returns
+    {run id: status}."""
     import mlflow
     from mlflow.entities import RunStatus
+
+    from dlpipe.tracking.runs import CLOSED_REASON, KILLED_REASON, recorded
 
     nodes = ray.nodes()
     alive = {n.get("NodeManagerHostname") for n in nodes if n.get("Alive")}
@@ -283,7 +290,11 @@ def close_runs_of_lost_hosts(experiment_id: str) -> dict[str, str]:
         clause = f"attributes.status = 'RUNNING' and tags.`dlpipe.host` = '{host}'"
         for run in client.search_runs([experiment_id], clause, max_results=1000):
             reason = f"its Ray node on {host} was lost at {time.strftime('%H:%M:%S')}; closed by dlpipe study"
-            client.set_tag(run.info.run_id, "dlpipe.killed_reason", reason)
-            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
-            closed[run.info.run_id] = "KILLED"
+            if recorded(run):
+                status, tag, reason = RunStatus.FINISHED, CLOSED_REASON, f"{reason} after it recorded its work"
+            else:
+                status, tag = RunStatus.KILLED, KILLED_REASON
+            client.set_tag(run.info.run_id, tag, reason)
+            client.set_terminated(run.info.run_id, RunStatus.to_string(status))
+            closed[run.info.run_id] = RunStatus.to_string(status)
     return closed

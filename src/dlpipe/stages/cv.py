@@ -27,6 +27,7 @@ from dlpipe.evaluation.operating_point import OperatingPoint, choose
 from dlpipe.io import write_json, write_text
 from dlpipe.metric_names import SCALAR_METRICS, label
 from dlpipe.paths import ProjectPaths
+from dlpipe.processes import stop_point
 from dlpipe.profile import timed
 from dlpipe.stages.common import StageContext, model_spec, worker_context
 from dlpipe.tracking.callbacks import EpochMetricsLogger
@@ -130,10 +131,16 @@ def fold_unit(job: FoldJob) -> FoldResult:
     spec = model_spec(job.params, job.paths, job.arch)
     if not is_global_zero():
         return run_fold(spec, ctx.data, job.k, job.params.trainer, job.params.seed, val_size=job.params.data.val_size)
+    earlier = recorded_fold(ctx.experiment_id, job)
+    if earlier is not None:
+        run_id, result = earlier
+        log.info("cv %s fold %d: reusing run %s, which recorded it (an earlier attempt)", job.arch, job.k + 1, run_id)
+        return result
     name = f"cv-{job.arch}-fold{job.k}"
     tags = {**job.tags, "fold": str(job.k)}
     with tracked_run(run_name=name, parent_run_id=job.parent_run_id, tags=tags) as child:
         run_id = child.info.run_id
+        stop_point("fold:open")  # fault tests: a kill in the middle of a fold
         ctx.log_dataset(run_id)
         result = run_fold(
             spec,
@@ -159,6 +166,26 @@ def fold_unit(job: FoldJob) -> FoldResult:
         result.seconds,
     )
     return result
+
+
+def recorded_fold(experiment_id: str, job: FoldJob) -> tuple[str, FoldResult] | None:
+    """(run id, result) of a run of this fold under this parent that recorded its report: an earlier attempt of the
+    same unit whose result never came back (Ray retries a task whose node died after the fold was logged)."""
+    if job.parent_run_id is None:
+        return None
+    phash = job.tags["params_hash"]
+    clause = f"tags.mlflow.parentRunId = '{job.parent_run_id}' and tags.fold = '{job.k}'"
+    clause += f" and tags.stage = '{STAGE}' and tags.params_hash = '{phash}'"
+    for run in mlflow.MlflowClient().search_runs([experiment_id], clause, max_results=100):
+        if run.info.status not in ("FINISHED", "RUNNING"):  # a FAILED or KILLED attempt recorded nothing
+            continue
+        try:  # the report is the last thing a fold logs: a RUNNING run holding it has recorded the fold
+            result = FoldResult.from_dict(mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{FOLD_REPORT}"))
+        except Exception:  # no report (still training, or from before reports were logged), or a torn one
+            continue
+        if result.probs:
+            return run.info.run_id, result
+    return None
 
 
 @dataclass

@@ -216,7 +216,7 @@ def close_orphaned_runs(experiment_id: str, closed_by: str) -> dict[str, str]:
         if dead is None or not dead.is_dead():
             continue
         who = f"process {dead.pid} on {dead.host}"
-        if run.data.tags.get(RECORDED_TAG) == "true" or holds_fold_report(run):
+        if recorded(run):
             status, tag = RunStatus.FINISHED, CLOSED_REASON
             reason = f"{who} ended after recording this run's work, before closing it; closed by {closed_by}"
         else:
@@ -226,6 +226,11 @@ def close_orphaned_runs(experiment_id: str, closed_by: str) -> dict[str, str]:
         client.set_terminated(run.info.run_id, RunStatus.to_string(status))
         closed[run.info.run_id] = RunStatus.to_string(status)
     return closed
+
+
+def recorded(run: mlflow.entities.Run) -> bool:
+    """Whether the run recorded all its work (`RECORDED_TAG`, or a cv fold's whole report), even if still RUNNING."""
+    return run.data.tags.get(RECORDED_TAG) == "true" or holds_fold_report(run)
 
 
 def holds_fold_report(run: mlflow.entities.Run) -> bool:
