@@ -32,6 +32,7 @@ from helpers.project import REPO_ROOT, SMALL_STUDY, copy_project, deep_merge, wr
 from mlflow.tracking import MlflowClient
 
 from dlpipe.config import load_params
+from dlpipe.evaluation.selection import build_leaderboard
 from dlpipe.io import read_json
 from dlpipe.paths import ProjectPaths
 from dlpipe.stages import fetch, prepare
@@ -124,7 +125,7 @@ def test_nothing_the_cluster_started_left_loopback(cluster):
             assert host in LOOPBACK or host.startswith("127."), sock
 
 
-def test_ray_cluster_trials_folds_and_test_metrics_equal_the_local_pools(local, cluster, pg):
+def test_ray_cluster_trials_folds_test_metrics_and_leaderboard_equal_the_local_pools(local, cluster, pg):
     there, _, _, _ = cluster
     tuned = [read_json(p.tuning_report("mlp")) for p in (local, there)]
     assert tuned[1]["finished"] == 2 and tuned[1]["storage"].startswith("postgresql://")
@@ -144,6 +145,17 @@ def test_ray_cluster_trials_folds_and_test_metrics_equal_the_local_pools(local, 
         assert test[0][key] == test[1][key], key
     assert (there.model_dir("mlp") / "params.json").is_file()
     assert local.test_predictions("mlp").read_text() == there.test_predictions("mlp").read_text()
+    boards = [leaderboard(p) for p in (local, there)]
+    assert boards[0].equals(boards[1]), (boards[0].T, boards[1].T)
+
+
+def leaderboard(paths: ProjectPaths):
+    """select's leaderboard of the project's reports, less what differs by machine and run (timings, run ids)."""
+    params = load_params(paths.root / "params.yaml")
+    cv, test = {"mlp": read_json(paths.cv_report("mlp"))}, {"mlp": read_json(paths.test_report("mlp"))}
+    board = build_leaderboard(cv, test, params.selection.metric, params.selection.positive_class)
+    varying = ["train_seconds", "latency_ms_per_sample", "pareto", "cv_run_id", "train_run_id"]
+    return board.drop(columns=varying)
 
 
 def logged_fold_report(art: Path, run_id: str) -> bool:
