@@ -54,8 +54,9 @@ BUDGET = ["study.budget.epochs=3", "study.budget.drop_after_folds=1", "study.bud
 IDX_UBYTE = 0x08
 
 
-def digit_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """`n` 28x28 uint8 images and their labels: sklearn's 8x8 digits upsampled, shifted and noised."""
+def digit_images(n: int, seed: int = 0, chunk: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+    """`n` 28x28 uint8 images and their labels: sklearn's 8x8 digits upsampled, shifted and noised (in chunks, so
+    that making 60,000 takes little memory)."""
     import torch
     import torch.nn.functional as F
     from sklearn.datasets import load_digits
@@ -65,14 +66,18 @@ def digit_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     big = F.pad(F.interpolate(small, size=(20, 20), mode="bilinear", align_corners=False), (4, 4, 4, 4))[:, 0]
     rng = np.random.default_rng(seed)
     pick = rng.integers(0, len(big), n)
-    images = big.numpy()[pick]
     shifts = rng.integers(-3, 4, (n, 2))
-    for dy in range(-3, 4):  # one roll per distinct shift, not per image
-        for dx in range(-3, 4):
-            rows = np.flatnonzero((shifts[:, 0] == dy) & (shifts[:, 1] == dx))
-            images[rows] = np.roll(images[rows], (dy, dx), axis=(1, 2))
-    noisy = images * 255.0 + rng.normal(0.0, 12.0, images.shape)
-    return np.clip(noisy, 0, 255).astype(np.uint8), digits.target[pick].astype(np.uint8)
+    out = np.empty((n, 28, 28), dtype=np.uint8)
+    for start in range(0, n, chunk):
+        part = slice(start, start + chunk)
+        images = big.numpy()[pick[part]]
+        for dy in range(-3, 4):  # one roll per distinct shift, not per image
+            for dx in range(-3, 4):
+                rows = np.flatnonzero((shifts[part, 0] == dy) & (shifts[part, 1] == dx))
+                images[rows] = np.roll(images[rows], (dy, dx), axis=(1, 2))
+        noise = rng.normal(0.0, 12.0, images.shape).astype(np.float32)
+        out[part] = np.clip(images * 255.0 + noise, 0, 255).astype(np.uint8)
+    return out, digits.target[pick].astype(np.uint8)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -101,18 +101,23 @@ class PreparedData:
 
     def part(self, idx: np.ndarray, normalizer: Normalizer) -> Part:
         rows = torch.from_numpy(idx)
-        return Part(normalizer(self.dataset.X[rows]), self.dataset.y[rows], idx)
+        return Part(normalizer.apply_(self.dataset.X[rows]), self.dataset.y[rows], idx)  # the gathered copy, in place
 
     def split(self, train_idx: np.ndarray, val_idx: np.ndarray, seed: int = 0) -> TrainValSplit:
         """Train on `train_idx` (normaliser fitted there), validate on `val_idx`; with `labeled_fraction` < 1 only
         a stratified fraction of `train_idx` (drawn with `seed`) keeps its labels."""
         X = self.dataset.X
-        norm = Normalizer.fit(X[torch.from_numpy(train_idx)], self.dataset.features, self.normalize, self.znormalize)
+        fitted = X[torch.from_numpy(train_idx)]
+        norm = Normalizer.fit(fitted, self.dataset.features, self.normalize, self.znormalize)
         labeled, hidden = labeled_subset(self.y_numpy, train_idx, self.labeled_fraction, seed)
         unlabeled = None
         if len(hidden):
-            unlabeled = Part(norm(X[torch.from_numpy(hidden)]), torch.full((len(hidden),), HIDDEN), hidden)
-        return TrainValSplit(self.part(labeled, norm), self.part(val_idx, norm), norm, unlabeled)
+            del fitted
+            unlabeled = Part(norm.apply_(X[torch.from_numpy(hidden)]), torch.full((len(hidden),), HIDDEN), hidden)
+            train = self.part(labeled, norm)
+        else:  # every label kept: the rows the normaliser was fitted on are the training part, normalised in place
+            train = Part(norm.apply_(fitted), self.dataset.y[torch.from_numpy(labeled)], labeled)
+        return TrainValSplit(train, self.part(val_idx, norm), norm, unlabeled)
 
     def holdout(self, val_size: float, seed: int) -> TrainValSplit:
         """The training part with a stratified `val_size` slice carved out for validation (never the test set)."""
