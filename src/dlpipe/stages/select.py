@@ -99,7 +99,8 @@ def run(params: Params, paths: ProjectPaths) -> dict:
     )
     board = with_run_ids(board, reports)
     verdict = sel.verdict(board, reports.cv, reports.baselines, params.selection, ratio)
-    verdict["dropped"] = {arch: report["dropped"] for arch, report in reports.dropped.items()}
+    if reports.dropped:  # a study without a budget writes what it always wrote
+        verdict["dropped"] = {arch: report["dropped"] for arch, report in reports.dropped.items()}
     summary = {**summarize(ctx, reports, board, verdict), "sentence": sel.selection_sentence(verdict)}
     if not is_global_zero():
         return summary
