@@ -93,8 +93,8 @@ def main() -> int:
     print(f"{'':<16}" + "".join(f"{label:>16}" for label in results))
     for key in keys:
         cells = "".join(
-            f"{v:>16.0f}" if isinstance(v := r[key], float) and key.startswith("after") else f"{v!s:>16}"
-            for r in results.values()
+            f"{v:>16.0f}" if key.startswith("after") else f"{v:>16.4f}" if isinstance(v, float) else f"{v!s:>16}"
+            for v in (r[key] for r in results.values())
         )
         print(f"{key:<16}{cells}")
     shutil.rmtree(scratch, ignore_errors=True)
