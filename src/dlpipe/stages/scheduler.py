@@ -3,7 +3,9 @@
 Tuning, cross-validation and the final fit of one architecture follow each other; different architectures (and
 the folds of one) run at the same time. Each phase's planning and summary run in this process (`stages.tune.plan`
 and `finish`, `stages.cv.plan` and `finish`, `stages.train.reusable`); the units (`trials_unit`, `fold_unit`,
-`train_unit`) run on the pool. An error in a unit or a step fails only its architecture.
+`train_unit`) run on the pool. An error in a unit or a step fails only its architecture. Under `study.budget`, each
+scored fold may drop an architecture far below the leader on its first folds (`evaluation.cv.drops`): its queued
+folds and its final fit never run, and its cv report says why.
 """
 
 from __future__ import annotations

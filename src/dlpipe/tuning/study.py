@@ -21,6 +21,8 @@
   position. (Hyperband puts a trial in a bracket by its number, so there a re-run trial may be pruned
   differently.)
 - Budget: COMPLETE and PRUNED trials count toward `tune.n_trials` (FAIL does not; failures are retried up to a cap).
+  Under `study.budget.epochs` the study also stops once its finished trials trained that many epochs, and prunes by
+  successive halving (`pruner_of`).
 - Best trial: the highest value, then the lowest validation loss of the kept model (trial user attr `val_loss`),
   then the lowest number.
 - In optuna-dashboard: the objective is named after the selection metric, and the study's user attributes show
