@@ -210,8 +210,10 @@ def main() -> int:
         results.append(run_study(args.compare, tree, scratch / "ref", args.overrides, args.noop_runs))
     results.append(run_study("working tree", REPO, scratch / "head", args.overrides, args.noop_runs))
     print(table(results, cores))
-    print()
-    print(profile_table(results[-1], cores))
+    for result in results:  # where each version's time went (a REF without the instrument shows none)
+        if result.profile:
+            print()
+            print(profile_table(result, cores))
     print("\n" + results[-1].leaderboard)
     if args.keep is None:
         shutil.rmtree(scratch, ignore_errors=True)

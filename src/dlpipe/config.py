@@ -259,6 +259,29 @@ class MlflowParams(Section):
 EXECUTORS = ("local", "ray")  # study.executor: dlpipe.executors registers a pool factory under each name
 
 
+class BudgetParams(Section):
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        description="the most epochs each architecture's tuning trains, its trials summed; null = no budget "
+        "(every trial runs, no architecture is dropped)",
+    )
+    drop_after_folds: int = Field(
+        2, ge=1, description="under a budget: folds scored before an architecture may be dropped (below data.folds)"
+    )
+    drop_margin: float = Field(
+        0.05,
+        gt=0.0,
+        lt=1.0,
+        description="under a budget: an architecture whose CV mean of the selection metric over its first "
+        "drop_after_folds folds is below the leader's over the same folds by more than this is dropped",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.epochs is not None
+
+
 class StudyParams(Section):
     executor: Literal[EXECUTORS] = Field(  # type: ignore[valid-type]
         "local", description="where the study's units run: local worker processes, or tasks on a Ray cluster"
@@ -266,6 +289,7 @@ class StudyParams(Section):
     ray_address: str | None = Field(
         None, description="the Ray cluster (host:port of its head); null = $RAY_ADDRESS, else a Ray started here"
     )
+    budget: BudgetParams = BudgetParams()
 
 
 class RegistryParams(Section):
@@ -437,6 +461,12 @@ def check_semantics(params: Params) -> None:
         problems.append(
             f"tune.cv_folds: {params.tune.cv_folds} folds asked but data.folds is {params.data.folds}; "
             f"allowed: 0 to {params.data.folds}, or auto"
+        )
+    budget = params.study.budget
+    if budget.enabled and budget.drop_after_folds >= params.data.folds:
+        problems.append(
+            f"study.budget.drop_after_folds: {budget.drop_after_folds} folds before a drop but data.folds is "
+            f"{params.data.folds}; allowed: 1 to {params.data.folds - 1}"
         )
     if not problems:
         problems += _check_space_values(params)

@@ -27,10 +27,9 @@ Text (a CSV's `data.csv.text_column`): each split fits its own tokenizer on its 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import logging
 
 import numpy as np
 import torch
@@ -108,24 +107,32 @@ class PreparedData:
         return Part(self.inputs(idx, normalizer), self.dataset.y[torch.from_numpy(idx)], idx)
 
     def inputs(self, idx: np.ndarray, normalizer: Normalizer) -> torch.Tensor:
-        """The model inputs of rows `idx`: X transformed by `normalizer`; text tokenized by its fitted tokenizer."""
+        """The model inputs of rows `idx`: X transformed by `normalizer` (in the gathered copy); text tokenized by
+        its fitted tokenizer."""
         if normalizer.text is not None:
             return normalizer.text.encode(self.dataset.text.take(idx))
-        return normalizer(self.dataset.X[torch.from_numpy(idx)])
+        return normalizer.apply_(self.dataset.X[torch.from_numpy(idx)])
 
     def split(self, train_idx: np.ndarray, val_idx: np.ndarray, seed: int = 0) -> TrainValSplit:
         """Train on `train_idx` (normaliser, or tokenizer for text, fitted there), validate on `val_idx`; with
         `labeled_fraction` < 1 only a stratified fraction of `train_idx` (drawn with `seed`) keeps its labels."""
         X, text = self.dataset.X, self.dataset.text
+        fitted = None
         if text is not None:  # every training input, labelled or not; never validation, scored or test text
             norm = Normalizer.for_text(TextEncoder.fit(text.take(train_idx), text.vocab_size, text.max_tokens))
         else:
-            norm = Normalizer.fit(X[torch.from_numpy(train_idx)], self.dataset.features, self.normalize, self.znormalize)
+            fitted = X[torch.from_numpy(train_idx)]
+            norm = Normalizer.fit(fitted, self.dataset.features, self.normalize, self.znormalize)
         labeled, hidden = labeled_subset(self.y_numpy, train_idx, self.labeled_fraction, seed)
         unlabeled = None
         if len(hidden):
+            fitted = None
             unlabeled = Part(self.inputs(hidden, norm), torch.full((len(hidden),), HIDDEN), hidden)
-        return TrainValSplit(self.part(labeled, norm), self.part(val_idx, norm), norm, unlabeled)
+        if fitted is not None:  # every label kept: the rows the normaliser was fitted on, normalised in place
+            train = Part(norm.apply_(fitted), self.dataset.y[torch.from_numpy(labeled)], labeled)
+        else:
+            train = self.part(labeled, norm)
+        return TrainValSplit(train, self.part(val_idx, norm), norm, unlabeled)
 
     def holdout(self, val_size: float, seed: int) -> TrainValSplit:
         """The training part with a stratified `val_size` slice carved out for validation (never the test set)."""

@@ -268,6 +268,12 @@ class Normalizer:
     def module(self) -> InputTransform:
         return InputTransform(self)
 
+    def apply_(self, X: torch.Tensor) -> torch.Tensor:
+        """`self(X)` written into `X` itself where it can be (no copy of a large part): X must be a fresh tensor."""
+        if self.seen is not None or self.per_series or not X.is_floating_point():
+            return self(X)
+        return X.sub_(self.mean.to(X.device, X.dtype)).div_(self.std.to(X.device, X.dtype))
+
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
         if self.seen is None:
             X = znormalize_series(X) if self.per_series else X

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from dlpipe.config import TrainerParams
 from dlpipe.data.prepared import PreparedData
 from dlpipe.evaluation.calibration import calibrated_probs, fit_temperature, logits_of
-from dlpipe.metric_names import SCALAR_METRICS
+from dlpipe.metric_names import SCALAR_METRICS, is_positive_metric, per_class_name
 from dlpipe.profile import timed
 from dlpipe.training.fit import ModelSpec, evaluate, fit
 
@@ -109,3 +109,35 @@ def out_of_fold(folds: list[FoldResult], y: np.ndarray) -> tuple[np.ndarray, np.
     probs = np.concatenate([np.asarray(f.probs, dtype=np.float64).reshape(len(f.idx), -1) for f in folds])
     order = np.argsort(idx, kind="stable")
     return idx[order], fold[order], y[idx[order]], probs[order]
+
+
+def fold_score(result: FoldResult, metric: str, positive_class: str | None = None) -> float:
+    """The selection metric of one scored fold (a per-class one from its report)."""
+    if is_positive_metric(metric):
+        return float(result.report["per_class"][positive_class][per_class_name(metric)])
+    return float(result.metrics[metric])
+
+
+def drops(scores: dict[str, dict[int, float]], candidates: set[str], after: int, margin: float) -> dict[str, dict]:
+    """The study budget's drop rule. `scores`: {architecture: {fold: selection metric}} of the folds scored so far.
+    Among the architectures with folds 0..after-1 scored, the leader has the highest mean over them; a candidate
+    whose mean over the same folds is below the leader's by more than `margin` is dropped: {arch: why}."""
+    first = range(after)
+    means = {a: float(np.mean([s[k] for k in first])) for a, s in scores.items() if all(k in s for k in first)}
+    if len(means) < 2:
+        return {}
+    leader = max(sorted(means), key=lambda a: means[a])
+    out = {}
+    for arch in sorted(candidates & set(means)):
+        gap = means[leader] - means[arch]
+        if gap > margin:
+            out[arch] = {
+                "after_folds": after,
+                "mean": means[arch],
+                "leader": leader,
+                "leader_mean": means[leader],
+                "margin": margin,
+                "reason": f"CV mean {means[arch]:.4f} over its first {after} fold(s) is {gap:.4f} below the leader "
+                f"{leader}'s {means[leader]:.4f} on the same folds (more than study.budget.drop_margin {margin})",
+            }
+    return out

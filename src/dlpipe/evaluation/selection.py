@@ -317,7 +317,24 @@ def leaderboard_markdown(leaderboard: pd.DataFrame, selection: dict | None = Non
     ]
     if selection:
         lines += [selection_sentence(selection), ""]
+    if selection and selection.get("dropped"):
+        lines += [dropped_table(selection["dropped"], metric), ""]
     return "\n".join(lines)
+
+
+def dropped_table(dropped: dict[str, dict], metric: str) -> str:
+    """The architectures the study budget dropped (never scored, never champion) and why."""
+    rows = [
+        {
+            "model": arch,
+            "status": "dropped",
+            f"CV {label(metric)} (first folds)": f"{why['mean']:.4f} ({why['after_folds']} folds)",
+            "leader": f"{why['leader']} {why['leader_mean']:.4f}",
+            "why": why["reason"],
+        }
+        for arch, why in sorted(dropped.items())
+    ]
+    return "Dropped by the study budget (not scored, not ranked):\n\n" + pd.DataFrame(rows).to_markdown(index=False)
 
 
 def selection_sentence(selection: dict) -> str:

@@ -40,6 +40,7 @@ from dlpipe.tracking.runs import (
     log_metrics,
     log_params,
     open_run,
+    set_tags,
     tracked_run,
 )
 from dlpipe.training.fit import ModelSpec
@@ -223,6 +224,26 @@ def finish(ctx: StageContext, p: CvPlan, folds: list[FoldResult], summary: dict)
     log.info(
         "cv %s: %s %.4f +/- %.4f over %d folds", p.arch, label(m), summary["mean"][m], summary["std"][m], len(folds)
     )
+    return out
+
+
+def write_dropped(ctx: StageContext, p: CvPlan, folds: list[FoldResult], why: dict) -> dict:
+    """reports/cv/<arch>.json of an architecture the study budget dropped: why, and the folds it was judged on
+    (no mean over every fold: it is not scored); the parent run is tagged `dropped`."""
+    ordered = sorted(folds, key=lambda f: f.fold)
+    out = {
+        "architecture": p.arch,
+        "params_hash": p.phash,
+        "mlflow_run_id": p.parent_run_id,
+        "dropped": why,
+        "folds": len(ordered),
+        "per_fold": {f"fold_{f.fold}": dict(f.metrics) for f in ordered},
+    }
+    if is_global_zero():
+        write_json(ctx.paths.cv_report(p.arch), out)
+        if p.parent_run_id:
+            set_tags(p.parent_run_id, {"dropped": why["reason"]})
+    log.warning("cv %s: dropped by the study budget: %s", p.arch, why["reason"])
     return out
 
 

@@ -3,7 +3,9 @@
 Tuning, cross-validation and the final fit of one architecture follow each other; different architectures (and
 the folds of one) run at the same time. Each phase's planning and summary run in this process (`stages.tune.plan`
 and `finish`, `stages.cv.plan` and `finish`, `stages.train.reusable`); the units (`trials_unit`, `fold_unit`,
-`train_unit`) run on the pool. An error in a unit or a step fails only its architecture.
+`train_unit`) run on the pool. An error in a unit or a step fails only its architecture. Under `study.budget`, each
+scored fold may drop an architecture far below the leader on its first folds (`evaluation.cv.drops`): its queued
+folds and its final fit never run, and its cv report says why.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dlpipe.errors import DlpipeError
+from dlpipe.evaluation import cv as evaluation_cv
+from dlpipe.evaluation.cv import fold_score
 from dlpipe.parallel import Done, ProcessPool, SerialPool, Task
 from dlpipe.profile import timed
 from dlpipe.stages import cv, train, tune
@@ -36,6 +40,9 @@ class _Arch:
     failed: str | None = None
     error: BaseException | None = None
     finished: bool = False
+    cv_plan: Any = None  # its cross-validation's plan, once started
+    cv_done: bool = False  # every fold scored: no longer droppable
+    dropped: dict | None = None  # why the study budget dropped it
 
 
 def relative_costs(ctx: StageContext, batch: int = 64, repeats: int = 3) -> dict[str, float]:
@@ -112,7 +119,7 @@ class Study:
         state = self.archs[arch]
         state.pending.discard(done.task.key)
         then = self.after.pop(done.task.key)
-        if state.failed:
+        if state.failed or state.dropped:
             return
         if not done.ok:
             error = (store.explain(done.error) or done.error) if done.error is not None else None
@@ -140,6 +147,33 @@ class Study:
             end_run(run_id, error or RuntimeError(reason))
         state.open_runs.clear()
         self.ready = [item for item in self.ready if item[3].key.split(" ", 2)[1] != arch]
+
+    # --- the study budget's drop rule ---------------------------------------------------------------------------------
+    def check_drops(self) -> None:
+        """Drop every architecture still in cross-validation whose first folds are far below the leader's
+        (`evaluation.cv.drops`); its queued folds and its final fit do not run."""
+        budget, sel = self.ctx.params.study.budget, self.ctx.params.selection
+        if not budget.enabled:
+            return
+        scores, candidates = {}, set()
+        for arch, state in self.archs.items():
+            if state.cv_plan is None or state.failed or state.dropped:
+                continue
+            merged = {**state.cv_plan.done, **state.folds}
+            scores[arch] = {k: fold_score(r, sel.metric, sel.positive_class) for k, r in merged.items()}
+            if not state.cv_done:
+                candidates.add(arch)
+        for arch, why in evaluation_cv.drops(scores, candidates, budget.drop_after_folds, budget.drop_margin).items():
+            self.guard(arch, lambda a=arch, w=why: self.drop(a, w))
+
+    def drop(self, arch: str, why: dict) -> None:
+        state = self.archs[arch]
+        p = state.cv_plan
+        state.dropped = why
+        self.ready = [item for item in self.ready if item[3].key.split(" ", 2)[1] != arch]
+        cv.write_dropped(self.ctx, p, list({**p.done, **state.folds}.values()), why)
+        if p.opened:
+            self.close_run(arch, p.parent_run_id)
 
     # --- phases -----------------------------------------------------------------------------------------------------
     def start_tune(self, arch: str) -> None:
@@ -176,6 +210,7 @@ class Study:
 
     def start_cv(self, arch: str) -> None:
         p = cv.plan(self.ctx, arch)
+        self.archs[arch].cv_plan = p
         if p.opened:
             self.archs[arch].open_runs.add(p.parent_run_id)
         jobs = p.jobs(self.ctx.params, self.ctx.paths)
@@ -185,14 +220,19 @@ class Study:
         for job in jobs:
             task = Task(f"cv {arch} fold{job.k}", cv.fold_unit, (job,))
             self.submit(arch, "cv", task, lambda d, a=arch, plan=p, k=job.k: self.fold_done(a, plan, k, d.result))
+        self.check_drops()  # folds reused from an earlier run may already decide
 
     def fold_done(self, arch: str, p: cv.CvPlan, k: int, result: Any) -> None:
         state = self.archs[arch]
         state.folds[k] = result
+        self.check_drops()
+        if state.dropped:
+            return
         if not any(key.startswith(f"cv {arch} ") for key in state.pending):
             self.finish_cv(arch, p)
 
     def finish_cv(self, arch: str, p: cv.CvPlan) -> None:
+        self.archs[arch].cv_done = True
         folds = p.all_folds(self.archs[arch].folds)
         job = p.summary_job(self.ctx.params, self.ctx.paths, folds)
         self.submit(

@@ -21,7 +21,7 @@ champion, every architecture's CV selection metric, the registered version and t
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import mlflow
@@ -52,12 +52,21 @@ class StudyReports:
     test: dict[str, dict]
     tuning: dict[str, dict]
     baselines: dict[str, dict]
+    dropped: dict[str, dict] = field(default_factory=dict)  # cv reports of architectures the study budget dropped
+
+    def cv_of(self, arch: str) -> dict:
+        return self.cv.get(arch) or self.dropped.get(arch, {})
 
 
 def load_reports(params: Params, paths: ProjectPaths, dataset_hash: str | None = None) -> StudyReports:
     """Every report select needs (DataError naming the stage to run if one is missing or stale)."""
-    cv, test, tuning = {}, {}, {}
+    cv, test, tuning, dropped = {}, {}, {}, {}
     for arch in params.architectures:
+        tuning_path = paths.tuning_report(arch)
+        tuning[arch] = read_json(tuning_path) if tuning_path.is_file() else {}
+        if paths.cv_report(arch).is_file() and read_json(paths.cv_report(arch)).get("dropped"):
+            dropped[arch] = read_json(paths.cv_report(arch))  # not scored: no test report is read
+            continue
         for path in (paths.cv_report(arch), paths.test_report(arch)):
             if not path.is_file():
                 raise DataError(f"{path}: missing; run the study stage first (dvc repro study)")
@@ -67,15 +76,15 @@ def load_reports(params: Params, paths: ProjectPaths, dataset_hash: str | None =
             raise DataError(
                 f"{paths.test_report(arch)}: trained on another version of the dataset; run the study stage again"
             )
-        tuning_path = paths.tuning_report(arch)
-        tuning[arch] = read_json(tuning_path) if tuning_path.is_file() else {}
+    if not cv:
+        raise DataError(f"every architecture was dropped by the study budget ({', '.join(dropped)}); nothing to select")
     baselines: dict[str, dict] = {}
     if params.baselines.models:
         if not paths.baselines_report.is_file():
             raise DataError(f"{paths.baselines_report}: missing; run the baselines stage first (dvc repro baselines)")
         found = read_json(paths.baselines_report)
         baselines = {name: found[name] for name in params.baselines.models if name in found}
-    return StudyReports(cv, test, tuning, baselines)
+    return StudyReports(cv, test, tuning, baselines, dropped)
 
 
 def run(params: Params, paths: ProjectPaths) -> dict:
@@ -90,6 +99,8 @@ def run(params: Params, paths: ProjectPaths) -> dict:
     )
     board = with_run_ids(board, reports)
     verdict = sel.verdict(board, reports.cv, reports.baselines, params.selection, ratio)
+    if reports.dropped:  # a study without a budget writes what it always wrote
+        verdict["dropped"] = {arch: report["dropped"] for arch, report in reports.dropped.items()}
     summary = {**summarize(ctx, reports, board, verdict), "sentence": sel.selection_sentence(verdict)}
     if not is_global_zero():
         return summary
@@ -130,7 +141,10 @@ def summarize(ctx: StageContext, reports: StudyReports, board: pd.DataFrame, ver
         params.selection,
         params.architectures,
         params.baselines,
-        {a: (reports.cv[a].get("params_hash"), reports.test[a].get("params_hash")) for a in params.architectures},
+        {
+            a: (reports.cv_of(a).get("params_hash"), reports.test.get(a, {}).get("params_hash"))
+            for a in params.architectures
+        },
     )
     return {
         **verdict,
@@ -151,8 +165,8 @@ def runs_of(reports: StudyReports, arch: str) -> dict[str, str | None]:
     """The MLflow runs whose numbers the leaderboard shows for `arch`."""
     return {
         "tune": reports.tuning[arch].get("mlflow_run_id"),
-        "cv": reports.cv[arch].get("mlflow_run_id"),
-        "train": reports.test[arch].get("mlflow_run_id"),
+        "cv": reports.cv_of(arch).get("mlflow_run_id"),
+        "train": reports.test.get(arch, {}).get("mlflow_run_id"),
     }
 
 
@@ -286,8 +300,8 @@ def record_summary(run_id: str, params: Params, paths: ProjectPaths, summary: di
             "run_id": rid,
             "params_hash": {
                 "tune": reports.tuning[arch].get("study_name"),
-                "cv": reports.cv[arch].get("params_hash"),
-                "train": reports.test[arch].get("params_hash"),
+                "cv": reports.cv_of(arch).get("params_hash"),
+                "train": reports.test.get(arch, {}).get("params_hash"),
             }[stage],
         }
         for arch, stages in summary["runs"].items()

@@ -40,8 +40,10 @@ from dlpipe.tuning.study import (
     best_trial,
     counted_failures,
     epochs_per_fit,
+    epochs_spent,
     finished_count,
     open_study,
+    pruner_of,
     state_counts,
 )
 from dlpipe.tuning.tracking import TrialTracker, close_told_runs, log_study_plots
@@ -110,7 +112,7 @@ def plan(ctx: StageContext, arch: str) -> TunePlan | dict[str, Any]:
         params.tune.n_trials,
     )
     parent = latest_run(ctx.experiment_id, stage=STAGE, architecture=arch, params_hash=handle.hash)
-    done = finished_count(handle.study.get_trials(deepcopy=False)) >= params.tune.n_trials
+    done = study_done(params, handle.study.get_trials(deepcopy=False))
     if done and parent is not None and parent.info.status == "FINISHED":
         reused = finished_report(parent, params.tune.n_trials)
         if reused is not None:  # nothing to run or to log: the finished study's summary stands
@@ -122,6 +124,12 @@ def plan(ctx: StageContext, arch: str) -> TunePlan | dict[str, Any]:
         log_params(run_id, parent_params(params, arch, space, handle))
         ctx.log_dataset(run_id)
     return TunePlan(arch, space, handle, run_id, 0 if done else params.tune.workers)
+
+
+def study_done(params: Params, trials: list) -> bool:
+    """The study has its tune.n_trials finished trials, or they spent study.budget.epochs."""
+    epochs = params.study.budget.epochs
+    return finished_count(trials) >= params.tune.n_trials or (epochs is not None and epochs_spent(trials) >= epochs)
 
 
 def finished_report(parent: Any, budget: int) -> dict[str, Any] | None:
@@ -158,7 +166,7 @@ def trials_unit(job: TrialsJob) -> str:
     )
     if job.rendezvous:  # runners started together share the first trials out however long each took to start
         W.rendezvous(handle.study, job.rendezvous, job.index)
-    stopped = W.run_trials(runner, timeout=params.tune.timeout)
+    stopped = W.run_trials(runner, timeout=params.tune.timeout, epochs=params.study.budget.epochs)
     mlflow.flush_async_logging()
     return stopped
 
@@ -197,6 +205,9 @@ def finish(ctx: StageContext, out: dict[str, Any]) -> dict[str, Any]:
 def stopped_reason(params: Params, trials: list) -> str:
     if finished_count(trials) >= params.tune.n_trials:
         return "budget"
+    epochs = params.study.budget.epochs
+    if epochs is not None and epochs_spent(trials) >= epochs:
+        return "epochs"
     if counted_failures(trials) >= W.max_failures(params.tune.n_trials):
         return "failures"
     return "timeout" if params.tune.timeout else "workers"
@@ -304,7 +315,8 @@ def summarize(
         "storage": handle.storage,
         "sampler": params.tune.sampler,
         "startup_trials": params.tune.startup_trials,
-        "pruner": params.tune.pruner,
+        "pruner": pruner_of(params),
+        "budget_epochs": params.study.budget.epochs,
         "pruning_monitor": monitor_for(params.selection.metric),
         "cv_folds": params.tune.cv_folds,
         "max_epochs": epochs_per_fit(params, space),

@@ -264,6 +264,41 @@ def set_tags(run_id: str, tags: dict[str, str]) -> None:
             client.log_batch(run_id, tags=items[i : i + MAX_BATCH], synchronous=True)
 
 
+MAX_ITEMS = 1000  # MLflow's limit of metrics, and of metrics + params + tags, per log_batch call
+
+
+class MetricBuffer:
+    """Metrics of many steps (a fit's epochs) kept in memory, written by `log_batch` in as few calls as MLflow takes:
+    one store write per fit instead of one per epoch (each is a transaction of the tracking store)."""
+
+    def __init__(self) -> None:
+        self.items: list[Metric] = []
+
+    def add(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.items += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+
+    def take(self) -> list[Metric]:
+        items, self.items = self.items, []
+        return items
+
+
+def log_batch(
+    run_id: str, metrics: list[Metric] | None = None, params: dict[str, Any] | None = None, tags: dict | None = None
+) -> None:
+    """Metrics, params and tags of `run_id` in as few synchronous calls as MLflow's limits allow."""
+    ms = list(metrics or [])
+    ps = [Param(k, "null" if v is None else str(v)) for k, v in sorted(flatten(params or {}).items())]
+    ts = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+    client = MlflowClient()
+    with timed("logging"):
+        while ms or ps or ts:
+            p, t = ps[:MAX_BATCH], ts[:MAX_BATCH]
+            m = ms[: MAX_ITEMS - len(p) - len(t)]
+            ps, ts, ms = ps[len(p) :], ts[len(t) :], ms[len(m) :]
+            client.log_batch(run_id, metrics=m, params=p, tags=t, synchronous=True)
+
+
 def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0, synchronous: bool = True) -> None:
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]

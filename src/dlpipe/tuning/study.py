@@ -21,6 +21,8 @@
   position. (Hyperband puts a trial in a bracket by its number, so there a re-run trial may be pruned
   differently.)
 - Budget: COMPLETE and PRUNED trials count toward `tune.n_trials` (FAIL does not; failures are retried up to a cap).
+  Under `study.budget.epochs` the study also stops once its finished trials trained that many epochs, and prunes by
+  successive halving (`pruner_of`).
 - Best trial: the highest value, then the lowest validation loss of the kept model (trial user attr `val_loss`),
   then the lowest number.
 - In optuna-dashboard: the objective is named after the selection metric, and the study's user attributes show
@@ -98,7 +100,7 @@ def study_key(params: Params, arch: str, space: SearchSpace, dataset_hash: str) 
         "space": space.to_dict(),
         "sampler": params.tune.sampler,
         "startup_trials": params.tune.startup_trials if params.tune.sampler != "random" else None,
-        "pruner": params.tune.pruner,
+        "pruner": pruner_of(params),
         "metric": metric,
         "positive_class": params.selection.positive_class if is_positive_metric(metric) else None,
         "cv_folds": params.tune.cv_folds,
@@ -303,6 +305,19 @@ def make_sampler(kind: str, seed: int, startup_trials: int = STARTUP_TRIALS) -> 
     return TrialSeededSampler(sampler_factory(kind, startup_trials), seed)
 
 
+def pruner_of(params: Params) -> str:
+    """tune.pruner, or under a study budget successive halving (stops clearly worse trials after the first
+    epoch) unless tune.pruner is hyperband, itself a multi-fidelity pruner."""
+    if params.study.budget.enabled and params.tune.pruner not in ("successive_halving", "hyperband"):
+        return "successive_halving"
+    return params.tune.pruner
+
+
+def epochs_spent(trials: list[FrozenTrial]) -> int:
+    """Epochs the finished trials trained (a pruned trial counts the epochs it ran): what a study budget spends."""
+    return sum(int(t.user_attrs.get("epochs", 0)) for t in trials if t.state in FINISHED)
+
+
 def make_pruner(kind: str, max_steps: int) -> optuna.pruners.BasePruner:
     """`max_steps`: the most intermediate values one trial reports (epochs x folds)."""
     if kind == "median":
@@ -360,7 +375,7 @@ def open_study(params: Params, paths: ProjectPaths, arch: str, space: SearchSpac
         study_name=name,
         direction=DIRECTION,
         sampler=make_sampler(params.tune.sampler, params.seed, params.tune.startup_trials),
-        pruner=make_pruner(params.tune.pruner, max_steps(params, space)),
+        pruner=make_pruner(pruner_of(params), max_steps(params, space)),
         load_if_exists=True,
     )
     describe(study, key, digest, params.selection.metric)

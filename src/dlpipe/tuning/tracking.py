@@ -24,7 +24,14 @@ from optuna.trial import TrialState
 
 from dlpipe.evaluation import plots
 from dlpipe.interrupts import deferred_interrupts
-from dlpipe.tracking.runs import CLOSED_REASON, KILLED_REASON, log_metrics, log_params, set_tags, tracked_run
+from dlpipe.tracking.runs import (
+    CLOSED_REASON,
+    KILLED_REASON,
+    MetricBuffer,
+    log_batch,
+    set_tags,
+    tracked_run,
+)
 from dlpipe.tuning.objective import EpochHook
 from dlpipe.tuning.study import FINISHED
 
@@ -89,17 +96,17 @@ class TrialTracker:
                 if self.log_dataset is not None:
                     self.log_dataset(run_id)
 
+                epochs = MetricBuffer()  # written with the outcome: one store write per trial, not per epoch
+
                 def on_epoch(step: int, metrics: dict[str, float]) -> None:
-                    finite = {k: v for k, v in metrics.items() if np.isfinite(v)}
-                    if finite:
-                        log_metrics(run_id, finite, step=step)
+                    epochs.add({k: v for k, v in metrics.items() if np.isfinite(v)}, step)
 
                 try:
                     outcome = body(on_epoch)
                 except BaseException:  # interrupted: the run ends KILLED (Ctrl-C) or FAILED
-                    set_tags(run_id, {"state": TrialState.FAIL.name, "interrupted": "true"})
+                    log_batch(run_id, epochs.take(), tags={"state": TrialState.FAIL.name, "interrupted": "true"})
                     raise
-                self._record(run_id, outcome)
+                self._record(run_id, outcome, epochs)
                 # An interrupt once the study holds the result (the journal delivers one that arrived while it
                 # wrote the record right after) would end this run KILLED for a finished trial: raise it after.
                 told.enter_context(deferred_interrupts())
@@ -117,17 +124,16 @@ class TrialTracker:
         assert outcome is not None
         return outcome
 
-    def _record(self, run_id: str, outcome: Outcome) -> None:
-        if outcome.params:
-            log_params(run_id, outcome.params)
+    def _record(self, run_id: str, outcome: Outcome, epochs: MetricBuffer) -> None:
+        """The trial's params, epoch curves, result and state in one batch."""
         metrics: dict[str, float] = {"epochs": float(outcome.epochs)}
         if outcome.value is not None and np.isfinite(outcome.value):
             metrics[self.metric] = outcome.value
-        log_metrics(run_id, metrics, step=0)
+        epochs.add(metrics, step=0)
         tags = {"state": outcome.state.name}
         if outcome.error:
             tags["error"] = outcome.error[:4000]
-        set_tags(run_id, tags)
+        log_batch(run_id, epochs.take(), params=outcome.params, tags=tags)
 
 
 def close_told_runs(experiment_id: str, study: optuna.Study) -> list[str]:

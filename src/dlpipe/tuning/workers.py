@@ -51,6 +51,7 @@ from dlpipe.tuning.study import (
     ATTR_STALE,
     ATTR_SURPLUS,
     counted_failures,
+    epochs_spent,
     finished_count,
 )
 from dlpipe.tuning.tracking import Outcome, TrialTracker
@@ -304,10 +305,13 @@ class TrialRunner:
         )
 
 
-def run_trials(runner: TrialRunner, *, timeout: float | None = None, poll: float | None = None) -> str:
-    """Run trials until the study has `runner.budget` finished trials; returns why it stopped: budget, failures
-    or timeout (no new trial starts after `timeout` seconds). A worker waiting for other workers' trials looks
-    again after FIRST_POLL_SECONDS, then twice as long each time, up to `poll` (POLL_SECONDS)."""
+def run_trials(
+    runner: TrialRunner, *, timeout: float | None = None, epochs: int | None = None, poll: float | None = None
+) -> str:
+    """Run trials until the study has `runner.budget` finished trials; returns why it stopped: budget, failures,
+    timeout (no new trial starts after `timeout` seconds) or epochs (the finished trials trained `epochs`). A
+    worker waiting for other workers' trials looks again after FIRST_POLL_SECONDS, then twice as long each time, up
+    to `poll` (POLL_SECONDS)."""
     study, budget = runner.study, runner.budget
     poll = POLL_SECONDS if poll is None else poll
     start = time.monotonic()
@@ -319,6 +323,8 @@ def run_trials(runner: TrialRunner, *, timeout: float | None = None, poll: float
         finished = finished_count(trials)
         if finished >= budget:
             return "budget"
+        if epochs is not None and epochs_spent(trials) >= epochs:
+            return "epochs"
         if counted_failures(trials) >= max_failures(budget):
             log.warning(
                 "tune: %d trials failed; stopping (see the trials' error attribute and MLflow runs)",

@@ -1,0 +1,195 @@
+"""How one fixed small study's cost grows with the data: 28x28 images in MNIST's real IDX format, 2k to 60k.
+
+The images are sklearn's 8x8 digits upsampled to 20x20, padded to 28x28, shifted by up to 3 pixels and given pixel
+noise (seeded), written as the four IDX files of `data/downloads/MNIST/raw/` (6/7 of them as the training files,
+1/7 as the t10k files; the study pools them, like MNIST). Each size runs the same study (STUDY: mlp and cnn,
+3 trials of at most 2 epochs each on a validation slice, 3 folds of at most 3 epochs, the final fits; no
+baselines) with a clean `dvc repro` in a fresh project (git + DVC initialised, empty MLflow store), in a process of
+its own, and reports:
+
+- wall: seconds of the whole `dvc repro`;
+- training share: seconds spent inside `fit` (every trial, fold and final fit; dlpipe.profile) over the
+  core-seconds the run had (wall x cores);
+- peak RSS: the largest resident set of any one process of the run (stage processes and study workers);
+- the champion, its CV mean of the selection metric and its test accuracy.
+
+With `--budget-size N` the study on N images runs again under `study.budget` (BUDGET) in the same invocation: the
+ratio of the two wall times and both champions' CV scores.
+
+    .venv/bin/python benchmarks/scale.py [--sizes 2000 8000 32000 60000] [--budget-size 60000] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pipeline as bench  # benchmarks/ is no package
+
+REPO = bench.REPO
+SIZES = (2000, 8000, 32000, 60000)
+STUDY = [
+    "data.name=mnist",
+    "data.folds=3",
+    "architectures=[mlp, cnn]",
+    "train.max_epochs=3",
+    "train.early_stopping.patience=2",
+    "tune.n_trials=3",
+    "tune.max_epochs=2",
+    "tune.cv_folds=0",
+    "baselines.models=[]",
+]
+BUDGET = ["study.budget.epochs=3", "study.budget.drop_after_folds=1", "study.budget.drop_margin=0.02"]
+IDX_UBYTE = 0x08
+
+
+def digit_images(n: int, seed: int = 0, chunk: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+    """`n` 28x28 uint8 images and their labels: sklearn's 8x8 digits upsampled, shifted and noised (in chunks, so
+    that making 60,000 takes little memory)."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    small = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]
+    big = F.pad(F.interpolate(small, size=(20, 20), mode="bilinear", align_corners=False), (4, 4, 4, 4))[:, 0]
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(big), n)
+    shifts = rng.integers(-3, 4, (n, 2))
+    out = np.empty((n, 28, 28), dtype=np.uint8)
+    for start in range(0, n, chunk):
+        part = slice(start, start + chunk)
+        images = big.numpy()[pick[part]]
+        for dy in range(-3, 4):  # one roll per distinct shift, not per image
+            for dx in range(-3, 4):
+                rows = np.flatnonzero((shifts[part, 0] == dy) & (shifts[part, 1] == dx))
+                images[rows] = np.roll(images[rows], (dy, dx), axis=(1, 2))
+        noise = rng.normal(0.0, 12.0, images.shape).astype(np.float32)
+        out[part] = np.clip(images * 255.0 + noise, 0, 255).astype(np.uint8)
+    return out, digits.target[pick].astype(np.uint8)
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX encoding of a uint8 array: magic (0, 0, type, dims), big-endian int32 sizes, the data."""
+    head = bytes([0, 0, IDX_UBYTE, array.ndim]) + np.asarray(array.shape, dtype=">i4").tobytes()
+    return head + np.ascontiguousarray(array).tobytes()
+
+
+def write_mnist(folder: Path, n: int, seed: int = 0) -> None:
+    """MNIST's four IDX files under `folder` with `n` images in all."""
+    images, labels = digit_images(n, seed)
+    cut = n - n // 7
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, part in (("train", slice(0, cut)), ("t10k", slice(cut, n))):
+        for kind, data in (("images-idx3", images[part]), ("labels-idx1", labels[part])):
+            (folder / f"{prefix}-{kind}-ubyte").write_bytes(idx_bytes(data))
+
+
+def one(n: int, budget: bool, root: Path) -> dict:
+    """Run the study on `n` images in a fresh project at `root` (in this process's children)."""
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        PYTHONPATH=str(REPO / "src"),
+    )
+    for key in ("DLPIPE_ROOT", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    profile_dir = root.parent / f"{root.name}-profile"
+    env["DLPIPE_PROFILE"] = str(profile_dir)
+    bench.make_project(REPO, root, STUDY + (BUDGET if budget else []), env)
+    write_mnist(root / "data" / "downloads" / "MNIST" / "raw", n)
+    start = time.perf_counter()
+    bench.sh(["dvc", "repro"], root, env)
+    wall = time.perf_counter() - start
+    fit = sum(stage.get("fit", 0.0) for stage in bench.read_profile(profile_dir).values())
+    selection = json.loads((root / "reports" / "selection.json").read_text())
+    test = json.loads((root / "reports" / "test" / f"{selection['winner']}.json").read_text())
+    return {
+        "n": n,
+        "budget": budget,
+        "wall": wall,
+        "fit": fit,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "champion": selection["winner"],
+        "cv_mean": selection["cv_mean"],
+        "metric": selection["metric"],
+        "test_accuracy": test["accuracy"],
+        "dropped": sorted(selection.get("dropped") or {}),
+    }
+
+
+def run(n: int, budget: bool, scratch: Path) -> dict:
+    """`one` in a process of its own, so that its peak RSS is its own."""
+    root = scratch / f"n{n}{'-budget' if budget else ''}"
+    cmd = [sys.executable, __file__, "--one", str(n), "--root", str(root)] + (["--budget"] if budget else [])
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"study on {n} images failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"  {n} images{' (budget)' if budget else ''}: {row['wall']:.0f} s", file=sys.stderr)
+    return row
+
+
+def table(rows: list[dict], cores: int) -> str:
+    head = (
+        f"{'images':>7} {'budget':>6} {'wall s':>7} {'s/1k img':>8} {'training':>8} {'peak RSS MB':>11} "
+        f"{'champion':>8} {'CV':>7} {'test acc':>8}  dropped"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        share = r["fit"] / (r["wall"] * cores)
+        lines.append(
+            f"{r['n']:>7} {'yes' if r['budget'] else 'no':>6} {r['wall']:>7.0f} {1000 * r['wall'] / r['n']:>8.1f} "
+            f"{share:>8.1%} {r['peak_rss_mb']:>11.0f} {r['champion']:>8} {r['cv_mean']:>7.4f} "
+            f"{r['test_accuracy']:>8.4f}  {', '.join(r['dropped']) or '-'}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES), help="numbers of images")
+    parser.add_argument("--budget-size", type=int, default=60000, help="also run this size under study.budget")
+    parser.add_argument("--keep", type=Path, default=None, help="run under this (new) folder and keep it")
+    parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--budget", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps(one(args.one, args.budget, args.root)))
+        return 0
+    scratch = args.keep or Path(tempfile.mkdtemp(prefix="dlpipe-scale-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    rows = [run(n, False, scratch) for n in args.sizes]
+    if args.budget_size:
+        plain = next((r for r in rows if r["n"] == args.budget_size), None) or run(args.budget_size, False, scratch)
+        if plain not in rows:
+            rows.append(plain)
+        budgeted = run(args.budget_size, True, scratch)
+        rows.append(budgeted)
+    print(table(rows, cores))
+    if args.budget_size:
+        print(
+            f"\n{args.budget_size} images under study.budget ({' '.join(BUDGET)}): {budgeted['wall']:.0f} s vs "
+            f"{plain['wall']:.0f} s = {budgeted['wall'] / plain['wall']:.2f} of the time; CV {plain['metric']} "
+            f"{budgeted['cv_mean']:.4f} vs {plain['cv_mean']:.4f} ({budgeted['cv_mean'] - plain['cv_mean']:+.4f})"
+        )
+    if args.keep is None:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
