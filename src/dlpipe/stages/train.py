@@ -15,6 +15,9 @@ Outputs:
 - MLflow: a `train-<arch>` run with params, per-epoch metrics, `test_*` metrics, figures and the model (pyfunc).
 
 A rerun with the same params hash whose outputs are still in place (and whose MLflow run finished) reuses them.
+On a remote executor (`study.executor` not local) the outputs are also logged under the run's `outputs/` artifact
+folder before it is tagged recorded: a retried unit whose earlier attempt recorded the fit (its node died before the
+files came back) downloads them from that run instead of training again.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ import contextlib
 import copy
 import logging
 import re
+import shutil
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -49,12 +55,13 @@ from dlpipe.stages.common import StageContext, model_spec, worker_context
 from dlpipe.stages.cv import run_params
 from dlpipe.tracking import model_logging
 from dlpipe.tracking.callbacks import EpochMetricsLogger
-from dlpipe.tracking.runs import is_global_zero, log_metrics, log_params, tracked_run
+from dlpipe.tracking.runs import RECORDED_TAG, is_global_zero, log_metrics, log_params, tracked_run
 from dlpipe.training.fit import FitResult, ModelSpec, evaluate, fit
 
 log = logging.getLogger(__name__)
 STAGE = "train"
 LATENCY_SAMPLES = 100
+OUTPUTS = "outputs"  # the train run's artifact folder holding the unit's output files (remote executors only)
 
 
 @dataclass
@@ -120,14 +127,71 @@ def reusable(ctx: StageContext, arch: str) -> dict | None:
     return report
 
 
+def output_files(paths: ProjectPaths, arch: str) -> list[Path]:
+    """What a final fit writes: its model folder's files, then its test predictions and (last) its test report."""
+    model = sorted(p for p in paths.model_dir(arch).iterdir() if p.is_file())
+    return [*model, paths.test_predictions(arch), paths.test_report(arch)]
+
+
+def log_outputs(run_id: str, paths: ProjectPaths, arch: str) -> None:
+    """The unit's output files as artifacts under `OUTPUTS/`, at their paths in the project."""
+    for path in output_files(paths, arch):
+        rel = path.parent.relative_to(paths.root).as_posix()
+        mlflow.MlflowClient().log_artifact(run_id, str(path), f"{OUTPUTS}/{rel}")
+
+
+def recorded_fit(ctx: StageContext, arch: str, phash: str) -> tuple[str, dict] | None:
+    """(run id, test report) of a recorded train run with this params hash that holds the unit's outputs, which are
+    then installed in the project: an earlier attempt of the same unit whose files never came back (Ray retries a
+    task whose node died after the fit was recorded)."""
+    if ctx.experiment_id is None:
+        return None
+    clause = f"tags.stage = '{STAGE}' and tags.architecture = '{arch}' and tags.params_hash = '{phash}'"
+    clause += f" and tags.`{RECORDED_TAG}` = 'true'"
+    for run in mlflow.MlflowClient().search_runs([ctx.experiment_id], clause, max_results=100):
+        if run.info.status not in ("FINISHED", "RUNNING"):
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                got = Path(
+                    mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=OUTPUTS, dst_path=tmp)
+                )
+                report = read_json(got / ctx.paths.test_report(arch).relative_to(ctx.paths.root))
+            except Exception:  # no outputs (a local-executor run), or unreadable ones
+                continue
+            if report.get("params_hash") != phash or report.get("mlflow_run_id") != run.info.run_id:
+                continue
+            if is_global_zero():
+                install_outputs(ctx.paths, arch, got)
+        return run.info.run_id, report
+    return None
+
+
+def install_outputs(paths: ProjectPaths, arch: str, got: Path) -> None:
+    """Put downloaded outputs in place: the model folder atomically, the predictions, then the report last."""
+    src = got / paths.model_dir(arch).relative_to(paths.root)
+    with atomic_dir(paths.model_dir(arch)) as out:
+        for f in src.iterdir():
+            shutil.copy2(f, out / f.name)
+    for dest in (paths.test_predictions(arch), paths.test_report(arch)):
+        write_text(dest, (got / dest.relative_to(paths.root)).read_text())
+
+
 def train_unit(job: TrainJob) -> dict:
-    """Fit, evaluate once on the test set, export, log and write the reports of `job.arch`."""
+    """Fit, evaluate once on the test set, export, log and write the reports of `job.arch` (on a remote executor,
+    first reuse a fit an earlier attempt of this unit recorded)."""
     params, paths, arch = job.params, job.paths, job.arch
     ctx = worker_context(params, paths)
     check_writable(paths.model_dir(arch).parent, paths.test_report(arch).parent)
     spec = model_spec(params, paths, arch)
     phash = params_hash(ctx, arch)
     zero = is_global_zero()
+    remote = params.study.executor != "local"
+    if remote and (earlier := reusable(ctx, arch)) is not None:
+        return earlier
+    if remote and (found := recorded_fit(ctx, arch, phash)):
+        log.info("train %s: reusing run %s, which recorded it (an earlier attempt)", arch, found[0])
+        return found[1] if zero else {}
     tags = ctx.tags(STAGE, arch, phash)
     with tracked_run(run_name=f"train-{arch}", tags=tags) if zero else contextlib.nullcontext() as run:
         run_id = run.info.run_id if run else None
@@ -145,6 +209,9 @@ def train_unit(job: TrainJob) -> dict:
             save_model(ctx, trained, summary)
         log_results(run_id, summary, trained.result.history, arch)
         write_reports(ctx, arch, summary, trained.predicted_classes())
+        if remote:
+            with timed("logging"):
+                log_outputs(run_id, paths, arch)
     mlflow.flush_async_logging()
     log.info(
         "train %s: test accuracy %.4f f1_macro %.4f (%d params, %d epochs, %.1fs, %.3f ms/sample on CPU)",
