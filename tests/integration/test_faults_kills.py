@@ -33,7 +33,7 @@ from dlpipe.config import load_params
 from dlpipe.io import read_json
 from dlpipe.paths import ProjectPaths
 from dlpipe.stages import fetch, prepare
-from dlpipe.tracking.runs import RECORDED_TAG, holds_fold_report
+from dlpipe.tracking.runs import METRICS_EVERY_ENV, RECORDED_TAG, holds_fold_report
 
 pytestmark = pytest.mark.slow
 
@@ -86,6 +86,7 @@ class Stage:
         self.err = project.parent / f"{name}.err"
         env = subprocess_env(project)
         env.pop("MLFLOW_TRACKING_URI", None)  # the project's own store, whatever an earlier test configured
+        env[METRICS_EVERY_ENV] = "1"  # every epoch reaches the store at once: a fit is seen in training
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "pipelines/study.py"], cwd=project, env=env, stdout=out, stderr=err

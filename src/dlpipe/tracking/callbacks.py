@@ -6,22 +6,20 @@ import lightning as L
 import mlflow
 from lightning.pytorch.callbacks import Callback
 
-from dlpipe.tracking.runs import MetricBuffer, log_batch, log_metrics
+from dlpipe.tracking.runs import MetricBuffer, log_batch, log_metrics, metrics_every
 from dlpipe.training.metrics import metric_values
-
-FLUSH_EVERY = 10  # epochs between writes of a long fit's buffered metrics (a live UI sees its progress)
 
 
 class EpochMetricsLogger(Callback):
     """Records every epoch's train_*/val_* metrics on `run_id` (rank 0 only): kept in memory and written in one
-    batch when fitting ends (or fails), and every `every` epochs of a long fit, instead of one store write per
-    epoch. Also what a module offers beyond them: `epoch_images(epoch)` after each epoch (e.g. a GAN's samples) and,
-    once fitting ends with the kept weights loaded, `fit_artifacts(X, y)` on the validation inputs (e.g. an
-    autoencoder's reconstructions and per-class errors)."""
+    batch when fitting ends (or fails), and every `every` epochs of a long fit (default `metrics_every()`), instead
+    of one store write per epoch. Also what a module offers beyond them: `epoch_images(epoch)` after each epoch
+    (e.g. a GAN's samples) and, once fitting ends with the kept weights loaded, `fit_artifacts(X, y)` on the
+    validation inputs (e.g. an autoencoder's reconstructions and per-class errors)."""
 
-    def __init__(self, run_id: str, every: int = FLUSH_EVERY):
+    def __init__(self, run_id: str, every: int | None = None):
         self.run_id = run_id
-        self.every = every
+        self.every = every or metrics_every()
         self.buffer = MetricBuffer()
 
     def flush(self) -> None:

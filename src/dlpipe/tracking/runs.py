@@ -23,6 +23,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from dlpipe.config import flatten
+from dlpipe.errors import ConfigError
 from dlpipe.interrupts import deferred_interrupts, interrupted_exit
 from dlpipe.processes import Owner
 from dlpipe.profile import timed
@@ -265,6 +266,21 @@ def set_tags(run_id: str, tags: dict[str, str]) -> None:
 
 
 MAX_ITEMS = 1000  # MLflow's limit of metrics, and of metrics + params + tags, per log_batch call
+
+
+METRICS_EVERY_ENV = "DLPIPE_METRICS_EVERY"  # epochs between writes of a fit's buffered epoch metrics
+METRICS_EVERY = 10  # its default: a live MLflow UI sees a long fit's progress, at a tenth of the store writes
+
+
+def metrics_every() -> int:
+    """Epochs between writes of a fit's (or trial's) buffered epoch metrics: $DLPIPE_METRICS_EVERY, else 10
+    (1 = every epoch, as a fault test that must see a fit in training needs)."""
+    raw = os.environ.get(METRICS_EVERY_ENV, "").strip()
+    if not raw:
+        return METRICS_EVERY
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{METRICS_EVERY_ENV}={raw!r}: expected a whole number of epochs >= 1")
+    return int(raw)
 
 
 class MetricBuffer:

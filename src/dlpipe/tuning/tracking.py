@@ -29,6 +29,7 @@ from dlpipe.tracking.runs import (
     KILLED_REASON,
     MetricBuffer,
     log_batch,
+    metrics_every,
     set_tags,
     tracked_run,
 )
@@ -96,10 +97,13 @@ class TrialTracker:
                 if self.log_dataset is not None:
                     self.log_dataset(run_id)
 
-                epochs = MetricBuffer()  # written with the outcome: one store write per trial, not per epoch
+                epochs = MetricBuffer()  # written with the outcome (and every `metrics_every()` epochs), not per epoch
+                every = metrics_every()
 
                 def on_epoch(step: int, metrics: dict[str, float]) -> None:
                     epochs.add({k: v for k, v in metrics.items() if np.isfinite(v)}, step)
+                    if (step + 1) % every == 0:
+                        log_batch(run_id, epochs.take())
 
                 try:
                     outcome = body(on_epoch)
