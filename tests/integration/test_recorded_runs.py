@@ -48,6 +48,20 @@ with tracked_run(run_name="unit", tags={{"unit": where, "fold": "0"}}):
         os.kill(os.getpid(), signal.SIGKILL)
 """
 
+# What each trial script below ends with: a one-parameter objective and one trial of it run by the study's runner.
+ONE_TRIAL = """
+class Space:
+    def decode(self, params):
+        return dict(params)
+
+class Objective:
+    arch, metric, epochs, space = "mlp", "f1_macro", 1, Space()
+    def __call__(self, trial, on_epoch=None):
+        return trial.suggest_float("train.lr", 1e-3, 1e-1, log=True)
+
+TrialRunner(study, Objective(), {trials}, "w0", TrialTracker("mlp", None, dict(stage="tune"), "f1_macro")).run_next()
+"""
+
 TRIAL = """
 import os, signal, sys, mlflow, optuna
 from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -58,22 +72,13 @@ mlflow.set_experiment("faults")
 storage = JournalStorage(JournalFileBackend(sys.argv[2]))
 study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
 
-class Space:
-    def decode(self, params):
-        return dict(params)
-
-class Objective:
-    arch, metric, epochs, space = "mlp", "f1_macro", 1, Space()
-    def __call__(self, trial, on_epoch=None):
-        return trial.suggest_float("train.lr", 1e-3, 1e-1, log=True)
-
 {kill_at_end}
-TrialRunner(study, Objective(), 1, "w0", TrialTracker("mlp", None, {{"stage": "tune"}}, "f1_macro")).run_next()
-"""
+""" + ONE_TRIAL.format(trials=1)
 
 # The signal arrives while the journal appends the trial's COMPLETE record (under its lock, which defers it to the
 # moment the record is written), from outside as chaos sends it: a helper process signals this one, which waits.
-SIGNALLED_TRIAL = """
+SIGNALLED_TRIAL = (
+    """
 import os, signal, subprocess, sys, time, mlflow, optuna
 import dlpipe.tuning.journal as J
 from optuna.trial import TrialState
@@ -102,19 +107,10 @@ def cut(path):  # runs under the journal lock, just before the record is appende
     return real_cut(path)
 
 storage.set_trial_state_values, J.cut_torn_tail = set_state, cut
-
-class Space:
-    def decode(self, params):
-        return dict(params)
-
-class Objective:
-    arch, metric, epochs, space = "mlp", "f1_macro", 1, Space()
-    def __call__(self, trial, on_epoch=None):
-        return trial.suggest_float("train.lr", 1e-3, 1e-1, log=True)
-
-TrialRunner(study, Objective(), 1, "w0", TrialTracker("mlp", None, {{"stage": "tune"}}, "f1_macro")).run_next()
-print("not interrupted")
 """
+    + ONE_TRIAL.format(trials=1)
+    + 'print("not interrupted")\n'
+)
 
 # SIGKILL right after the study took the trial's result.
 KILLED_TRIAL = """
@@ -135,18 +131,7 @@ def set_state(trial_id, state, values=None):
     return done
 
 storage.set_trial_state_values = set_state
-
-class Space:
-    def decode(self, params):
-        return dict(params)
-
-class Objective:
-    arch, metric, epochs, space = "mlp", "f1_macro", 1, Space()
-    def __call__(self, trial, on_epoch=None):
-        return trial.suggest_float("train.lr", 1e-3, 1e-1, log=True)
-
-TrialRunner(study, Objective(), 2, "w0", TrialTracker("mlp", None, {"stage": "tune"}, "f1_macro")).run_next()
-"""
+""" + ONE_TRIAL.format(trials=2)
 
 TUNE_SWEEPS = """
 import json, sys, mlflow, optuna
