@@ -96,7 +96,9 @@ class Result:
         return sum(s for _, s in self.stages)
 
 
-def run_study(label: str, tree: Path, root: Path, overrides: list[str], noop_runs: int) -> Result:
+def study_env(tree: Path, root: Path) -> tuple[dict[str, str], Path]:
+    """The environment a benchmark study at `root` runs in (the code of `tree`, this venv's tools, the project's own
+    store, every process profiled), and the folder its profiles go to."""
     env = dict(
         os.environ,
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -106,6 +108,11 @@ def run_study(label: str, tree: Path, root: Path, overrides: list[str], noop_run
         env.pop(key, None)
     profile_dir = root.parent / f"{root.name}-profile"
     env["DLPIPE_PROFILE"] = str(profile_dir)
+    return env, profile_dir
+
+
+def run_study(label: str, tree: Path, root: Path, overrides: list[str], noop_runs: int) -> Result:
+    env, profile_dir = study_env(tree, root)
     make_project(tree, root, overrides, env)
     result = Result(label)
     for stage in sh(["dvc", "stage", "list", "--name-only"], root, env).stdout.split():

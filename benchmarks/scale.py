@@ -98,15 +98,7 @@ def write_mnist(folder: Path, n: int, seed: int = 0) -> None:
 
 def one(n: int, budget: bool, root: Path) -> dict:
     """Run the study on `n` images in a fresh project at `root` (in this process's children)."""
-    env = dict(
-        os.environ,
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        PYTHONPATH=str(REPO / "src"),
-    )
-    for key in ("DLPIPE_ROOT", "MLFLOW_TRACKING_URI"):
-        env.pop(key, None)
-    profile_dir = root.parent / f"{root.name}-profile"
-    env["DLPIPE_PROFILE"] = str(profile_dir)
+    env, profile_dir = bench.study_env(REPO, root)
     bench.make_project(REPO, root, STUDY + (BUDGET if budget else []), env)
     write_mnist(root / "data" / "downloads" / "MNIST" / "raw", n)
     start = time.perf_counter()
