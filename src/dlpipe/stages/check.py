@@ -40,22 +40,12 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
-def csv_path(raw: dict[str, Any], paths: ProjectPaths) -> Path | None:
+def user_data_path(raw: dict[str, Any], paths: ProjectPaths, name: str) -> Path | None:
+    """`data.<name>.path` (a CSV file, an image folder) when `data.name` is `name`, resolved against the project."""
     data = raw.get("data") or {}
-    if not isinstance(data, dict) or data.get("name") != "csv":
+    if not isinstance(data, dict) or data.get("name") != name:
         return None
-    path = (data.get("csv") or {}).get("path")
-    if not path:
-        return None
-    path = Path(path)
-    return path if path.is_absolute() else paths.root / path
-
-
-def images_path(raw: dict[str, Any], paths: ProjectPaths) -> Path | None:
-    data = raw.get("data") or {}
-    if not isinstance(data, dict) or data.get("name") != "images":
-        return None
-    path = (data.get("images") or {}).get("path")
+    path = (data.get(name) or {}).get("path")
     if not path:
         return None
     path = Path(path)
@@ -105,8 +95,8 @@ def run(params_path: Path, paths: ProjectPaths) -> dict[str, Any]:
     except yaml.YAMLError:
         raw = {}
     store.probe_params(raw, paths.root)  # a locked or corrupt MLflow store, found before DVC deletes any output
-    csv = csv_path(raw if isinstance(raw, dict) else {}, paths)
-    images = images_path(raw if isinstance(raw, dict) else {}, paths)
+    csv = user_data_path(raw if isinstance(raw, dict) else {}, paths, "csv")
+    images = user_data_path(raw if isinstance(raw, dict) else {}, paths, "images")
     key = hashlib.sha256(text + code_digest().encode()).hexdigest()
     state = file_state(csv)
     images_state = folder_state(images)
@@ -175,12 +165,14 @@ def validate(params_path: Path, paths: ProjectPaths) -> Any:
 
     params = load_params(params_path)
     raw = {"data": {"name": params.data.name, "csv": {"path": params.data.csv.path}}}
-    csv = csv_path(raw, paths)
+    csv = user_data_path(raw, paths, "csv")
     if csv is not None and not csv.is_file():
         from dlpipe.errors import ConfigError
 
         raise ConfigError(f"data.csv.path: no such file {str(csv)!r}")
-    images = images_path({"data": {"name": params.data.name, "images": {"path": params.data.images.path}}}, paths)
+    images = user_data_path(
+        {"data": {"name": params.data.name, "images": {"path": params.data.images.path}}}, paths, "images"
+    )
     if images is not None:
         check_images(params, images, paths)
     else:
