@@ -14,7 +14,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from helpers import capabilities
 from helpers.mlflow_store import install_mlflow_store
 from helpers.processes import subprocess_env
 from helpers.project import REPO_ROOT, load_script
+from helpers.servers import free_port
 
 from dlpipe import views
 from dlpipe.tracking import store
@@ -94,12 +94,6 @@ def make_ui_command(port: int) -> list[str]:
     words = shlex.split(line.replace("$(QUIET_MLFLOW)", "").replace("$(BIN)/", str(Path(sys.executable).parent) + "/"))
     words = [w for w in words if "=" not in w or w.startswith("-")]
     return [w.replace("5000", str(port)) for w in words]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -15,17 +15,12 @@ from pathlib import Path
 import pytest
 from helpers.processes import VENV_BIN, subprocess_env
 from helpers.project import write_params
+from helpers.servers import free_port
 
 from dlpipe import cli
 
 pytestmark = pytest.mark.slow
 STUDY = "dlpipe-test-perceptron"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_journal(project: Path) -> None:

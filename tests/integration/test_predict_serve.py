@@ -8,8 +8,6 @@ import contextlib
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ import torch
 from helpers.mlflow_store import install_mlflow_store
 from helpers.processes import VENV_BIN, subprocess_env
 from helpers.project import copy_project, prepare_project
+from helpers.servers import free_port, stop
 from PIL import Image
 
 from dlpipe import cli
@@ -134,12 +133,6 @@ def test_a_fresh_process_loads_the_champion_and_reproduces_the_test_accuracy(ser
     assert out["dlpipe_imported"] is False  # the logged model is self-contained
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def post(url: str, payload: dict, timeout: float = 30) -> tuple[int, dict]:
     request = urllib.request.Request(
         url, data=json.dumps(payload).encode(), method="POST", headers={"Content-Type": "application/json"}
@@ -186,12 +179,7 @@ def mlflow_serve(model_uri: str, env: dict[str, str], cwd: Path) -> Iterator[str
             time.sleep(0.5)
         yield base
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn workers: the group this test started
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
+        stop(proc)  # the server and its uvicorn workers: the group this test started
 
 
 def test_mlflow_models_serve_answers_invocations(served: Served, tmp_path: Path) -> None:
