@@ -1,11 +1,12 @@
 """The study's scheduler: every architecture's phases in order, their units spread over a pool of workers.
 
-Tuning, cross-validation and the final fit of one architecture follow each other; different architectures (and
-the folds of one) run at the same time. Each phase's planning and summary run in this process (`stages.tune.plan`
-and `finish`, `stages.cv.plan` and `finish`, `stages.train.reusable`); the units (`trials_unit`, `fold_unit`,
-`train_unit`) run on the pool. An error in a unit or a step fails only its architecture. Under `study.budget`, each
-scored fold may drop an architecture far below the leader on its first folds (`evaluation.cv.drops`): its queued
-folds and its final fit never run, and its cv report says why.
+Tuning comes first; cross-validation and the final fit of one architecture follow it, side by side when the final
+fit needs nothing from the folds (an argmax decision, no study budget), else one after the other; different
+architectures (and the folds of one) run at the same time. Each phase's planning and summary run in this process
+(`stages.tune.plan` and `finish`, `stages.cv.plan` and `finish`, `stages.train.reusable`); the units
+(`trials_unit`, `fold_unit`, `train_unit`) run on the pool. An error in a unit or a step fails only its
+architecture. Under `study.budget`, each scored fold may drop an architecture far below the leader on its first
+folds (`evaluation.cv.drops`): its queued folds and its final fit never run, and its cv report says why.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class _Arch:
     cv_plan: Any = None  # its cross-validation's plan, once started
     cv_done: bool = False  # every fold scored: no longer droppable
     dropped: dict | None = None  # why the study budget dropped it
+    train_started: bool = False  # its final fit is queued (after tuning, or after cross-validation)
 
 
 def relative_costs(ctx: StageContext, batch: int = 64, repeats: int = 3) -> dict[str, float]:
@@ -207,6 +209,8 @@ class Study:
         tune.finish(self.ctx, report)
         self.close_run(arch, p.parent_run_id)
         self.start_cv(arch)
+        if not self.serial and not train.needs_cv(self.ctx.params):  # the final fit needs only the tuned params
+            self.start_train(arch)
 
     def start_cv(self, arch: str) -> None:
         p = cv.plan(self.ctx, arch)
@@ -249,6 +253,10 @@ class Study:
         self.start_train(arch)
 
     def start_train(self, arch: str) -> None:
+        state = self.archs[arch]
+        if state.train_started or state.failed:
+            return
+        state.train_started = True
         if train.reusable(self.ctx, arch) is not None:
             self.archs[arch].finished = True
             return
