@@ -111,9 +111,8 @@ def operating_point(ctx: StageContext, arch: str) -> OperatingPoint:
 
 
 def needs_cv(params: Params) -> bool:
-    """Whether the final fit must wait for cross-validation: a threshold chosen on its out-of-fold predictions, or a
-    study budget that may drop the architecture on its first folds."""
-    return params.selection.operating_point != "argmax" or params.study.budget.enabled
+    """Whether the final fit needs cross-validation's results: a threshold chosen on its out-of-fold predictions."""
+    return params.selection.operating_point != "argmax"
 
 
 def params_hash(ctx: StageContext, arch: str) -> str:
