@@ -2,10 +2,11 @@
 
 The images are sklearn's 8x8 digits upsampled to 20x20, padded to 28x28, shifted by up to 3 pixels and given pixel
 noise (seeded), written as the four IDX files of `data/downloads/MNIST/raw/` (6/7 of them as the training files,
-1/7 as the t10k files; the study pools them, like MNIST). Each size runs the same study (STUDY: mlp and cnn,
-3 trials of at most 2 epochs each on a validation slice, 3 folds of at most 3 epochs, the final fits; no
-baselines) with a clean `dvc repro` in a fresh project (git + DVC initialised, empty MLflow store), in a process of
-its own, and reports:
+1/7 as the t10k files; the study pools them, like MNIST). Each size runs the same study (STUDY: mlp and cnn, 20
+trials each of at most 3 epochs on a validation slice, two trials of one architecture at a time (`tune.workers: 2`:
+after TPE's 3 random start-up trials, which params a trial gets depends on which trials finished first), 3 folds of
+at most 3 epochs, the final fits; no baselines) with a clean `dvc repro` in a fresh project (git + DVC initialised,
+empty MLflow store), in a process of its own, and reports:
 
 - wall: seconds of the whole `dvc repro`;
 - training share: seconds spent inside `fit` (every trial, fold and final fit; dlpipe.profile) over the
@@ -45,13 +46,15 @@ STUDY = [
     "architectures=[mlp, cnn]",
     "train.max_epochs=3",
     "train.early_stopping.patience=2",
-    "tune.n_trials=3",
-    "tune.max_epochs=2",
+    "tune.n_trials=20",
     "tune.cv_folds=0",
+    "tune.workers=2",
     "baselines.models=[]",
 ]
-BUDGET = ["study.budget.epochs=3", "study.budget.drop_after_folds=1", "study.budget.drop_margin=0.02"]
+BUDGET = ["study.budget.epochs=12", "study.budget.drop_after_folds=1", "study.budget.drop_margin=0.005"]
 IDX_UBYTE = 0x08
+# where a process's time goes (dlpipe.profile); "waiting" (the study stage idling while its workers train) is idle
+CATEGORIES = ("fit", "evaluate", "export", "logging", "figures", "data", "setup", "imports", "waiting")
 
 
 def digit_images(n: int, seed: int = 0, chunk: int = 5000) -> tuple[np.ndarray, np.ndarray]:
@@ -104,14 +107,18 @@ def one(n: int, budget: bool, root: Path) -> dict:
     start = time.perf_counter()
     bench.sh(["dvc", "repro"], root, env)
     wall = time.perf_counter() - start
-    fit = sum(stage.get("fit", 0.0) for stage in bench.read_profile(profile_dir).values())
+    seconds: dict[str, float] = {}  # process seconds per category, every stage and worker
+    for stage in bench.read_profile(profile_dir).values():
+        for category in CATEGORIES:
+            seconds[category] = seconds.get(category, 0.0) + stage.get(category, 0.0)
     selection = json.loads((root / "reports" / "selection.json").read_text())
     test = json.loads((root / "reports" / "test" / f"{selection['winner']}.json").read_text())
     return {
         "n": n,
         "budget": budget,
         "wall": wall,
-        "fit": fit,
+        "fit": seconds["fit"],
+        "seconds": seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "champion": selection["winner"],
         "cv_mean": selection["cv_mean"],
@@ -149,6 +156,20 @@ def table(rows: list[dict], cores: int) -> str:
     return "\n".join(lines)
 
 
+def shares(rows: list[dict], cores: int) -> str:
+    """Where each run's core-seconds (wall x cores) went: profiled work per category, and the rest (idle cores:
+    a worker without a unit, the stages' single processes, DVC itself)."""
+    busy = [c for c in CATEGORIES if c != "waiting"]
+    head = f"{'images':>7} {'budget':>6} " + " ".join(f"{c:>8}" for c in busy) + f" {'rest':>8}"
+    lines = ["share of core-seconds", head, "-" * len(head)]
+    for r in rows:
+        total = r["wall"] * cores
+        parts = [r["seconds"].get(c, 0.0) / total for c in busy]
+        cells = " ".join(f"{p:>8.1%}" for p in parts)
+        lines.append(f"{r['n']:>7} {'yes' if r['budget'] else 'no':>6} {cells} {1 - sum(parts):>8.1%}")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES), help="numbers of images")
@@ -172,6 +193,8 @@ def main() -> int:
         budgeted = run(args.budget_size, True, scratch)
         rows.append(budgeted)
     print(table(rows, cores))
+    print()
+    print(shares(rows, cores))
     if args.budget_size:
         print(
             f"\n{args.budget_size} images under study.budget ({' '.join(BUDGET)}): {budgeted['wall']:.0f} s vs "
