@@ -301,7 +301,7 @@ def _run_baseline(
     from dlpipe.evaluation.reports import report_from_predictions
 
     text = data.dataset.text
-    X = np.asarray(text.texts, dtype=object) if text is not None else _inputs(BASELINES[name], data.dataset.X)
+    X = np.asarray(text.texts, dtype=object) if text is not None else _inputs(BASELINES[name], data.dataset.inputs())
     y = data.y_numpy
     names = data.dataset.class_names
     features = data.dataset.features
