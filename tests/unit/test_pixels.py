@@ -3,7 +3,9 @@ of 8-bit pixels normalised per batch to the same inputs (and the same fit) as th
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +16,8 @@ from dlpipe.data.base import Dataset
 from dlpipe.data.prepared import PreparedData
 from dlpipe.data.splits import Normalizer, make_splits
 from dlpipe.data.store import load_saved_dataset, save_dataset
-from dlpipe.training.fit import DEVICE_DATA_SHARE, data_fits_on_device, fit
+from dlpipe.training.batching import TensorLoader
+from dlpipe.training.fit import DEVICE_DATA_SHARE, DataPlacement, data_fits_on_device, fit
 
 
 def digit_pixels(per_class: int = 20) -> tuple[Dataset, Dataset]:
@@ -93,3 +96,26 @@ def test_data_goes_onto_the_gpu_only_when_it_fits() -> None:
     assert not data_fits_on_device(1, 0)
     # 60,000 MNIST images: 47 MB as uint8 go onto a GPU with 1 GiB free; as float32 (188 MB) not onto 300 MiB
     assert data_fits_on_device(60000 * 784, 2**30) and not data_fits_on_device(60000 * 784 * 4, 300 * 2**20)
+
+
+def test_data_too_big_for_the_gpu_comes_in_pinned_batches_said_once(monkeypatch, caplog) -> None:
+    asked = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: asked.append(device) or (1000, 4000))
+    gpu = SimpleNamespace(device=torch.device("cuda", 0))
+    loaders = [TensorLoader(torch.zeros(100, 1, 2, 2, dtype=torch.uint8), torch.zeros(100, dtype=torch.int64), 10)]
+    assert loaders[0].nbytes == 1200 and not loaders[0].pin_memory  # more than half of 1000 bytes free
+    with caplog.at_level(logging.INFO, logger="dlpipe.training.fit"):
+        for _ in range(2):
+            DataPlacement(loaders, on_device=True).on_fit_start(None, gpu)
+    assert loaders[0].pin_memory and loaders[0].X.device.type == "cpu" and asked == [gpu.device] * 2
+    said = [r.getMessage() for r in caplog.records if "trainer.data_on_device" in r.getMessage()]
+    assert said == [
+        "trainer.data_on_device: the data (0 MiB) is more than 50% of the GPU's free memory (0 MiB); training from "
+        "pinned-memory batches instead"
+    ]
+    off = [TensorLoader(torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.int64), 2)]
+    DataPlacement(off, on_device=False).on_fit_start(None, gpu)  # data_on_device: false, pinned without asking
+    assert off[0].pin_memory and len(asked) == 2
+    on_cpu = [TensorLoader(torch.zeros(4, 1), torch.zeros(4, dtype=torch.int64), 2)]
+    DataPlacement(on_cpu, on_device=True).on_fit_start(None, SimpleNamespace(device=torch.device("cpu")))
+    assert not on_cpu[0].pin_memory
