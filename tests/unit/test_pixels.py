@@ -16,6 +16,7 @@ from dlpipe.data.base import Dataset
 from dlpipe.data.prepared import PreparedData
 from dlpipe.data.splits import Normalizer, make_splits
 from dlpipe.data.store import load_saved_dataset, save_dataset
+from dlpipe.evaluation.baselines import run_baseline
 from dlpipe.training.batching import TensorLoader
 from dlpipe.training.fit import DEVICE_DATA_SHARE, DataPlacement, data_fits_on_device, fit
 
@@ -87,6 +88,13 @@ def test_fitting_on_8_bit_pixels_equals_fitting_on_their_floats(arch: str, model
     for (name, wa), wb in zip(a.module.state_dict().items(), b.module.state_dict().values(), strict=True):
         assert torch.allclose(wa.float(), wb.float(), atol=1e-4), name
     assert a.val == pytest.approx(b.val, abs=1e-4)
+
+
+def test_a_baseline_scores_8_bit_pixels_as_their_floats() -> None:
+    pixels, floats = digit_pixels(10)
+    splits = make_splits(pixels.y.numpy(), 0.2, 3, 0)
+    u8, f32 = (run_baseline("logreg", PreparedData(ds, splits), 0) for ds in (pixels, floats))
+    assert u8.per_fold == f32.per_fold and u8.test == f32.test and u8.per_fold["fold_0"]["accuracy"] > 0.5
 
 
 def test_data_goes_onto_the_gpu_only_when_it_fits() -> None:
