@@ -49,7 +49,7 @@ HIDDEN = -1  # the label of a training sample whose label is hidden (data.labele
 
 @dataclass
 class Part:
-    X: torch.Tensor
+    X: torch.Tensor  # normalised inputs; the training part of 8-bit images: its uint8 pixels (normalised per batch)
     y: torch.Tensor
     idx: np.ndarray | None = None  # dataset indices of the rows (None: not from a PreparedData)
 
