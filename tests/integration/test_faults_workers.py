@@ -11,7 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers.mlflow_store import install_mlflow_store
+from helpers.mlflow_store import install_mlflow_store, project_client
 from helpers.processes import subprocess_env
 from helpers.project import SMALL_STUDY, copy_project, deep_merge, write_params
 from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -81,3 +81,11 @@ def test_serial_and_parallel_studies_give_identical_trials_folds_and_test_metric
         test = [read_json(p.test_report(arch)) for p in (serial, parallel)]
         assert {m: test[0][m] for m in SCALAR_METRICS} == {m: test[1][m] for m in SCALAR_METRICS}, arch
         assert test[0]["confusion_matrix"] == test[1]["confusion_matrix"]
+
+        # in parallel the final fit (argmax: it needs nothing from the folds) runs beside cross-validation
+        client = project_client(parallel.root)
+        runs = client.search_runs([client.get_experiment_by_name("dlpipe/digits").experiment_id], max_results=500)
+        started = {r.info.run_name: r.info.start_time for r in runs}
+        fold_ends = [r.info.end_time for r in runs if r.info.run_name.startswith(f"cv-{arch}-fold")]
+        assert len(fold_ends) == 3
+        assert started[f"train-{arch}"] < max(fold_ends), arch

@@ -48,3 +48,27 @@ def test_an_architecture_far_below_the_leader_on_its_first_folds_is_dropped() ->
     assert drops(scores, {"perceptron"}, after=3, margin=0.1) == {}  # no other architecture has 3 folds yet
     assert drops(scores, {"mlp"}, after=2, margin=0.01)["mlp"]["leader"] == "cnn"
     assert drops(scores, {"cnn"}, after=2, margin=0.01) == {}  # the leader is never dropped
+
+
+def test_under_a_budget_a_final_fit_starts_once_no_drop_can_reach_its_architecture() -> None:
+    """In parallel, the final fit of an argmax study runs beside the folds; under a budget only once every
+    architecture still in the study has its first drop_after_folds folds scored (the leader is known)."""
+    from types import SimpleNamespace
+
+    from dlpipe.stages.scheduler import Study, _Arch
+
+    study = Study.__new__(Study)
+    study.archs = {a: _Arch(a) for a in ("cnn", "mlp", "perceptron")}
+    study.started = []
+    study.start_train = study.started.append  # records instead of queueing the unit
+    study.archs["perceptron"].dropped = {"reason": "far below"}
+    study.archs["cnn"].cv_plan = SimpleNamespace(done={0: "reused"})
+    study.start_undroppable(after=1)
+    assert study.started == []  # mlp is still tuning: it may yet lead, or be dropped
+    study.archs["mlp"].cv_plan = SimpleNamespace(done={})
+    study.archs["mlp"].folds = {1: "scored"}
+    study.start_undroppable(after=1)
+    assert study.started == []  # fold 1 is not among the first folds the rule compares
+    study.archs["mlp"].folds[0] = "scored"
+    study.start_undroppable(after=1)
+    assert study.started == ["cnn", "mlp"]  # never the dropped perceptron

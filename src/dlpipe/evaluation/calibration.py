@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassCalibrationError
 
+from dlpipe.training.fit import EVAL_BATCH
+
 BINS = 15
 
 
@@ -62,7 +64,7 @@ def fit_temperature(logits: torch.Tensor, y: torch.Tensor, steps: int = 100) -> 
 
 
 @torch.no_grad()
-def logits_of(module: torch.nn.Module, X: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+def logits_of(module: torch.nn.Module, X: torch.Tensor, batch: int = EVAL_BATCH) -> torch.Tensor:
     """The network's outputs for `X` (eval mode, no Trainer), on the CPU."""
     module.eval()
     device = next(module.parameters()).device

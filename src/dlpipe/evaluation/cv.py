@@ -18,7 +18,8 @@ from dlpipe.data.prepared import PreparedData
 from dlpipe.evaluation.calibration import calibrated_probs, fit_temperature, logits_of
 from dlpipe.metric_names import SCALAR_METRICS, is_positive_metric, per_class_name
 from dlpipe.profile import timed
-from dlpipe.training.fit import ModelSpec, evaluate, fit
+from dlpipe.training.fit import ModelSpec, fit
+from dlpipe.training.metrics import logits_report
 
 PROB_DIGITS = 6  # out-of-fold probabilities are stored rounded (JSON artifacts and reports)
 
@@ -63,12 +64,13 @@ def run_fold(
         result = fit(
             spec, split.fit, data.dataset.class_names, trainer_params, seed, max_epochs=max_epochs, callbacks=callbacks
         )
-    with timed("evaluate"):
-        report = evaluate(result.module, split.scored, trainer_params)
+    with timed("evaluate"):  # one pass over the scored fold: its report and its out-of-fold probabilities
+        logits = logits_of(result.module, split.scored.X)
+        report = logits_report(logits, split.scored.y, data.dataset.class_names)
         temperature = 1.0
         if spec.train.calibration == "temperature":
             temperature = fit_temperature(logits_of(result.module, split.fit.val.X), split.fit.val.y)
-        probs = calibrated_probs(logits_of(result.module, split.scored.X), temperature).round(PROB_DIGITS)
+        probs = calibrated_probs(logits, temperature).round(PROB_DIGITS)
     return FoldResult(
         fold=k,
         metrics={m: report[m] for m in SCALAR_METRICS},

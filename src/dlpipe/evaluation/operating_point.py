@@ -57,6 +57,14 @@ class OperatingPoint:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
+def argmax_point(class_names: list[str], positive_class: str | None) -> OperatingPoint:
+    """The argmax decision, known before cross-validation runs (what `choose` gives for rule argmax): binary tasks
+    name their positive class (`positive_class`, else the last class)."""
+    if len(class_names) != 2:
+        return OperatingPoint("argmax", None, None)
+    return OperatingPoint("argmax", None, positive_class if positive_class in class_names else class_names[-1])
+
+
 def choose(rule: str, y_positive: np.ndarray, p_positive: np.ndarray, positive_class: str | None) -> OperatingPoint:
     """The operating point of `rule` on binary labels (1 = positive) and positive-class probabilities."""
     kind, target = parse_rule(rule)

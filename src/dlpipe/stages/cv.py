@@ -23,7 +23,7 @@ from dlpipe.config import Params, flatten
 from dlpipe.evaluation import plots
 from dlpipe.evaluation.calibration import expected_calibration_error, reliability_bins
 from dlpipe.evaluation.cv import FoldResult, aggregate, out_of_fold, run_fold
-from dlpipe.evaluation.operating_point import OperatingPoint, choose
+from dlpipe.evaluation.operating_point import argmax_point, choose
 from dlpipe.io import write_json, write_text
 from dlpipe.metric_names import SCALAR_METRICS, label
 from dlpipe.paths import ProjectPaths
@@ -260,7 +260,7 @@ def oof_summary(ctx: StageContext, folds: list[FoldResult]) -> dict:
         point = choose(sel.operating_point, target == positive, probs[:, positive], names[positive])
     else:
         ap = average_precision_score(np.eye(len(names))[target], probs, average="macro")
-        point = OperatingPoint("argmax", None, None)
+        point = argmax_point(names, sel.positive_class)
     return {
         "samples": len(target),
         "average_precision": float(ap),

@@ -1,11 +1,13 @@
 """The study's scheduler: every architecture's phases in order, their units spread over a pool of workers.
 
-Tuning, cross-validation and the final fit of one architecture follow each other; different architectures (and
-the folds of one) run at the same time. Each phase's planning and summary run in this process (`stages.tune.plan`
-and `finish`, `stages.cv.plan` and `finish`, `stages.train.reusable`); the units (`trials_unit`, `fold_unit`,
-`train_unit`) run on the pool. An error in a unit or a step fails only its architecture. Under `study.budget`, each
-scored fold may drop an architecture far below the leader on its first folds (`evaluation.cv.drops`): its queued
-folds and its final fit never run, and its cv report says why.
+Tuning comes first; cross-validation and the final fit of one architecture follow it. In parallel, a final fit that
+needs nothing from the folds (an argmax decision) runs beside them: at once, or under a study budget as soon as no
+drop can reach its architecture; otherwise (a threshold chosen on out-of-fold predictions, or serially) it follows
+them. Different architectures (and the folds of one) run at the same time. Each phase's planning and summary run in
+this process (`stages.tune.plan` and `finish`, `stages.cv.plan` and `finish`, `stages.train.reusable`); the units
+(`trials_unit`, `fold_unit`, `train_unit`) run on the pool. An error in a unit or a step fails only its
+architecture. Under `study.budget`, each scored fold may drop an architecture far below the leader on its first
+folds (`evaluation.cv.drops`): its queued folds and its final fit never run, and its cv report says why.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class _Arch:
     cv_plan: Any = None  # its cross-validation's plan, once started
     cv_done: bool = False  # every fold scored: no longer droppable
     dropped: dict | None = None  # why the study budget dropped it
+    train_started: bool = False  # its final fit is queued (after tuning, or after cross-validation)
 
 
 def relative_costs(ctx: StageContext, batch: int = 64, repeats: int = 3) -> dict[str, float]:
@@ -83,6 +86,9 @@ class Study:
         self._seq = 0
         self.serial = isinstance(pool, SerialPool)
         self.cost = {a: 0.0 for a in self.archs} if self.serial else relative_costs(ctx)
+        # in parallel, a final fit that needs nothing from the folds (an argmax decision) runs beside them: at once
+        # after tuning, or under a study budget once no drop can reach its architecture
+        self.train_beside_cv = not self.serial and not train.needs_cv(ctx.params)
 
     # --- scheduling -------------------------------------------------------------------------------------------------
     def submit(self, arch: str, phase: str, task: Task, then: Callable[[Done], None]) -> None:
@@ -165,6 +171,16 @@ class Study:
                 candidates.add(arch)
         for arch, why in evaluation_cv.drops(scores, candidates, budget.drop_after_folds, budget.drop_margin).items():
             self.guard(arch, lambda a=arch, w=why: self.drop(a, w))
+        if self.train_beside_cv:
+            self.start_undroppable(budget.drop_after_folds)
+
+    def start_undroppable(self, after: int) -> None:
+        """Start the final fits no drop can reach any more: once every architecture still in the study has its first
+        `after` folds scored, the leader over them is known, and those not dropped stay."""
+        alive = [s for s in self.archs.values() if not s.failed and not s.dropped]
+        if all(s.cv_plan is not None and all(k in {**s.cv_plan.done, **s.folds} for k in range(after)) for s in alive):
+            for state in alive:
+                self.guard(state.name, lambda a=state.name: self.start_train(a))
 
     def drop(self, arch: str, why: dict) -> None:
         state = self.archs[arch]
@@ -207,6 +223,8 @@ class Study:
         tune.finish(self.ctx, report)
         self.close_run(arch, p.parent_run_id)
         self.start_cv(arch)
+        if self.train_beside_cv and not self.ctx.params.study.budget.enabled:  # it needs only the tuned params
+            self.start_train(arch)
 
     def start_cv(self, arch: str) -> None:
         p = cv.plan(self.ctx, arch)
@@ -249,6 +267,10 @@ class Study:
         self.start_train(arch)
 
     def start_train(self, arch: str) -> None:
+        state = self.archs[arch]
+        if state.train_started or state.failed:
+            return
+        state.train_started = True
         if train.reusable(self.ctx, arch) is not None:
             self.archs[arch].finished = True
             return

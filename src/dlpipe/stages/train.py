@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import re
 import shutil
@@ -45,7 +46,7 @@ from dlpipe.config import Params
 from dlpipe.data.prepared import Part, TrainValSplit
 from dlpipe.evaluation import plots
 from dlpipe.evaluation.calibration import calibrated_probs, expected_calibration_error, fit_temperature, logits_of
-from dlpipe.evaluation.operating_point import OperatingPoint, decide
+from dlpipe.evaluation.operating_point import OperatingPoint, argmax_point, decide
 from dlpipe.evaluation.reports import report_from_predictions
 from dlpipe.io import atomic_dir, check_writable, read_json, write_json, write_text
 from dlpipe.metric_names import SCALAR_METRICS
@@ -56,7 +57,8 @@ from dlpipe.stages.cv import run_params
 from dlpipe.tracking import model_logging
 from dlpipe.tracking.callbacks import EpochMetricsLogger
 from dlpipe.tracking.runs import RECORDED_TAG, is_global_zero, log_metrics, log_params, tracked_run
-from dlpipe.training.fit import FitResult, ModelSpec, evaluate, fit
+from dlpipe.training.fit import EVAL_BATCH, FitResult, ModelSpec, fit
+from dlpipe.training.metrics import logits_report
 
 log = logging.getLogger(__name__)
 STAGE = "train"
@@ -86,17 +88,31 @@ class Trained:
     temperature: float  # train.calibration: temperature fitted on the validation slice (1 = none)
     decision: OperatingPoint  # chosen on the out-of-fold predictions of cross-validation
 
+    @functools.cached_property
+    def test_logits(self) -> torch.Tensor:
+        """The kept network's outputs on the test set: the one pass over it (report, probabilities, calibration)."""
+        return logits_of(self.net, self.test.X)
+
     def test_probs(self) -> np.ndarray:
-        return calibrated_probs(logits_of(self.net, self.test.X), self.temperature)
+        return calibrated_probs(self.test_logits, self.temperature)
 
     def predicted_classes(self) -> np.ndarray:
         return decide(self.test_probs(), self.decision, self.result.module.class_names)
 
 
-def operating_point(paths: ProjectPaths, arch: str) -> OperatingPoint:
-    """The decision rule cross-validation chose for `arch` (argmax when its report has none)."""
-    path = paths.cv_report(arch)
+def operating_point(ctx: StageContext, arch: str) -> OperatingPoint:
+    """The decision rule `arch` is deployed with: argmax, known without cross-validation (so the final fit may run
+    beside the folds), or the threshold cross-validation chose on its out-of-fold predictions."""
+    sel = ctx.params.selection
+    if sel.operating_point == "argmax":
+        return argmax_point(ctx.data.dataset.class_names, sel.positive_class)
+    path = ctx.paths.cv_report(arch)
     return OperatingPoint.from_dict(read_json(path).get("oof", {}).get("operating_point") if path.is_file() else None)
+
+
+def needs_cv(params: Params) -> bool:
+    """Whether the final fit needs cross-validation's results: a threshold chosen on its out-of-fold predictions."""
+    return params.selection.operating_point != "argmax"
 
 
 def params_hash(ctx: StageContext, arch: str) -> str:
@@ -105,7 +121,7 @@ def params_hash(ctx: StageContext, arch: str) -> str:
         STAGE,
         val_size=ctx.params.data.val_size,
         log_models=ctx.params.mlflow.log_models,
-        decision=operating_point(ctx.paths, arch).to_dict(),
+        decision=operating_point(ctx, arch).to_dict(),
     )
 
 
@@ -199,12 +215,10 @@ def train_unit(job: TrainJob) -> dict:
             log_params(run_id, run_params(params, spec))
             ctx.log_dataset(run_id)
         trained = fit_final(ctx, spec, phash, [EpochMetricsLogger(run_id)] if run_id else [])
-        with timed("evaluate"):
-            report = evaluate(trained.result.module, trained.test, params.trainer)  # the one look at the test set
         if not zero:
             return {}
-        with timed("evaluate"):
-            summary = test_summary(ctx, trained, report, run_id)
+        with timed("evaluate"):  # the one look at the test set
+            summary = test_summary(ctx, trained, run_id)
         with timed("export"):
             save_model(ctx, trained, summary)
         log_results(run_id, summary, trained.result.history, arch)
@@ -243,17 +257,19 @@ def fit_final(ctx: StageContext, spec: ModelSpec, phash: str, callbacks: list) -
         result,
         net,
         temperature,
-        operating_point(ctx.paths, spec.arch),
+        operating_point(ctx, spec.arch),
     )
 
 
-def test_summary(ctx: StageContext, trained: Trained, report: dict, run_id: str | None) -> dict[str, Any]:
+def test_summary(ctx: StageContext, trained: Trained, run_id: str | None) -> dict[str, Any]:
     """reports/test/<arch>.json: identity, test metrics (under the operating point), calibration, size, speed, the
     run and (later) the logged model."""
     result = trained.result
     probs, y = trained.test_probs(), trained.test.y.numpy()
     if trained.decision.threshold is not None:  # the deployed decision, not the argmax, is what the test reports
         report = report_from_predictions(y, trained.predicted_classes(), result.module.class_names)
+    else:
+        report = logits_report(trained.test_logits, trained.test.y, result.module.class_names)
     return {
         **identity(ctx, trained),
         "n_train": len(trained.split.train),
@@ -266,7 +282,7 @@ def test_summary(ctx: StageContext, trained: Trained, report: dict, run_id: str 
         "operating_point": trained.decision.to_dict(),
         "temperature": trained.temperature,
         "ece": expected_calibration_error(probs, y),
-        "ece_uncalibrated": expected_calibration_error(calibrated_probs(logits_of(trained.net, trained.test.X)), y),
+        "ece_uncalibrated": expected_calibration_error(calibrated_probs(trained.test_logits), y),
         "train_seconds": result.seconds,
         "epochs": result.epochs,
         **cpu_latency(trained.net, trained.test.X),
@@ -361,9 +377,10 @@ def write_reports(ctx: StageContext, arch: str, summary: dict, predicted: np.nda
 
 
 def cpu_latency(net: nn.Module, X: torch.Tensor, samples: int = LATENCY_SAMPLES) -> dict[str, float]:
-    """Inference time on CPU: median over single-sample calls, and per sample in one batch of the test set."""
+    """Inference time on CPU: median over single-sample calls, and per sample in one batch of (at most EVAL_BATCH)
+    test samples, the batch the study evaluates with."""
     net = net.cpu().eval()
-    X = X.cpu()
+    X = X[:EVAL_BATCH].cpu()
     n = min(samples, len(X))
     with torch.inference_mode():
         for i in range(min(5, n)):  # warm-up

@@ -79,6 +79,15 @@ def report(scalars: dict[str, torch.Tensor], detailed: dict[str, torch.Tensor], 
     return out
 
 
+def logits_report(logits: torch.Tensor, y: torch.Tensor, class_names: list[str]) -> dict:
+    """The evaluation report of a part from its logits (computed once, in-process): the same metric objects as
+    Lightning's test loop (`Classifier.test_step`), so the same values, without a second pass over the part."""
+    scalars, detailed = scalar_metrics(len(class_names)), detailed_metrics(len(class_names))
+    scalars.update(logits, y)
+    detailed.update(logits, y)
+    return report(scalars.compute(), detailed.compute(), class_names)
+
+
 def positive_class_metrics(result: dict, positive_class: str) -> dict[str, float]:
     """precision/recall/f1 of one class as `<metric>_positive` (binary selection metrics)."""
     per = result["per_class"][positive_class]

@@ -185,9 +185,12 @@ class Objective:
                 max_epochs=self.epochs_for(spec),
                 callbacks=[reporter],
             )
-        with timed("evaluate"):
+        loss = float(result.val.get("val_loss", math.nan))
+        if f"val_{self.metric}" in result.val:  # the kept epoch's validation already scored it: no second pass
+            return float(result.val[f"val_{self.metric}"]), loss
+        with timed("evaluate"):  # a per-class metric: the validation report
             report = evaluate(result.module, split.val, self.trainer)
-        return selection_value(report, self.metric, self.positive_class), float(result.val.get("val_loss", math.nan))
+        return selection_value(report, self.metric, self.positive_class), loss
 
     def _folds_value(
         self, trial: optuna.Trial, spec: ModelSpec, reporters: list[EpochReporter], on_epoch: EpochHook | None
