@@ -142,7 +142,10 @@ class TrainerParams(Section):
     precision: Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true"] = "32-true"
     deterministic: bool = True
     progress_bar: bool | None = Field(None, description="null = on when the output is a terminal")
-    data_on_device: bool = Field(True, description="keep in-memory data on the GPU (one copy per process)")
+    data_on_device: bool = Field(
+        True,
+        description="keep in-memory data on the GPU (one copy per process) when it fits, else pinned-memory batches",
+    )
     cpu_threads: int | None = Field(
         1, ge=1, description="PyTorch CPU threads per process; small models run fastest on 1; null = all cores"
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers.dataset_files import make_idx_files, publish_md5s, write_cifar
 from helpers.processes import subprocess_env
 from helpers.project import copy_dvc_study, copy_project, git_dvc_init, write_params
@@ -92,7 +93,7 @@ def test_fetch_reads_cifar_batches_from_data_downloads(tmp_path, offline, monkey
     fetch.run(params, paths)
     ds = load_saved_dataset(paths.raw, verify=True)
     assert ds.name == "cifar10" and len(ds) == 18 and ds.y.tolist() == labels.tolist()
-    assert np.array_equal((ds.X * 255).round().byte().numpy().reshape(18, 3072), data)
+    assert ds.X.dtype == torch.uint8 and np.array_equal(ds.X.numpy().reshape(18, 3072), data)
     assert file_bytes(paths.downloads) == copied
 
 
@@ -122,3 +123,25 @@ def test_dvc_repro_fetch_keeps_the_files_a_user_copied(tmp_path):
     labels = np.concatenate([parts["train"][1], parts["t10k"][1]])
     assert load_saved_dataset(root / "data" / "raw").y.tolist() == labels.tolist()
     assert "data/downloads" not in (root / "dvc.lock").read_text()  # no stage's output
+
+
+def test_an_mnist_study_keeps_8_bit_pixels_and_learns(tmp_path, offline, monkeypatch):
+    from helpers.project import REPO_ROOT
+
+    from dlpipe.data.prepared import PreparedData
+    from dlpipe.evaluation.cv import run_fold
+    from dlpipe.stages import prepare
+    from dlpipe.stages.common import model_spec
+
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    import scale  # learnable digit images in MNIST's IDX files
+
+    params, paths = project_for(tmp_path, "mnist")
+    scale.write_mnist(paths.downloads / "MNIST" / "raw", 700)
+    fetch.run(params, paths)
+    prepare.run(params, paths)
+    data = PreparedData.load(paths.raw, paths.prepared, params.data.normalize)
+    assert data.dataset.X.dtype == torch.uint8 and data.fold(0, 0.1, 0).fit.train.X.dtype == torch.uint8
+    spec = model_spec(params, paths, "mlp")
+    result = run_fold(spec, data, 0, params.trainer, params.seed, val_size=params.data.val_size, max_epochs=10)
+    assert result.metrics["accuracy"] >= 0.5, result.metrics  # 10 classes: chance is 0.1 (0.68 measured)

@@ -48,8 +48,9 @@ def test_an_image_folder_trains_a_cnn_and_predicts_new_images_of_any_size(
     ds = load_saved_dataset(paths.raw)
     assert ds.class_names == sorted(COLOURS) and ds.input_shape == (3, 12, 12) and len(ds) == 60
     cache = next((paths.downloads / "image-cache").glob("images-*.npz"))
-    with np.load(cache) as npz:  # fetch read check's uint8 cache; the training data is it scaled to [0, 1]
-        assert npz["X"].dtype == np.uint8 and np.allclose(ds.X.numpy(), npz["X"] / 255.0)
+    with np.load(cache) as npz:  # fetch read check's uint8 cache; the fetched data keeps its 8-bit pixels
+        assert npz["X"].dtype == np.uint8 and np.array_equal(ds.X.numpy(), npz["X"])
+        assert np.allclose(ds.inputs().numpy(), npz["X"] / 255.0)  # what a model sees
     write_json(paths.cv_report("cnn"), fake_cv_report("cnn", params.data.folds))
     report = train.run(params, paths, "cnn")
     assert report["accuracy"] >= 0.9, report["accuracy"]

@@ -80,9 +80,9 @@ def test_breast_cancer():
 
 def test_dataset_checks_its_own_form():
     X, y = torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.int64)
-    with pytest.raises(TypeError, match="X must be float32 and y int64"):
+    with pytest.raises(TypeError, match=r"X must be float32 \(or uint8 images\) and y int64"):
         Dataset("d", X.double(), y, "image", ["a"])
-    with pytest.raises(TypeError, match="X must be float32 and y int64"):
+    with pytest.raises(TypeError, match=r"X must be float32 \(or uint8 images\) and y int64"):
         Dataset("d", X, y.int(), "image", ["a"])
     with pytest.raises(ValueError, match="4 samples but 3 labels"):
         Dataset("d", X, y[:3], "image", ["a"])

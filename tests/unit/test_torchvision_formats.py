@@ -46,15 +46,15 @@ def test_idx_files_parse(tmp_path, name, tv_class, folder):
     ds = load_dataset(name, tmp_path, DataParams(name=name))
     assert ds.name == name and ds.kind == "image"
     assert ds.X.shape == (17, 1, 28, 28) and ds.input_shape == (1, 28, 28)
-    assert ds.X.dtype == torch.float32 and ds.y.dtype == torch.int64
-    assert ds.X.min().item() == 0.0 and ds.X.max().item() == 1.0
+    assert ds.X.dtype == torch.uint8 and ds.y.dtype == torch.int64  # the 8-bit pixels, as the files hold them
+    inputs = ds.inputs()
+    assert inputs.dtype == torch.float32 and inputs.min().item() == 0.0 and inputs.max().item() == 1.0
     # the official train and test files are pooled, train first
     images = np.concatenate([parts["train"][0], parts["t10k"][0]])
     labels = np.concatenate([parts["train"][1], parts["t10k"][1]])
     assert ds.y.tolist() == labels.tolist()
-    round_trip = (ds.X[:, 0] * 255).round().to(torch.uint8).numpy()
-    assert np.array_equal(round_trip, images)
-    assert ds.X[3, 0, 5, 7].item() == pytest.approx(images[3, 5, 7] / 255.0)
+    assert np.array_equal(ds.X[:, 0].numpy(), images)
+    assert inputs[3, 0, 5, 7].item() == pytest.approx(images[3, 5, 7] / 255.0)
     assert ds.class_names == list(tv_class.classes) and len(ds.class_names) == 10
 
 
@@ -93,11 +93,11 @@ def test_cifar_batches_parse(tmp_path, monkeypatch):
     ds = load_dataset("cifar10", tmp_path, DataParams(name="cifar10"))
     assert ds.name == "cifar10" and ds.kind == "image"
     assert ds.X.shape == (18, 3, 32, 32) and ds.input_shape == (3, 32, 32)
-    assert ds.X.dtype == torch.float32 and ds.y.dtype == torch.int64
-    assert ds.X.min().item() == 0.0 and ds.X.max().item() == 1.0
+    assert ds.X.dtype == torch.uint8 and ds.y.dtype == torch.int64
+    assert ds.inputs().min().item() == 0.0 and ds.inputs().max().item() == 1.0
     assert ds.y.tolist() == labels.tolist()
     assert ds.class_names == CIFAR_LABELS
-    round_trip = (ds.X * 255).round().to(torch.uint8).numpy()
+    round_trip = ds.X.numpy()
     assert np.array_equal(round_trip.reshape(18, 3072), data)
     # row layout: 1024 red, then 1024 green, then 1024 blue values, each 32 x 32 row-major
     i, h, w = 7, 4, 29

@@ -11,6 +11,12 @@ import torch
 
 InputKind = Literal["image", "tabular", "sequence", "text"]
 UNKNOWN = 0  # the code of a category outside a column's vocabulary (unseen, missing)
+PIXEL_MAX = 255.0  # an 8-bit pixel p is the input p / PIXEL_MAX in [0, 1], the scale every image model takes
+
+
+def pixels_to_float(X: torch.Tensor) -> torch.Tensor:
+    """Model inputs of `X`: 8-bit pixels (uint8) as float32 in [0, 1] (a new tensor); float X as it is."""
+    return X.float().div_(PIXEL_MAX) if X.dtype == torch.uint8 else X
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,8 @@ def _text(value: Any) -> Any:
 
 @dataclass
 class Dataset:
-    """`X` float32 (N, *input_shape), `y` int64 (N,) class indices into `class_names`.
+    """`X` float32 (N, *input_shape), `y` int64 (N,) class indices into `class_names`. Images may keep their 8-bit
+    pixels (X uint8, a quarter of the memory): the input a model sees is X / 255 (`inputs`).
 
     `feature_names`: the column names of a tabular dataset's features, in X's column order (a CSV header,
     scikit-learn's feature names); None for images and for data saved before names were recorded.
@@ -122,8 +129,12 @@ class Dataset:
     text: TextColumn | None = None
 
     def __post_init__(self) -> None:
-        if self.X.dtype != torch.float32 or self.y.dtype != torch.int64:
-            raise TypeError(f"dataset {self.name}: X must be float32 and y int64, got {self.X.dtype}, {self.y.dtype}")
+        pixels = self.kind == "image" and self.X.dtype == torch.uint8
+        if not (pixels or self.X.dtype == torch.float32) or self.y.dtype != torch.int64:
+            raise TypeError(
+                f"dataset {self.name}: X must be float32 (or uint8 images) and y int64, got {self.X.dtype}, "
+                f"{self.y.dtype}"
+            )
         if len(self.X) != len(self.y):
             raise ValueError(f"dataset {self.name}: {len(self.X)} samples but {len(self.y)} labels")
         if self.kind == "image" and self.X.dim() != 4:
@@ -159,6 +170,13 @@ class Dataset:
             if ((codes != codes.round()) | (codes < 0) | (codes > top)).any():
                 raise ValueError(f"dataset {self.name}: column {features.names[i]!r} must hold codes 0..{top}")
         self.categories = {k: list(v) for k, v in features.vocabularies.items()}
+
+    def inputs(self, idx: Any = None) -> torch.Tensor:
+        """The float32 model inputs of rows `idx` (every row when None; indices, a mask or a slice): 8-bit pixels as
+        X / 255, float X as it is (`idx` None: X itself)."""
+        if isinstance(idx, np.ndarray):
+            idx = torch.from_numpy(idx)
+        return pixels_to_float(self.X if idx is None else self.X[idx])
 
     @property
     def features(self) -> Features | None:

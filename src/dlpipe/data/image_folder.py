@@ -188,10 +188,8 @@ def load_images(root: Path, data_params: Any) -> Dataset:
         raise DataError("data.images.path: required when data.name is 'images'")
     channels = channel_count(images.channels)
     folder, X, _ = load_folder(Path(images.path), images.size, channels, cache_dir_of(root))
-    # the training code takes float32 in [0, 1], as it does for mnist and cifar10
-    pixels = torch.from_numpy(X).float().div_(255.0)
-    labels = torch.tensor(folder.labels, dtype=torch.int64)
-    return Dataset("images", pixels, labels, "image", list(folder.class_names))
+    labels = torch.tensor(folder.labels, dtype=torch.int64)  # X stays uint8 (a model sees X / 255), as for mnist
+    return Dataset("images", torch.from_numpy(X), labels, "image", list(folder.class_names))
 
 
 def _names(items: list[str], limit: int = BAD_SHOWN) -> str:

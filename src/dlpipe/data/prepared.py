@@ -21,6 +21,10 @@ rows the final model and the folds learn from); a category met only in test rows
 be for a model serving new data. (dataset.json keeps the fetched file's full vocabulary; codes are re-numbered here.)
 Within the training part, the normaliser of each fit also maps the codes its own rows never showed to 0.
 
+8-bit images (X uint8): the training part and `unlabeled` keep their pixels (gathered rows, a quarter of float32's
+memory) and are normalised per batch (`Classifier.on_after_batch_transfer`, on the device when there is one);
+validation, scored and test parts are normalised float32 as for every other dataset.
+
 Text (a CSV's `data.csv.text_column`): each split fits its own tokenizer on its training rows (see `data.text`); its
 `Normalizer` carries it, and every part of that split (validation, scored fold, test) is tokenized with it.
 """
@@ -45,7 +49,7 @@ HIDDEN = -1  # the label of a training sample whose label is hidden (data.labele
 
 @dataclass
 class Part:
-    X: torch.Tensor
+    X: torch.Tensor  # normalised inputs; the training part of 8-bit images: its uint8 pixels (normalised per batch)
     y: torch.Tensor
     idx: np.ndarray | None = None  # dataset indices of the rows (None: not from a PreparedData)
 
@@ -106,6 +110,18 @@ class PreparedData:
     def part(self, idx: np.ndarray, normalizer: Normalizer) -> Part:
         return Part(self.inputs(idx, normalizer), self.dataset.y[torch.from_numpy(idx)], idx)
 
+    @property
+    def pixels(self) -> bool:
+        """8-bit images: training parts stay uint8, normalised per batch by the module that trains on them."""
+        return self.dataset.X.dtype == torch.uint8
+
+    def training_part(self, idx: np.ndarray, normalizer: Normalizer, y: torch.Tensor | None = None) -> Part:
+        """The rows `idx` a model trains on (labels `y`, else the dataset's): 8-bit pixels as they are, anything
+        else normalised as `part` does."""
+        y = self.dataset.y[torch.from_numpy(idx)] if y is None else y
+        X = self.dataset.X[torch.from_numpy(idx)] if self.pixels else self.inputs(idx, normalizer)
+        return Part(X, y, idx)
+
     def inputs(self, idx: np.ndarray, normalizer: Normalizer) -> torch.Tensor:
         """The model inputs of rows `idx`: X transformed by `normalizer` (in the gathered copy); text tokenized by
         its fitted tokenizer."""
@@ -127,11 +143,12 @@ class PreparedData:
         unlabeled = None
         if len(hidden):
             fitted = None
-            unlabeled = Part(self.inputs(hidden, norm), torch.full((len(hidden),), HIDDEN), hidden)
-        if fitted is not None:  # every label kept: the rows the normaliser was fitted on, normalised in place
-            train = Part(norm.apply_(fitted), self.dataset.y[torch.from_numpy(labeled)], labeled)
+            unlabeled = self.training_part(hidden, norm, torch.full((len(hidden),), HIDDEN))
+        if fitted is not None:  # every label kept: the rows the normaliser was fitted on (normalised in place)
+            X = fitted if self.pixels else norm.apply_(fitted)
+            train = Part(X, self.dataset.y[torch.from_numpy(labeled)], labeled)
         else:
-            train = self.part(labeled, norm)
+            train = self.training_part(labeled, norm)
         return TrainValSplit(train, self.part(val_idx, norm), norm, unlabeled)
 
     def holdout(self, val_size: float, seed: int) -> TrainValSplit:
@@ -149,13 +166,13 @@ class PreparedData:
         return self.part(self.splits.test_idx, normalizer)
 
     def raw(self, idx: np.ndarray, normalizer: Normalizer | None = None) -> torch.Tensor:
-        """Untransformed inputs of `idx` (what a model's exported program receives): for text, the token ids of
-        `normalizer`'s tokenizer (the served pyfunc tokenizes raw text into these)."""
+        """Untransformed inputs of `idx` (what a model's exported program receives; images float32 in [0, 1]): for
+        text, the token ids of `normalizer`'s tokenizer (the served pyfunc tokenizes raw text into these)."""
         if self.dataset.text is not None:
             if normalizer is None or normalizer.text is None:
                 raise ValueError("text inputs are token ids of a fitted tokenizer: pass the split's normalizer")
             return normalizer.text.encode(self.dataset.text.take(idx))
-        return self.dataset.X[torch.from_numpy(idx)]
+        return self.dataset.inputs(idx)
 
 
 def training_vocabularies(ds: Dataset, rows: np.ndarray) -> Dataset:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -10,7 +10,7 @@ import torch
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch import nn
 
-from dlpipe.data.base import UNKNOWN, Features
+from dlpipe.data.base import PIXEL_MAX, UNKNOWN, Features, pixels_to_float
 from dlpipe.data.text import TextEncoder
 from dlpipe.errors import DataError
 
@@ -234,7 +234,11 @@ class Normalizer:
     ) -> Normalizer:
         """Statistics of `X` (with `standardize`; else mean 0, std 1) and the codes each categorical column shows.
         Sequences (N x channels x length): per-channel statistics over the steps that are not padding; with
-        `per_series`, of the series z-normalised one by one (`znormalize_series`), which is applied first."""
+        `per_series`, of the series z-normalised one by one (`znormalize_series`), which is applied first.
+        8-bit pixels (uint8): the statistics of X / 255, computed in chunks (no float copy of X)."""
+        if X.dtype == torch.uint8:
+            mean, std = _pixel_stats(X) if standardize else (cls.identity(X).mean, cls.identity(X).std)
+            return cls(mean, std)
         if X.dim() == 3:
             X = znormalize_series(X) if per_series else X
             mean, std = _channel_stats(X) if standardize else (cls.identity(X).mean, cls.identity(X).std)
@@ -268,13 +272,22 @@ class Normalizer:
     def module(self) -> InputTransform:
         return InputTransform(self)
 
+    def to(self, device: torch.device | str) -> Normalizer:
+        """The same statistics on `device` (self when they are there already)."""
+        if self.mean.device == torch.device(device):
+            return self
+        return replace(self, mean=self.mean.to(device), std=self.std.to(device))
+
     def apply_(self, X: torch.Tensor) -> torch.Tensor:
-        """`self(X)` written into `X` itself where it can be (no copy of a large part): X must be a fresh tensor."""
+        """`self(X)` written into `X` itself where it can be (no copy of a large part): X must be a fresh tensor.
+        8-bit pixels (uint8) are read as X / 255 into one new float32 tensor, normalised there."""
+        X = pixels_to_float(X)
         if self.seen is not None or self.per_series or not X.is_floating_point():
             return self(X)
         return X.sub_(self.mean.to(X.device, X.dtype)).div_(self.std.to(X.device, X.dtype))
 
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        X = pixels_to_float(X)
         if self.seen is None:
             X = znormalize_series(X) if self.per_series else X
             return (X - self.mean.to(X.device)) / self.std.to(X.device)
@@ -288,6 +301,25 @@ def znormalize_series(X: torch.Tensor) -> torch.Tensor:
     mean = X.nanmean(dim=-1, keepdim=True)
     std = (X - mean).square().nanmean(dim=-1, keepdim=True).sqrt()
     return (X - mean) / torch.where(std > 1e-8, std, torch.ones_like(std))
+
+
+def _pixel_stats(X: torch.Tensor, chunk: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (unbiased) standard deviation of 8-bit images X / 255 (N x C x H x W uint8; shape
+    C x 1 x 1), as `Normalizer.fit` gives them for the float images: sums of the pixels and their squares in float64,
+    exact for integers, about `chunk` pixels at a time (no float copy of X)."""
+    rows = max(1, chunk // max(X[0].numel(), 1))
+    total = torch.zeros(X.shape[1], dtype=torch.float64)
+    squares = torch.zeros(X.shape[1], dtype=torch.float64)
+    for start in range(0, len(X), rows):
+        part = X[start : start + rows].double()
+        total += part.sum(dim=(0, 2, 3))
+        squares += part.square().sum(dim=(0, 2, 3))
+    n = len(X) * X.shape[2] * X.shape[3]
+    mean = total / n
+    var = (squares - total * mean) / max(n - 1, 1)
+    std = var.clamp_min(0).sqrt() / PIXEL_MAX
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))
+    return (mean / PIXEL_MAX).float()[:, None, None], std.float()[:, None, None]
 
 
 def _channel_stats(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ batches are pickles: each file's md5 must be the published one before it is unpi
 
 The official train and test files are pooled; dlpipe draws its own stratified holdout set from the pool
 (`data.test_size`), like every other dataset, or with `data.split: official` holds out the official test set
-(`Dataset.official_test` flags it).
+(`Dataset.official_test` flags it). The images stay 8-bit (X uint8; a model sees X / 255).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def _load_idx_dataset(name: str, cls_name: str, root: Path) -> Dataset:
             except Exception as exc:
                 raise DatasetUnavailableError(f"{name}: could not download from {url} ({_reason(exc)})") from None
         parts.append(ds)
-    images = torch.cat([p.data for p in parts]).unsqueeze(1).float().div_(255.0)
+    images = torch.cat([p.data for p in parts]).unsqueeze(1)  # uint8: the model's input is X / 255 (Dataset.inputs)
     targets = torch.cat([p.targets for p in parts]).long()
     official_test = torch.arange(len(targets)) >= len(parts[0].targets)
     return Dataset(name, images, targets, "image", list(parts[0].classes), official_test=official_test)
@@ -133,7 +133,7 @@ def read_cifar_batches(folder: Path) -> Dataset:
         xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         ys.append(np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64))
     meta = _unpickle(folder / CIFAR_META)
-    images = torch.from_numpy(np.concatenate(xs)).float().div_(255.0)
+    images = torch.from_numpy(np.concatenate(xs))  # uint8, as the files hold it
     official_test = torch.arange(len(images)) >= len(images) - len(ys[-1])  # test_batch comes last
     labels = torch.from_numpy(np.concatenate(ys))
     return Dataset("cifar10", images, labels, "image", list(meta["label_names"]), official_test=official_test)

@@ -31,7 +31,7 @@ import numpy as np
 from dlpipe.metric_names import SCALAR_METRICS
 
 if TYPE_CHECKING:
-    from dlpipe.data.base import Features
+    from dlpipe.data.base import Dataset, Features
     from dlpipe.data.prepared import PreparedData
 
 INNER_FOLDS = 3
@@ -256,7 +256,18 @@ def _inputs(baseline: Baseline, X: Any) -> np.ndarray | list[np.ndarray]:
     return np.pad(np.nan_to_num(series), ((0, 0), (0, 0), (0, short)))
 
 
-def _take(X: np.ndarray | list[np.ndarray], idx: np.ndarray) -> np.ndarray | list[np.ndarray]:
+class _PixelRows:
+    """8-bit images (uint8 X) as a baseline fits on them, flat float64 vectors of X / 255 (read as float32, as the deep
+    models read it), made for the rows taken only: no float64 copy of the whole dataset."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        return self.dataset.inputs(idx).flatten(1).numpy().astype(np.float64)
+
+
+def _take(X: np.ndarray | list[np.ndarray] | _PixelRows, idx: np.ndarray) -> np.ndarray | list[np.ndarray]:
     return [X[i] for i in idx] if isinstance(X, list) else X[idx]
 
 
@@ -301,7 +312,10 @@ def _run_baseline(
     from dlpipe.evaluation.reports import report_from_predictions
 
     text = data.dataset.text
-    X = np.asarray(text.texts, dtype=object) if text is not None else _inputs(BASELINES[name], data.dataset.X)
+    if text is not None:
+        X = np.asarray(text.texts, dtype=object)
+    else:
+        X = _PixelRows(data.dataset) if data.pixels else _inputs(BASELINES[name], data.dataset.X)
     y = data.y_numpy
     names = data.dataset.class_names
     features = data.dataset.features

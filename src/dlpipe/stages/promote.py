@@ -65,7 +65,7 @@ def load_test_set(params: Params, paths: ProjectPaths) -> TestSet | None:
     # the prepared codes, and so their text, follow the training part's vocabularies, not the raw file's
     features = data.dataset.features
     idx = data.splits.test_idx
-    X = data.dataset.X[torch.from_numpy(idx)].numpy().astype(np.float32)
+    X = data.dataset.inputs(idx).numpy()  # float32, images in [0, 1]
     y = data.dataset.y[torch.from_numpy(idx)].numpy()
     names = list(features.names) if features is not None else None
     texts = data.dataset.text.take(idx) if data.dataset.text is not None else None

@@ -57,7 +57,7 @@ def relative_costs(ctx: StageContext, batch: int = 64, repeats: int = 3) -> dict
 
     from dlpipe.models import build_model
 
-    X = ctx.data.dataset.X[:batch]
+    X = ctx.data.dataset.inputs(slice(0, batch))
     y = ctx.data.dataset.y[:batch]
     costs = {}
     for arch in ctx.params.architectures:

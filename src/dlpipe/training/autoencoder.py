@@ -65,7 +65,7 @@ class AutoencoderClassifier(SemiSupervised):
             return
         loader = self.trainer.train_dataloader
         X = getattr(loader, "X", None)
-        if X is None:
+        if X is None or X.dtype == torch.uint8:  # 8-bit pixels: their raw scale, X / 255, is in [0, 1]
             return
         raw = self.to_raw(X.to(self.input_mean.device))
         low, high = float(raw.min()), float(raw.max())

@@ -7,6 +7,7 @@ Lightning's test loop (exact under DDP); `predict_proba` runs in-process.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -25,12 +26,17 @@ from dlpipe.training.batching import TensorLoader
 from dlpipe.training.module import Classifier
 from dlpipe.training.trainer import BestWeights, History, find_callback, make_eval_trainer, make_trainer, no_nan_fill
 
+log = logging.getLogger(__name__)
+
 __all__ = ["EVAL_BATCH", "FitResult", "History", "ModelSpec", "evaluate", "fit", "interrupts_kept", "predict_proba"]
 
 # Validation/test batch size (at least the training batch). Not larger: on the CPU, a 512-image batch of the default
 # CNN allocates >32 MB activation tensors, which glibc maps fresh (page faults) for every one; that forward took 2.5x
 # longer per image than at 256.
 EVAL_BATCH = 256
+# In-memory data goes onto the GPU when it takes at most this share of the GPU's free memory at fit start; the rest
+# is left for the model, its activations and optimiser state, and the other processes that share the GPU.
+DEVICE_DATA_SHARE = 0.5
 
 
 @dataclass
@@ -57,16 +63,50 @@ class ModelSpec:
         return module(net, self.train, num_classes, class_names, input_shape)
 
 
-class DataToDevice(Callback):
-    """Moves in-memory loaders onto the module's device once, before the first batch."""
+def data_fits_on_device(nbytes: int, free_bytes: int, share: float = DEVICE_DATA_SHARE) -> bool:
+    """Whether `nbytes` of in-memory data go onto a GPU with `free_bytes` free (`trainer.data_on_device`)."""
+    return nbytes <= share * free_bytes
 
-    def __init__(self, loaders: list[TensorLoader]):
+
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        log.info(message)
+
+
+class DataPlacement(Callback):
+    """Where the in-memory loaders' batches come from on a GPU, decided once before the first batch: with
+    `on_device` (trainer.data_on_device) the loaders move onto the GPU when they fit (`data_fits_on_device`);
+    otherwise their batches are gathered into pinned host memory, so Lightning's copy to the GPU is asynchronous."""
+
+    def __init__(self, loaders: list[TensorLoader], on_device: bool):
         self.loaders = loaders
+        self.on_device = on_device
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if pl_module.device.type != "cpu":
+        device = pl_module.device
+        if device.type == "cpu":
+            return
+        if self.on_device and device.type != "cuda":  # no free-memory query there: move, as before
             for loader in self.loaders:
-                loader.to(pl_module.device)
+                loader.to(device)
+            return
+        if self.on_device:
+            nbytes = sum(loader.nbytes for loader in self.loaders)
+            free = torch.cuda.mem_get_info(device)[0]
+            if data_fits_on_device(nbytes, free):
+                for loader in self.loaders:
+                    loader.to(device)
+                return
+            _say_once(
+                f"trainer.data_on_device: the data ({nbytes / 2**20:.0f} MiB) is more than {DEVICE_DATA_SHARE:.0%} "
+                f"of the GPU's free memory ({free / 2**20:.0f} MiB); training from pinned-memory batches instead"
+            )
+        for loader in self.loaders:
+            loader.pin_memory = True
 
 
 @dataclass
@@ -114,11 +154,12 @@ def fit(
     semi_supervised = getattr(module, "learns_from_unlabeled", False)
     if semi_supervised:
         module.set_normalizer(split.normalizer)
+    module.normalize_batches(norm)  # 8-bit pixel batches (a uint8 training part) are normalised on arrival
     train_loader, val_loader = loaders_for(split, spec.train, seed, with_unlabeled=semi_supervised)
     start = time.perf_counter()
     trainer = make_trainer(trainer_params, spec.train, max_epochs=max_epochs, callbacks=callbacks)
-    if trainer_params.data_on_device and not isinstance(trainer.accelerator, CPUAccelerator):
-        trainer.callbacks.append(DataToDevice([train_loader, val_loader]))  # not on the CPU: a no-op costs every step
+    if not isinstance(trainer.accelerator, CPUAccelerator):  # not on the CPU: a no-op costs every step
+        trainer.callbacks.append(DataPlacement([train_loader, val_loader], trainer_params.data_on_device))
     with interrupts_kept(), no_nan_fill():
         trainer.fit(module, train_loader, val_loader)
     best = find_callback(trainer, BestWeights)  # also the history

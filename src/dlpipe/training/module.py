@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from dlpipe.config import TrainParams
+from dlpipe.data.splits import Normalizer
 from dlpipe.training.augmentation import build_augmentation
 from dlpipe.training.metrics import BatchMean, detailed_metrics, report, scalar_metrics
 
@@ -26,6 +27,10 @@ class Classifier(L.LightningModule):
 
     Logged per epoch (DDP-synced): `train_loss` and `train_accuracy` (over the epoch's training batches), `val_loss`
     and `val_<m>` for every m in SCALAR_METRICS. `trainer.test` leaves the evaluation report in `test_report`.
+
+    Batches of 8-bit pixels (a uint8 training part, see `data.prepared`) are normalised once on the module's device
+    (`on_after_batch_transfer`) with the split's normaliser (`normalize_batches`), the same transform as the float
+    parts get: every step reads float32 inputs; what is exported and served takes floats in [0, 1] as before.
     """
 
     def __init__(
@@ -51,6 +56,7 @@ class Classifier(L.LightningModule):
         self.train_loss = BatchMean()
         self.val_loss = BatchMean()
         self.test_report: dict[str, Any] | None = None
+        self._batch_normalizer: Normalizer | None = None
         self._train_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,6 +76,19 @@ class Classifier(L.LightningModule):
         if isinstance(batch, (tuple, list)) and all(isinstance(t, torch.Tensor) and t.device == device for t in batch):
             return batch  # already there (CPU, or loaders moved onto the GPU once): no walk through the collection
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def normalize_batches(self, normalizer: Normalizer) -> None:
+        """Normalise 8-bit pixel batches (uint8) with `normalizer` on arrival; other batches pass as they are."""
+        self._batch_normalizer = normalizer
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if not (isinstance(batch, (tuple, list)) and batch and getattr(batch[0], "dtype", None) == torch.uint8):
+            return batch
+        if self._batch_normalizer is None:
+            raise RuntimeError("a batch of 8-bit pixels but no normaliser: call normalize_batches first")
+        x = batch[0]
+        self._batch_normalizer = norm = self._batch_normalizer.to(x.device)  # statistics moved once
+        return (norm(x), *batch[1:])
 
     def configure_gradient_clipping(
         self,
