@@ -74,6 +74,12 @@ def relative_costs(ctx: StageContext, batch: int = 64, repeats: int = 3) -> dict
     return costs
 
 
+def _meeting(task: Task) -> str | None:
+    """The group of study runners `task` meets before its first trial (None: not such a runner)."""
+    job = task.args[0] if task.args else None
+    return getattr(job, "rendezvous", None) if isinstance(job, tune.TrialsJob) else None
+
+
 class Study:
     """Schedules every architecture's units on a pool and runs each phase's follow-up when its units are done."""
 
@@ -84,6 +90,7 @@ class Study:
         self.ready: list[tuple[int, float, int, Task]] = []
         self.after: dict[str, Callable[[Done], None]] = {}
         self._seq = 0
+        self.meeting: set[str] = set()  # the groups of study runners that started meeting (tune.TrialsJob.rendezvous)
         self.serial = isinstance(pool, SerialPool)
         self.cost = {a: 0.0 for a in self.archs} if self.serial else relative_costs(ctx)
         # in parallel, a final fit that needs nothing from the folds (an argmax decision) runs beside them: at once
@@ -108,7 +115,7 @@ class Study:
                 self.guard(arch, lambda a=arch: self.start_tune(a))
             while self.ready or self.pool.busy:
                 while self.pool.free and self.ready:
-                    self.pool.submit(self.ready.pop(0)[3])
+                    self.pool.submit(self.ready.pop(self.next_ready())[3])
                 with timed("waiting"):  # this process idles while the workers train
                     done = self.pool.next_done()
                 self.handle(done)
@@ -119,6 +126,22 @@ class Study:
                     end_run(run_id, exc)
             raise
         return {a: s for a, s in self.archs.items() if s.failed}
+
+    def next_ready(self) -> int:
+        """Which ready unit starts next: the first, except the runners of a study that meet before their first
+        trial (`tune.workers` > 1): they start together when enough workers are free, else they wait while another
+        unit can start (a runner started alone would hold its worker idle until the others join). When only such
+        runners are ready, the first starts and its group's other runners start as soon as workers are free."""
+        free = self.pool.free
+        for i, (*_, task) in enumerate(self.ready):
+            group = _meeting(task)
+            if group is None or group in self.meeting:
+                return i
+            if sum(_meeting(item[3]) == group for item in self.ready) <= free:
+                self.meeting.add(group)
+                return i
+        self.meeting.add(_meeting(self.ready[0][3]))
+        return 0
 
     def handle(self, done: Done) -> None:
         arch = done.task.key.split(" ", 2)[1]
