@@ -49,8 +49,9 @@ def test_a_studys_runners_start_together_or_wait_while_other_units_can_run() -> 
     study.pool.free = 2
     assert study.next_ready() == 0  # two free: the runners start together
     study.ready.pop(0)
+    study.ready.insert(0, (0, 0.0, 6, Task("train cnn", print, (SimpleNamespace(),))))
     study.pool.free = 1
-    assert study.next_ready() == 0  # its sibling is awaited: it goes first
+    assert study.next_ready() == 1  # its sibling is awaited: it goes first, before the final fit queued ahead of it
     study.ready = [(2, 0.0, 5, Task("tune mlp runner0", print, (runners[0],)))]
     study.meeting = set()
     assert study.next_ready() == 0  # nothing else ready: a runner starts alone

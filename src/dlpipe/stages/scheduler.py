@@ -132,10 +132,13 @@ class Study:
         trial (`tune.workers` > 1): they start together when enough workers are free, else they wait while another
         unit can start (a runner started alone would hold its worker idle until the others join). When only such
         runners are ready, the first starts and its group's other runners start as soon as workers are free."""
+        for i, (*_, task) in enumerate(self.ready):
+            if _meeting(task) in self.meeting:  # a started runner waits for this one: it goes first
+                return i
         free = self.pool.free
         for i, (*_, task) in enumerate(self.ready):
             group = _meeting(task)
-            if group is None or group in self.meeting:
+            if group is None:
                 return i
             if sum(_meeting(item[3]) == group for item in self.ready) <= free:
                 self.meeting.add(group)
