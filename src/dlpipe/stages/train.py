@@ -103,9 +103,8 @@ class Trained:
 def operating_point(ctx: StageContext, arch: str) -> OperatingPoint:
     """The decision rule `arch` is deployed with: argmax, known without cross-validation (so the final fit may run
     beside the folds), or the threshold cross-validation chose on its out-of-fold predictions."""
-    sel = ctx.params.selection
-    if sel.operating_point == "argmax":
-        return argmax_point(ctx.data.dataset.class_names, sel.positive_class)
+    if not needs_cv(ctx.params):
+        return argmax_point(ctx.data.dataset.class_names, ctx.params.selection.positive_class)
     path = ctx.paths.cv_report(arch)
     return OperatingPoint.from_dict(read_json(path).get("oof", {}).get("operating_point") if path.is_file() else None)
 
