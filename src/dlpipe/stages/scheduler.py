@@ -7,7 +7,8 @@ them. Different architectures (and the folds of one) run at the same time. Each 
 this process (`stages.tune.plan` and `finish`, `stages.cv.plan` and `finish`, `stages.train.reusable`); the units
 (`trials_unit`, `fold_unit`, `train_unit`) run on the pool. An error in a unit or a step fails only its
 architecture. Under `study.budget`, each scored fold may drop an architecture far below the leader on its first
-folds (`evaluation.cv.drops`): its queued folds and its final fit never run, and its cv report says why.
+folds (`evaluation.cv.drops`): its queued folds and its final fit never run, and its cv report says why. The
+folds that decide drops (and the tuning before them) start before the later folds (`PARALLEL_ORDER`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from dlpipe.tracking.runs import end_run
 
 log = logging.getLogger(__name__)
 STAGE = "study"
+# which ready units start first (lowest first), by phase
+PARALLEL_ORDER = {"train": 0, "cv": 1, "tune": 2, "later folds": 3}
+SERIAL_ORDER = {"tune": 0, "cv": 1, "later folds": 2, "train": 3}
 
 
 @dataclass
@@ -101,8 +105,10 @@ class Study:
     def submit(self, arch: str, phase: str, task: Task, then: Callable[[Done], None]) -> None:
         # In parallel, later phases go first (an architecture finishes early; its long chain starts first);
         # serially (DDP), every study runs before any multi-device fit, so later-launched ranks find them done.
-        # Costlier architectures first: the longest chain of units starts at once.
-        order = {"tune": 2, "cv": 1, "train": 0}[phase] if not self.serial else {"tune": 0, "cv": 1, "train": 2}[phase]
+        # Costlier architectures first: the longest chain of units starts at once. Under a study budget, the folds
+        # past the first drop_after_folds ("later folds") wait for every other architecture's tuning and first folds:
+        # the drop decisions come as early as they can, before the work they may save.
+        order = (PARALLEL_ORDER if not self.serial else SERIAL_ORDER)[phase]
         self._seq += 1
         self.ready.append((order, -self.cost[arch], self._seq, task))
         self.ready.sort(key=lambda item: item[:3])
@@ -261,9 +267,11 @@ class Study:
         if not jobs:
             self.finish_cv(arch, p)
             return
+        budget = self.ctx.params.study.budget
         for job in jobs:
             task = Task(f"cv {arch} fold{job.k}", cv.fold_unit, (job,))
-            self.submit(arch, "cv", task, lambda d, a=arch, plan=p, k=job.k: self.fold_done(a, plan, k, d.result))
+            phase = "later folds" if budget.enabled and job.k >= budget.drop_after_folds else "cv"
+            self.submit(arch, phase, task, lambda d, a=arch, plan=p, k=job.k: self.fold_done(a, plan, k, d.result))
         self.check_drops()  # folds reused from an earlier run may already decide
 
     def fold_done(self, arch: str, p: cv.CvPlan, k: int, result: Any) -> None:

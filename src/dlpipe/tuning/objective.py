@@ -34,7 +34,7 @@ from dlpipe.profile import timed
 from dlpipe.training.fit import ModelSpec, evaluate, fit
 from dlpipe.training.metrics import metric_values
 from dlpipe.tuning.space import SearchSpace
-from dlpipe.tuning.study import epochs_per_fit
+from dlpipe.tuning.study import epochs_committed, epochs_per_fit
 
 EpochHook = Callable[[int, dict[str, float]], None]  # (step, train_*/val_* metrics of the epoch)
 MIN_VAL_PER_CLASS = 10  # tune.cv_folds: auto uses folds when some class has fewer validation samples
@@ -76,13 +76,22 @@ def tuning_trainer(trainer: TrainerParams) -> TrainerParams:
 
 
 class EpochReporter(Callback):
-    """Reports the monitored validation metric to the trial every epoch and prunes; fails on a non-finite loss."""
+    """Reports the monitored validation metric to the trial every epoch and prunes; fails on a non-finite loss.
+    With `budget_epochs` it stops the fit (keeping its best epoch) once the study's epochs reach that budget."""
 
-    def __init__(self, trial: optuna.Trial, monitor: str, offset: int = 0, on_epoch: EpochHook | None = None):
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        monitor: str,
+        offset: int = 0,
+        on_epoch: EpochHook | None = None,
+        budget_epochs: int | None = None,
+    ):
         self.trial = trial
         self.monitor = monitor
         self.offset = offset
         self.on_epoch = on_epoch
+        self.budget_epochs = budget_epochs
         self.epochs = 0
         self._nonfinite: torch.Tensor | None = None  # any batch's optimised loss (with L1/L2) not finite
 
@@ -113,6 +122,10 @@ class EpochReporter(Callback):
         self.trial.report(value, step)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"{self.monitor} {value:.4f} at step {step}")
+        if self.budget_epochs is not None:
+            trials = self.trial.study.get_trials(deepcopy=False)
+            if epochs_committed(trials, self.trial.number) >= self.budget_epochs:
+                trainer.should_stop = True  # the study budget is spent: the trial ends like an early stop
 
 
 class Objective:
@@ -171,7 +184,9 @@ class Objective:
     def _holdout_value(
         self, trial: optuna.Trial, spec: ModelSpec, reporters: list[EpochReporter], on_epoch: EpochHook | None
     ) -> tuple[float, float]:
-        reporter = EpochReporter(trial, self.monitor, 0, on_epoch)
+        # a trial on the folds runs them all (a mean over fewer folds would not compare); one on the slice stops
+        # where the study budget ends
+        reporter = EpochReporter(trial, self.monitor, 0, on_epoch, self.params.study.budget.epochs)
         reporters.append(reporter)
         split = self.holdout
         p = self.params

@@ -22,7 +22,10 @@
   differently.)
 - Budget: COMPLETE and PRUNED trials count toward `tune.n_trials` (FAIL does not; failures are retried up to a cap).
   Under `study.budget.epochs` the study also stops once its finished trials trained that many epochs, and prunes by
-  successive halving (`pruner_of`).
+  successive halving (`pruner_of`). The budget is a ceiling, not a threshold: no trial starts while the epochs
+  finished, reported and under way reach it, and a trial on the validation slice stops at the end of the epoch
+  that reaches it, keeping its best epoch (`epochs_committed`). Only two trials ending an epoch at the same moment
+  can each count the other's epoch twice and leave one epoch for a new trial.
 - Best trial: the highest value, then the lowest validation loss of the kept model (trial user attr `val_loss`),
   then the lowest number.
 - In optuna-dashboard: the objective is named after the selection metric, and the study's user attributes show
@@ -316,6 +319,14 @@ def pruner_of(params: Params) -> str:
 def epochs_spent(trials: list[FrozenTrial]) -> int:
     """Epochs the finished trials trained (a pruned trial counts the epochs it ran): what a study budget spends."""
     return sum(int(t.user_attrs.get("epochs", 0)) for t in trials if t.state in FINISHED)
+
+
+def epochs_committed(trials: list[FrozenTrial], own: int | None = None) -> int:
+    """Epochs a study budget has spent or is spending: the finished trials', the epochs each running trial has
+    reported, and the epoch each running trial other than `own` (the trial asking, at the end of an epoch) is
+    training now."""
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    return epochs_spent(trials) + sum(len(t.intermediate_values) + (t.number != own) for t in running)
 
 
 def make_pruner(kind: str, max_steps: int) -> optuna.pruners.BasePruner:

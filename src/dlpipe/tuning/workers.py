@@ -51,6 +51,7 @@ from dlpipe.tuning.study import (
     ATTR_STALE,
     ATTR_SURPLUS,
     counted_failures,
+    epochs_committed,
     epochs_spent,
     finished_count,
 )
@@ -334,7 +335,7 @@ def run_trials(
         if timeout is not None and time.monotonic() - start >= timeout:
             return "timeout"
         running = sum(t.state == TrialState.RUNNING for t in trials)
-        if finished + running >= budget:
+        if finished + running >= budget or (epochs is not None and epochs_committed(trials) >= epochs):
             if not waiting:
                 log.info("tune: %d trials running elsewhere take the rest of the budget; waiting", running)
                 waiting = True
