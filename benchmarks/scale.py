@@ -14,10 +14,11 @@ empty MLflow store), in a process of its own, and reports:
 - peak RSS: the largest resident set of any one process of the run (stage processes and study workers);
 - the champion, its CV mean of the selection metric and its test accuracy.
 
-With `--budget-size N` the study on N images runs again under `study.budget` (BUDGET) in the same invocation: the
-ratio of the two wall times and both champions' CV scores.
+With `--budget-size N` the study on N images runs again under `study.budget` (BUDGET, with each of
+`--budget-epochs`) in the same invocation: the ratio of the wall times and the champions' CV scores.
 
-    .venv/bin/python benchmarks/scale.py [--sizes 2000 8000 32000 60000] [--budget-size 60000] [--keep DIR]
+    .venv/bin/python benchmarks/scale.py [--sizes 2000 8000 32000 60000] [--budget-size 60000] [--budget-epochs 12 9]
+        [--keep DIR]
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ STUDY = [
     "tune.workers=2",
     "baselines.models=[]",
 ]
-BUDGET = ["study.budget.epochs=12", "study.budget.drop_after_folds=1", "study.budget.drop_margin=0.005"]
+BUDGET = ["study.budget.drop_after_folds=1", "study.budget.drop_margin=0.005"]  # and study.budget.epochs
+BUDGET_EPOCHS = (12, 9)
 IDX_UBYTE = 0x08
 # where a process's time goes (dlpipe.profile); "waiting" (the study stage idling while its workers train) is idle
 CATEGORIES = ("fit", "evaluate", "export", "logging", "figures", "data", "setup", "imports", "waiting")
@@ -99,10 +101,12 @@ def write_mnist(folder: Path, n: int, seed: int = 0) -> None:
             (folder / f"{prefix}-{kind}-ubyte").write_bytes(idx_bytes(data))
 
 
-def one(n: int, budget: bool, root: Path) -> dict:
-    """Run the study on `n` images in a fresh project at `root` (in this process's children)."""
+def one(n: int, budget: int | None, root: Path) -> dict:
+    """Run the study on `n` images in a fresh project at `root` (in this process's children), under a budget of
+    `budget` epochs or none."""
     env, profile_dir = bench.study_env(REPO, root)
-    bench.make_project(REPO, root, STUDY + (BUDGET if budget else []), env)
+    over = [*BUDGET, f"study.budget.epochs={budget}"] if budget else []
+    bench.make_project(REPO, root, STUDY + over, env)
     write_mnist(root / "data" / "downloads" / "MNIST" / "raw", n)
     start = time.perf_counter()
     bench.sh(["dvc", "repro"], root, env)
@@ -128,16 +132,22 @@ def one(n: int, budget: bool, root: Path) -> dict:
     }
 
 
-def run(n: int, budget: bool, scratch: Path) -> dict:
+def run(n: int, budget: int | None, scratch: Path) -> dict:
     """`one` in a process of its own, so that its peak RSS is its own."""
-    root = scratch / f"n{n}{'-budget' if budget else ''}"
-    cmd = [sys.executable, __file__, "--one", str(n), "--root", str(root)] + (["--budget"] if budget else [])
+    root = scratch / f"n{n}{f'-budget{budget}' if budget else ''}"
+    cmd = [sys.executable, __file__, "--one", str(n), "--root", str(root)] + (
+        ["--budget", str(budget)] if budget else []
+    )
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"study on {n} images failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     row = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"  {n} images{' (budget)' if budget else ''}: {row['wall']:.0f} s", file=sys.stderr)
+    print(f"  {n} images{f' (budget {budget} epochs)' if budget else ''}: {row['wall']:.0f} s", file=sys.stderr)
     return row
+
+
+def budget_cell(row: dict) -> str:
+    return f"{row['budget']} ep" if row["budget"] else "no"
 
 
 def table(rows: list[dict], cores: int) -> str:
@@ -149,7 +159,7 @@ def table(rows: list[dict], cores: int) -> str:
     for r in rows:
         share = r["fit"] / (r["wall"] * cores)
         lines.append(
-            f"{r['n']:>7} {'yes' if r['budget'] else 'no':>6} {r['wall']:>7.0f} {1000 * r['wall'] / r['n']:>8.1f} "
+            f"{r['n']:>7} {budget_cell(r):>6} {r['wall']:>7.0f} {1000 * r['wall'] / r['n']:>8.1f} "
             f"{share:>8.1%} {r['peak_rss_mb']:>11.0f} {r['champion']:>8} {r['cv_mean']:>7.4f} "
             f"{r['test_accuracy']:>8.4f}  {', '.join(r['dropped']) or '-'}"
         )
@@ -166,7 +176,7 @@ def shares(rows: list[dict], cores: int) -> str:
         total = r["wall"] * cores
         parts = [r["seconds"].get(c, 0.0) / total for c in busy]
         cells = " ".join(f"{p:>8.1%}" for p in parts)
-        lines.append(f"{r['n']:>7} {'yes' if r['budget'] else 'no':>6} {cells} {1 - sum(parts):>8.1%}")
+        lines.append(f"{r['n']:>7} {budget_cell(r):>6} {cells} {1 - sum(parts):>8.1%}")
     return "\n".join(lines)
 
 
@@ -174,10 +184,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES), help="numbers of images")
     parser.add_argument("--budget-size", type=int, default=60000, help="also run this size under study.budget")
+    parser.add_argument(
+        "--budget-epochs", type=int, nargs="*", default=list(BUDGET_EPOCHS), help="study.budget.epochs of each run"
+    )
     parser.add_argument("--keep", type=Path, default=None, help="run under this (new) folder and keep it")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--budget", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--budget", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
         print(json.dumps(one(args.one, args.budget, args.root)))
@@ -185,21 +198,22 @@ def main() -> int:
     scratch = args.keep or Path(tempfile.mkdtemp(prefix="dlpipe-scale-"))
     scratch.mkdir(parents=True, exist_ok=True)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    rows = [run(n, False, scratch) for n in args.sizes]
+    rows = [run(n, None, scratch) for n in args.sizes]
     if args.budget_size:
-        plain = next((r for r in rows if r["n"] == args.budget_size), None) or run(args.budget_size, False, scratch)
+        plain = next((r for r in rows if r["n"] == args.budget_size), None) or run(args.budget_size, None, scratch)
         if plain not in rows:
             rows.append(plain)
-        budgeted = run(args.budget_size, True, scratch)
-        rows.append(budgeted)
+        budgeted = [run(args.budget_size, epochs, scratch) for epochs in args.budget_epochs]
+        rows.extend(budgeted)
     print(table(rows, cores))
     print()
     print(shares(rows, cores))
-    if args.budget_size:
+    for row in budgeted if args.budget_size else []:
+        gain = row["cv_mean"] - plain["cv_mean"]
         print(
-            f"\n{args.budget_size} images under study.budget ({' '.join(BUDGET)}): {budgeted['wall']:.0f} s vs "
-            f"{plain['wall']:.0f} s = {budgeted['wall'] / plain['wall']:.2f} of the time; CV {plain['metric']} "
-            f"{budgeted['cv_mean']:.4f} vs {plain['cv_mean']:.4f} ({budgeted['cv_mean'] - plain['cv_mean']:+.4f})"
+            f"\n{args.budget_size} images under study.budget.epochs={row['budget']} ({' '.join(BUDGET)}): "
+            f"{row['wall']:.0f} s vs {plain['wall']:.0f} s = {row['wall'] / plain['wall']:.2f} of the time; CV "
+            f"{plain['metric']} {row['cv_mean']:.4f} vs {plain['cv_mean']:.4f} ({gain:+.4f})"
         )
     if args.keep is None:
         shutil.rmtree(scratch, ignore_errors=True)
