@@ -199,6 +199,12 @@ class TuneParams(Section):
         "validation slice holds fewer than 10 samples of some class, else 0",
     )
     max_epochs: int | None = Field(5, ge=1, description="cap on epochs per trial (null = train.max_epochs)")
+    max_train_samples: int | None = Field(
+        None,
+        ge=100,
+        description="trials train on a stratified subsample of at most this many rows of their training part "
+        "(null = all); validation, the cv folds and the final fit keep every row",
+    )
     workers: int = Field(
         1, ge=1, description="study workers running trials of one study at once (at most trainer.workers)"
     )

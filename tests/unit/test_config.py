@@ -119,6 +119,11 @@ def test_config_error_is_bad_input_with_exit_code_2():
             id="limit-too-small",
         ),
         pytest.param(
+            {"tune": {"max_train_samples": 50}},
+            ["tune.max_train_samples: Input should be greater than or equal to 100 (got 50)"],
+            id="tuning-subsample-too-small",
+        ),
+        pytest.param(
             {"train": {"optimizer": "adamm"}},
             ["train.optimizer: Input should be 'sgd', 'momentum', 'adagrad', 'rmsprop', 'adam' or 'adamw'"],
             id="bad-choice",

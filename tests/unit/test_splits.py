@@ -205,3 +205,30 @@ def test_prepared_data_load_applies_the_subset(tmp_path, digits, digits_y):
     assert torch.equal(data.dataset.y, digits.y[torch.from_numpy(subset)])
     assert data.splits.folds == 2
     assert np.array_equal(data.splits.test_idx, splits.test_idx)
+
+
+def test_trials_can_train_on_a_stratified_subsample_and_are_scored_on_every_row(prepared, digits_y):
+    """tune.max_train_samples: the training rows of a holdout or a fold are cut to a stratified subsample (the same
+    for the same seed); the validation slice and the scored fold keep every row, the normaliser sees the subsample."""
+    whole, cut = prepared.holdout(0.2, seed=0), prepared.holdout(0.2, seed=0, max_train=300)
+    assert len(cut.train.idx) == 300 and set(cut.train.idx) < set(whole.train.idx)
+    assert np.array_equal(cut.val.idx, whole.val.idx)
+    share = np.bincount(digits_y[cut.train.idx], minlength=10) / 300
+    assert np.abs(share - np.bincount(digits_y[whole.train.idx], minlength=10) / len(whole.train.idx)).max() < 0.01
+    assert np.array_equal(prepared.holdout(0.2, seed=0, max_train=300).train.idx, cut.train.idx)
+    assert np.array_equal(prepared.holdout(0.2, seed=0, max_train=10**6).train.idx, whole.train.idx)
+    fold, small = prepared.fold(1, 0.1, seed=0), prepared.fold(1, 0.1, seed=0, max_train=200)
+    assert len(small.fit.train.idx) == 200 and set(small.fit.train.idx) < set(fold.fit.train.idx)
+    assert np.array_equal(small.fit.val.idx, fold.fit.val.idx) and np.array_equal(small.scored.idx, fold.scored.idx)
+    assert torch.equal(small.fit.train.y, torch.as_tensor(digits_y[small.fit.train.idx]))
+
+
+def test_a_holdout_trial_trains_on_tune_max_train_samples_rows(prepared):
+    from dlpipe.config import parse_params
+    from dlpipe.tuning.objective import Objective
+    from dlpipe.tuning.space import SearchSpace
+
+    params = parse_params({"tune": {"max_train_samples": 300}})
+    objective = Objective(params, "mlp", SearchSpace.for_arch(params, "mlp"), prepared)
+    assert len(objective.holdout.train.idx) == 300
+    assert len(objective.holdout.val.idx) == len(prepared.holdout(params.data.val_size, params.seed).val.idx)

@@ -184,7 +184,9 @@ def test_study_name_changes_with_what_shapes_the_search_and_not_with_the_budget(
         name(models={"mlp": {"dropout": 0.1}}),
         name(selection={"metric": "accuracy"}),
         name(data={"val_size": 0.2}),
+        name({"max_train_samples": 500}),
     ]
+    assert "max_train_samples" not in S.study_key(params(base), "mlp", lr_space(), "h")  # older studies keep names
     assert first not in changed and len(set(changed)) == len(changed)
     p = params(base)
     assert S.study_name(p, "mlp", SearchSpace.for_arch(p, "mlp"), "otherdata") != first

@@ -57,9 +57,11 @@ def run_fold(
     val_size: float,
     max_epochs: int | None = None,
     callbacks: list[Callback] | None = None,
+    max_train: int | None = None,
 ) -> FoldResult:
-    """Train on the other folds (early stopping on an inner `val_size` slice of them), score fold `k` once."""
-    split = data.fold(k, val_size, seed)
+    """Train on the other folds (early stopping on an inner `val_size` slice of them; at most `max_train` rows of
+    the rest, stratified), score fold `k` once."""
+    split = data.fold(k, val_size, seed, max_train)
     with timed("fit"):
         result = fit(
             spec, split.fit, data.dataset.class_names, trainer_params, seed, max_epochs=max_epochs, callbacks=callbacks

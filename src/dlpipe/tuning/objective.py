@@ -4,7 +4,9 @@ Validation is one stratified slice of the training part (`data.val_size`), or th
 cross-validation folds, each scored once by a model that early-stopped on an inner slice of the other folds (the
 same clean protocol as the cv phase). `tune.cv_folds: auto` uses every fold when the validation slice is too small
 to tell trials apart: when some class has fewer than `MIN_VAL_PER_CLASS` samples in it (one misclassified sample
-would then move that class's recall by more than 0.1). The test set is never touched.
+would then move that class's recall by more than 0.1). The test set is never touched. With
+`tune.max_train_samples`, a trial trains on a stratified subsample of its training rows (the same one every trial:
+a cheaper fidelity for a large dataset); what it is scored on keeps every row.
 
 Every epoch the monitored validation metric (`val_<selection metric>`, or `val_accuracy` for the *_positive
 metrics) is reported to Optuna (step = fold x epochs + epoch) and the pruner may stop the trial there. The kept
@@ -156,7 +158,8 @@ class Objective:
     @property
     def holdout(self) -> TrainValSplit:
         if self._holdout is None:
-            self._holdout = self.data.holdout(self.params.data.val_size, self.params.seed)
+            p = self.params
+            self._holdout = self.data.holdout(p.data.val_size, p.seed, p.tune.max_train_samples)
         return self._holdout
 
     def spec(self, overrides: dict[str, Any]) -> ModelSpec:
@@ -223,6 +226,7 @@ class Objective:
                 val_size=self.params.data.val_size,
                 max_epochs=self.epochs_for(spec),
                 callbacks=[reporter],
+                max_train=self.params.tune.max_train_samples,
             )
             values.append(selection_value(result.report, self.metric, self.positive_class))
             losses.append(float(result.val.get("val_loss", math.nan)))

@@ -115,6 +115,8 @@ def study_key(params: Params, arch: str, space: SearchSpace, dataset_hash: str) 
         "model": model,
         "train": train,
         "precision": params.trainer.precision,
+        # only when set: the studies from before the key existed keep their names
+        **({"max_train_samples": n} if (n := params.tune.max_train_samples) is not None else {}),
     }
 
 
