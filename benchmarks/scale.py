@@ -14,10 +14,11 @@ empty MLflow store), in a process of its own, and reports:
 - peak RSS: the largest resident set of any one process of the run (stage processes and study workers);
 - the champion, its CV mean of the selection metric and its test accuracy.
 
-With `--budget-size N` the study on N images runs again under `study.budget` (BUDGET, with each of
-`--budget-epochs`) in the same invocation: the ratio of the wall times and the champions' CV scores.
+With `--budget-size N` the study on N images runs again under `study.budget` (BUDGET) in the same invocation,
+once per `--budgets` entry EPOCHS[:ROWS] (study.budget.epochs, and tune.max_train_samples: trials train on a
+stratified subsample of that many rows): the ratio of the wall times and the champions' CV scores.
 
-    .venv/bin/python benchmarks/scale.py [--sizes 2000 8000 32000 60000] [--budget-size 60000] [--budget-epochs 12 9]
+    .venv/bin/python benchmarks/scale.py [--sizes 2000 8000 32000 60000] [--budget-size 60000] [--budgets 12 12:10000]
         [--keep DIR]
 """
 
@@ -52,8 +53,8 @@ STUDY = [
     "tune.workers=2",
     "baselines.models=[]",
 ]
-BUDGET = ["study.budget.drop_after_folds=1", "study.budget.drop_margin=0.005"]  # and study.budget.epochs
-BUDGET_EPOCHS = (12, 9)
+BUDGET = ["study.budget.drop_after_folds=1", "study.budget.drop_margin=0.005"]  # and each of BUDGETS
+BUDGETS = ("12", "12:10000")  # study.budget.epochs[:tune.max_train_samples]
 IDX_UBYTE = 0x08
 # where a process's time goes (dlpipe.profile); "waiting" (the study stage idling while its workers train) is idle
 CATEGORIES = ("fit", "evaluate", "export", "logging", "figures", "data", "setup", "imports", "waiting")
@@ -101,11 +102,19 @@ def write_mnist(folder: Path, n: int, seed: int = 0) -> None:
             (folder / f"{prefix}-{kind}-ubyte").write_bytes(idx_bytes(data))
 
 
-def one(n: int, budget: int | None, root: Path) -> dict:
-    """Run the study on `n` images in a fresh project at `root` (in this process's children), under a budget of
-    `budget` epochs or none."""
+def budget_overrides(budget: str | None) -> list[str]:
+    """The params of a budget "EPOCHS[:ROWS]" (none: [])."""
+    if not budget:
+        return []
+    epochs, _, rows = budget.partition(":")
+    return [*BUDGET, f"study.budget.epochs={int(epochs)}"] + ([f"tune.max_train_samples={int(rows)}"] if rows else [])
+
+
+def one(n: int, budget: str | None, root: Path) -> dict:
+    """Run the study on `n` images in a fresh project at `root` (in this process's children), under `budget`
+    ("EPOCHS[:ROWS]") or none."""
     env, profile_dir = bench.study_env(REPO, root)
-    over = [*BUDGET, f"study.budget.epochs={budget}"] if budget else []
+    over = budget_overrides(budget)
     bench.make_project(REPO, root, STUDY + over, env)
     write_mnist(root / "data" / "downloads" / "MNIST" / "raw", n)
     start = time.perf_counter()
@@ -132,34 +141,35 @@ def one(n: int, budget: int | None, root: Path) -> dict:
     }
 
 
-def run(n: int, budget: int | None, scratch: Path) -> dict:
+def run(n: int, budget: str | None, scratch: Path) -> dict:
     """`one` in a process of its own, so that its peak RSS is its own."""
-    root = scratch / f"n{n}{f'-budget{budget}' if budget else ''}"
-    cmd = [sys.executable, __file__, "--one", str(n), "--root", str(root)] + (
-        ["--budget", str(budget)] if budget else []
-    )
+    root = scratch / f"n{n}{'-budget' + budget.replace(':', '-') if budget else ''}"
+    cmd = [sys.executable, __file__, "--one", str(n), "--root", str(root)] + (["--budget", budget] if budget else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"study on {n} images failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     row = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"  {n} images{f' (budget {budget} epochs)' if budget else ''}: {row['wall']:.0f} s", file=sys.stderr)
+    print(f"  {n} images{f' (budget {budget})' if budget else ''}: {row['wall']:.0f} s", file=sys.stderr)
     return row
 
 
 def budget_cell(row: dict) -> str:
-    return f"{row['budget']} ep" if row["budget"] else "no"
+    if not row["budget"]:
+        return "no"
+    epochs, _, rows = row["budget"].partition(":")
+    return f"{epochs} ep" + (f", {int(rows) // 1000}k" if rows else "")
 
 
 def table(rows: list[dict], cores: int) -> str:
     head = (
-        f"{'images':>7} {'budget':>6} {'wall s':>7} {'s/1k img':>8} {'training':>8} {'peak RSS MB':>11} "
+        f"{'images':>7} {'budget':>10} {'wall s':>7} {'s/1k img':>8} {'training':>8} {'peak RSS MB':>11} "
         f"{'champion':>8} {'CV':>7} {'test acc':>8}  dropped"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         share = r["fit"] / (r["wall"] * cores)
         lines.append(
-            f"{r['n']:>7} {budget_cell(r):>6} {r['wall']:>7.0f} {1000 * r['wall'] / r['n']:>8.1f} "
+            f"{r['n']:>7} {budget_cell(r):>10} {r['wall']:>7.0f} {1000 * r['wall'] / r['n']:>8.1f} "
             f"{share:>8.1%} {r['peak_rss_mb']:>11.0f} {r['champion']:>8} {r['cv_mean']:>7.4f} "
             f"{r['test_accuracy']:>8.4f}  {', '.join(r['dropped']) or '-'}"
         )
@@ -170,13 +180,13 @@ def shares(rows: list[dict], cores: int) -> str:
     """Where each run's core-seconds (wall x cores) went: profiled work per category, and the rest (idle cores:
     a worker without a unit, the stages' single processes, DVC itself)."""
     busy = [c for c in CATEGORIES if c != "waiting"]
-    head = f"{'images':>7} {'budget':>6} " + " ".join(f"{c:>8}" for c in busy) + f" {'rest':>8}"
+    head = f"{'images':>7} {'budget':>10} " + " ".join(f"{c:>8}" for c in busy) + f" {'rest':>8}"
     lines = ["share of core-seconds", head, "-" * len(head)]
     for r in rows:
         total = r["wall"] * cores
         parts = [r["seconds"].get(c, 0.0) / total for c in busy]
         cells = " ".join(f"{p:>8.1%}" for p in parts)
-        lines.append(f"{r['n']:>7} {budget_cell(r):>6} {cells} {1 - sum(parts):>8.1%}")
+        lines.append(f"{r['n']:>7} {budget_cell(r):>10} {cells} {1 - sum(parts):>8.1%}")
     return "\n".join(lines)
 
 
@@ -185,12 +195,12 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES), help="numbers of images")
     parser.add_argument("--budget-size", type=int, default=60000, help="also run this size under study.budget")
     parser.add_argument(
-        "--budget-epochs", type=int, nargs="*", default=list(BUDGET_EPOCHS), help="study.budget.epochs of each run"
+        "--budgets", nargs="*", default=list(BUDGETS), help="EPOCHS[:ROWS] of each budgeted run (see above)"
     )
     parser.add_argument("--keep", type=Path, default=None, help="run under this (new) folder and keep it")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--budget", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--budget", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
         print(json.dumps(one(args.one, args.budget, args.root)))
@@ -203,7 +213,7 @@ def main() -> int:
         plain = next((r for r in rows if r["n"] == args.budget_size), None) or run(args.budget_size, None, scratch)
         if plain not in rows:
             rows.append(plain)
-        budgeted = [run(args.budget_size, epochs, scratch) for epochs in args.budget_epochs]
+        budgeted = [run(args.budget_size, budget, scratch) for budget in args.budgets]
         rows.extend(budgeted)
     print(table(rows, cores))
     print()
@@ -211,7 +221,7 @@ def main() -> int:
     for row in budgeted if args.budget_size else []:
         gain = row["cv_mean"] - plain["cv_mean"]
         print(
-            f"\n{args.budget_size} images under study.budget.epochs={row['budget']} ({' '.join(BUDGET)}): "
+            f"\n{args.budget_size} images under {' '.join(budget_overrides(row['budget']))}: "
             f"{row['wall']:.0f} s vs {plain['wall']:.0f} s = {row['wall'] / plain['wall']:.2f} of the time; CV "
             f"{plain['metric']} {row['cv_mean']:.4f} vs {plain['cv_mean']:.4f} ({gain:+.4f})"
         )
