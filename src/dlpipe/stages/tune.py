@@ -320,6 +320,7 @@ def summarize(
         "pruning_monitor": monitor_for(params.selection.metric),
         "cv_folds": params.tune.cv_folds,
         "max_epochs": epochs_per_fit(params, space),
+        "max_train_samples": params.tune.max_train_samples,
         "space": space.to_dict(),
         "mlflow_run_id": run_id,
     }
