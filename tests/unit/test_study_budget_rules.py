@@ -74,19 +74,21 @@ def test_under_a_budget_a_final_fit_starts_once_no_drop_can_reach_its_architectu
     assert study.started == ["cnn", "mlp"]  # never the dropped perceptron
 
 
-def _budget_study():
+def _study_with_a_finished_trial(epochs: int):
+    """An in-memory study whose one finished trial trained `epochs` epochs."""
     import optuna
 
-    return optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    done = study.ask()
+    done.set_user_attr("epochs", epochs)
+    study.tell(done, 0.9)
+    return study
 
 
 def test_the_epoch_budget_counts_finished_reported_and_running_epochs() -> None:
     from dlpipe.tuning.study import epochs_committed, epochs_spent
 
-    study = _budget_study()
-    done = study.ask()
-    done.set_user_attr("epochs", 3)
-    study.tell(done, 0.9)
+    study = _study_with_a_finished_trial(epochs=3)
     running = study.ask()
     for step in range(2):
         running.report(0.5, step)
@@ -105,10 +107,7 @@ def test_a_trial_stops_at_the_end_of_the_epoch_that_spends_the_budget() -> None:
 
     from dlpipe.tuning.objective import EpochReporter
 
-    study = _budget_study()
-    done = study.ask()
-    done.set_user_attr("epochs", 3)
-    study.tell(done, 0.9)
+    study = _study_with_a_finished_trial(epochs=3)
     trial = study.ask()
     reporter = EpochReporter(trial, "val_f1_macro", budget_epochs=5)
     trainer = SimpleNamespace(current_epoch=0, should_stop=False, callback_metrics={"val_f1_macro": torch.tensor(0.7)})
