@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from dlpipe.data.base import UNKNOWN, Dataset
-from dlpipe.data.splits import Normalizer, Splits, carve_validation, labeled_subset, stratified_subset
+from dlpipe.data.splits import Normalizer, Splits, carve_validation, labeled_subset, stratified_rows
 from dlpipe.data.store import SPLITS_FILE, load_saved_dataset, load_splits
 from dlpipe.data.text import TextEncoder
 
@@ -155,21 +155,15 @@ class PreparedData:
         """The training part with a stratified `val_size` slice carved out for validation (never the test set);
         with `max_train`, training on a stratified subsample of at most that many of the other rows."""
         train, val = carve_validation(self.y_numpy, self.splits.train_idx, val_size, seed)
-        return self.split(self.at_most(train, max_train, seed), val, seed)
+        return self.split(stratified_rows(self.y_numpy, train, max_train, seed), val, seed)
 
     def fold(self, k: int, val_size: float, seed: int, max_train: int | None = None) -> FoldSplit:
         """Fold `k` scored once; early stopping on a `val_size` slice carved from the other folds (training on at
         most `max_train` of their other rows, stratified)."""
         others, scored = self.splits.fold_indices(k)
         train, val = carve_validation(self.y_numpy, others, val_size, seed)
-        fit = self.split(self.at_most(train, max_train, seed), val, seed)
+        fit = self.split(stratified_rows(self.y_numpy, train, max_train, seed), val, seed)
         return FoldSplit(k, fit, self.part(scored, fit.normalizer))
-
-    def at_most(self, idx: np.ndarray, size: int | None, seed: int) -> np.ndarray:
-        """`idx`, or a stratified subsample of `size` of them (sorted) when it holds more."""
-        if size is None or len(idx) <= size:
-            return idx
-        return idx[stratified_subset(self.y_numpy[idx], size, seed)]
 
     def test(self, normalizer: Normalizer) -> Part:
         """The held-out test set, transformed with a model's training statistics (final evaluation only)."""

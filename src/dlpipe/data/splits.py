@@ -165,9 +165,15 @@ def _least_fraction(needs: list[tuple[np.ndarray, int]]) -> float | None:
 
 def stratified_subset(y: np.ndarray, size: int, seed: int) -> np.ndarray:
     """Sorted indices of a stratified sample of `size` items (for `data.limit`)."""
-    if size >= len(y):
-        return np.arange(len(y))
-    keep, _ = train_test_split(np.arange(len(y)), train_size=size, stratify=y, random_state=seed)
+    return stratified_rows(y, np.arange(len(y)), size, seed)
+
+
+def stratified_rows(y: np.ndarray, idx: np.ndarray, size: int | None, seed: int) -> np.ndarray:
+    """`idx`, or a stratified sample of `size` of them (sorted) when it holds more: the rows a fit may be cut to
+    (`tune.max_train_samples`, `baselines.max_train_samples`)."""
+    if size is None or len(idx) <= size:
+        return idx
+    keep, _ = train_test_split(idx, train_size=size, stratify=y[idx], random_state=seed)
     return np.sort(keep)
 
 

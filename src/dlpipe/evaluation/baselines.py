@@ -274,15 +274,9 @@ def _take(X: np.ndarray | list[np.ndarray] | _PixelRows, idx: np.ndarray) -> np.
 def _fit_part(idx: np.ndarray, y: np.ndarray, max_train: int | None, seed: int, labeled_fraction: float) -> np.ndarray:
     """The samples a baseline fits on: the labelled part of `idx` (the deep models' `data.labeled_fraction`, drawn
     alike), at most `max_train` of them."""
-    from dlpipe.data.splits import labeled_subset
+    from dlpipe.data.splits import labeled_subset, stratified_rows
 
-    idx = labeled_subset(y, idx, labeled_fraction, seed)[0]
-    if max_train is None or len(idx) <= max_train:
-        return idx
-    from sklearn.model_selection import train_test_split
-
-    keep, _ = train_test_split(idx, train_size=max_train, stratify=y[idx], random_state=seed)
-    return np.sort(keep)
+    return stratified_rows(y, labeled_subset(y, idx, labeled_fraction, seed)[0], max_train, seed)
 
 
 def run_baseline(
