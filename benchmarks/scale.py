@@ -102,12 +102,18 @@ def write_mnist(folder: Path, n: int, seed: int = 0) -> None:
             (folder / f"{prefix}-{kind}-ubyte").write_bytes(idx_bytes(data))
 
 
+def parse_budget(budget: str) -> tuple[int, int | None]:
+    """(epochs, rows or None) of a budget "EPOCHS[:ROWS]"."""
+    epochs, _, rows = budget.partition(":")
+    return int(epochs), int(rows) if rows else None
+
+
 def budget_overrides(budget: str | None) -> list[str]:
     """The params of a budget "EPOCHS[:ROWS]" (none: [])."""
     if not budget:
         return []
-    epochs, _, rows = budget.partition(":")
-    return [*BUDGET, f"study.budget.epochs={int(epochs)}"] + ([f"tune.max_train_samples={int(rows)}"] if rows else [])
+    epochs, rows = parse_budget(budget)
+    return [*BUDGET, f"study.budget.epochs={epochs}"] + ([f"tune.max_train_samples={rows}"] if rows else [])
 
 
 def one(n: int, budget: str | None, root: Path) -> dict:
@@ -156,8 +162,8 @@ def run(n: int, budget: str | None, scratch: Path) -> dict:
 def budget_cell(row: dict) -> str:
     if not row["budget"]:
         return "no"
-    epochs, _, rows = row["budget"].partition(":")
-    return f"{epochs} ep" + (f", {int(rows) // 1000}k" if rows else "")
+    epochs, rows = parse_budget(row["budget"])
+    return f"{epochs} ep" + (f", {rows // 1000}k" if rows else "")
 
 
 def table(rows: list[dict], cores: int) -> str:
